@@ -1,0 +1,54 @@
+# ocistore. `make test` is what CI runs (.ci/run).
+.POSIX:
+.SUFFIXES:
+
+GO = go
+TEST_TIMEOUT = 20m
+DISTRIBUTION_VERSION = v3.1.2
+REGISTRY_V3 = build/bin/registry-$(DISTRIBUTION_VERSION)
+
+all: guest
+
+# Test registries: distribution v3 built from source into build/bin, and
+# Debian's docker-registry (v2.8), installed with apt-get when we are root.
+# Its service is kept from starting (policy-rc.d): tests start their own.
+tools: $(REGISTRY_V3) docker-registry
+
+$(REGISTRY_V3):
+	rm -rf build/bin.tmp && mkdir -p build/bin
+	GOBIN="$$(pwd)/build/bin.tmp" $(GO) install github.com/distribution/distribution/v3/cmd/registry@$(DISTRIBUTION_VERSION)
+	mv build/bin.tmp/registry $@ && rmdir build/bin.tmp
+
+docker-registry:
+	@if command -v docker-registry >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "docker-registry is missing: run 'sudo apt-get install docker-registry' (or make tools as root)" >&2; exit 1; \
+	fi; \
+	policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' >$$policy; chmod 755 $$policy; \
+	fi; \
+	if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; \
+	then rc=0; else rc=$$?; fi; \
+	if [ -n "$$policy" ]; then rm -f $$policy; fi; exit $$rc
+
+# The guest module; host/ embeds a copy (git-ignored), so this runs before
+# anything builds the host package.
+guest:
+	mkdir -p build
+	GOOS=wasip1 GOARCH=wasm $(GO) build -trimpath -buildmode=c-shared -ldflags='-s -w -buildid=' -o build/guest.wasm ./guest
+	cp build/guest.wasm host/guest.wasm
+
+test: tools guest
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+bench: tools guest
+	$(GO) test -run '^$$' -bench . -timeout $(TEST_TIMEOUT) ./...
+
+demo: guest
+	@echo "demo: not written yet"
+
+# Removes what guest builds; the tools in build/bin stay (rm -rf build).
+clean:
+	rm -f build/guest.wasm host/guest.wasm
+
+.PHONY: all tools docker-registry guest test bench demo clean

@@ -1,0 +1,160 @@
+//go:build wasip1
+
+package main
+
+import (
+	"errors"
+	"runtime"
+	"unsafe"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// The imports of interfaces http, streams, cache and log, and host, the
+// abi.Host they make up for the store logic.
+
+//go:wasmimport plakar:storage/http@0.1.0 round-trip
+func importRoundTrip(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2, ret uint32)
+
+//go:wasmimport plakar:storage/streams@0.1.0 read
+func importRead(s, max, ret uint32)
+
+//go:wasmimport plakar:storage/streams@0.1.0 digest
+func importDigest(s, ret uint32)
+
+//go:wasmimport plakar:storage/streams@0.1.0 slice
+func importSlice(s uint32, skip, length uint64) uint32
+
+//go:wasmimport plakar:storage/streams@0.1.0 verify
+func importVerify(s, digestPtr, digestLen uint32, size uint64)
+
+//go:wasmimport plakar:storage/streams@0.1.0 close
+func importClose(s uint32)
+
+//go:wasmimport plakar:storage/cache@0.1.0 get
+func importCacheGet(keyPtr, keyLen, ret uint32)
+
+//go:wasmimport plakar:storage/cache@0.1.0 set
+func importCacheSet(keyPtr, keyLen, valuePtr, valueLen uint32)
+
+//go:wasmimport plakar:storage/cache@0.1.0 remove
+func importCacheRemove(keyPtr, keyLen uint32)
+
+//go:wasmimport plakar:storage/log@0.1.0 log
+func importLog(level, msgPtr, msgLen uint32)
+
+type host struct{}
+
+var _ abi.Host = host{}
+
+// retArea is the return area of every import: 8-aligned, as tuple<string,
+// u64> needs. It is a global, not a local, because a goroutine stack may
+// move while the host calls back into cabi_realloc, and the host writes the
+// area after that. Calls into the host are never concurrent, and every
+// caller reads the area before making the next one.
+type retArea [3]uint64
+
+var ret retArea
+
+func (r *retArea) ptr() uint32 { return uint32(uintptr(unsafe.Pointer(r))) }
+
+func (r *retArea) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(r)), 24) }
+
+func (host) RoundTrip(req *abi.Request) (*abi.Response, error) {
+	// Header tuples are (name ptr, name len, value ptr, value len).
+	headers := make([]uint32, 0, 4*len(req.Header))
+	for _, h := range req.Header {
+		headers = append(headers, stringAddr(h[0]), uint32(len(h[0])), stringAddr(h[1]), uint32(len(h[1])))
+	}
+	var body1, body2 uint32
+	switch req.BodyKind {
+	case abi.BodyBytes:
+		body1, body2 = addr(req.Bytes), uint32(len(req.Bytes))
+	case abi.BodyStreamed:
+		body1 = uint32(req.Stream)
+	}
+	var headersPtr uint32
+	if len(headers) > 0 {
+		headersPtr = uint32(uintptr(unsafe.Pointer(unsafe.SliceData(headers))))
+	}
+	importRoundTrip(stringAddr(req.Method), uint32(len(req.Method)),
+		stringAddr(req.URL), uint32(len(req.URL)),
+		headersPtr, uint32(len(req.Header)),
+		uint32(req.BodyKind), body1, body2, ret.ptr())
+	runtime.KeepAlive(req)
+	runtime.KeepAlive(headers)
+
+	defer releaseAll()
+	b := ret.bytes()
+	if b[0] != 0 {
+		return nil, errors.New(takeString(le.Uint32(b[4:]), le.Uint32(b[8:])))
+	}
+	resp := &abi.Response{Status: int(le.Uint16(b[4:])), Body: abi.Stream(le.Uint32(b[16:]))}
+	n := le.Uint32(b[12:])
+	list := take(le.Uint32(b[8:]), n*16)
+	resp.Header = make([]abi.Header, n)
+	for i := range resp.Header {
+		e := list[i*16:]
+		resp.Header[i] = abi.Header{
+			takeString(le.Uint32(e[0:]), le.Uint32(e[4:])),
+			takeString(le.Uint32(e[8:]), le.Uint32(e[12:])),
+		}
+	}
+	return resp, nil
+}
+
+func (host) Read(s abi.Stream, max uint32) ([]byte, error) {
+	importRead(uint32(s), max, ret.ptr())
+	defer releaseAll()
+	b := ret.bytes()
+	data := take(le.Uint32(b[4:]), le.Uint32(b[8:]))
+	if b[0] != 0 {
+		return nil, errors.New(string(data))
+	}
+	return data, nil
+}
+
+func (host) Digest(s abi.Stream) (string, uint64) {
+	importDigest(uint32(s), ret.ptr())
+	defer releaseAll()
+	b := ret.bytes()
+	return takeString(le.Uint32(b[0:]), le.Uint32(b[4:])), le.Uint64(b[8:])
+}
+
+func (host) Slice(s abi.Stream, skip, length uint64) abi.Stream {
+	return abi.Stream(importSlice(uint32(s), skip, length))
+}
+
+func (host) Verify(s abi.Stream, digest string, size uint64) {
+	importVerify(uint32(s), stringAddr(digest), uint32(len(digest)), size)
+	runtime.KeepAlive(digest)
+}
+
+func (host) Close(s abi.Stream) { importClose(uint32(s)) }
+
+func (host) CacheGet(key string) (string, bool) {
+	importCacheGet(stringAddr(key), uint32(len(key)), ret.ptr())
+	runtime.KeepAlive(key)
+	defer releaseAll()
+	b := ret.bytes()
+	if b[0] == 0 {
+		return "", false
+	}
+	return takeString(le.Uint32(b[4:]), le.Uint32(b[8:])), true
+}
+
+func (host) CacheSet(key, value string) {
+	importCacheSet(stringAddr(key), uint32(len(key)), stringAddr(value), uint32(len(value)))
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+}
+
+func (host) CacheRemove(key string) {
+	importCacheRemove(stringAddr(key), uint32(len(key)))
+	runtime.KeepAlive(key)
+}
+
+func (host) Log(level abi.Level, msg string) {
+	importLog(uint32(level), stringAddr(msg), uint32(len(msg)))
+	runtime.KeepAlive(msg)
+}

@@ -1,0 +1,97 @@
+//go:build wasip1
+
+package main
+
+import (
+	"encoding/binary"
+	"unsafe"
+)
+
+// Memory the host reaches into. The Go heap does not move objects, so an
+// address stays valid as long as something references the allocation: pins
+// is that reference, for memory the host has written or will read. The
+// guest copies out what it keeps, so pins are dropped wholesale: after an
+// import's results are lifted (an export's parameters are lifted before any
+// import is called) and when the host calls a post-return function, having
+// read an export's results. The host may thus lower a whole result into one
+// allocation.
+var pins = map[uint32][]uint64{}
+
+// alloc returns n bytes aligned to 8 (what []uint64 guarantees; Go's tiny
+// allocator gives byte slices no alignment at all) and pins them.
+func alloc(n uint32) (uint32, []byte) {
+	if n == 0 {
+		// The canonical ABI lets an empty list point anywhere aligned.
+		return 8, nil
+	}
+	words := make([]uint64, (n+7)/8)
+	ptr := uint32(uintptr(unsafe.Pointer(unsafe.SliceData(words))))
+	pins[ptr] = words
+	return ptr, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), n)
+}
+
+// cabiRealloc is how the host obtains guest memory to lower lists and
+// strings into, for export parameters and import results.
+//
+//go:wasmexport cabi_realloc
+func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
+	ptr, b := alloc(newSize)
+	if oldPtr != 0 && oldSize != 0 {
+		copy(b, view(oldPtr, min(oldSize, newSize)))
+		delete(pins, oldPtr)
+	}
+	return ptr
+}
+
+// releaseAll drops every pin.
+func releaseAll() { clear(pins) }
+
+// view is the guest memory at [ptr, ptr+n).
+func view(ptr, n uint32) []byte {
+	if n == 0 {
+		return nil
+	}
+	// Linear memory addresses are Go pointers on wasm.
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(nil), ptr)), n)
+}
+
+// take copies n bytes at ptr out of memory the host lowered into.
+func take(ptr, n uint32) []byte {
+	b := make([]byte, n)
+	copy(b, view(ptr, n))
+	return b
+}
+
+func takeString(ptr, n uint32) string { return string(take(ptr, n)) }
+
+// addr is the address of the first byte of b, which must stay referenced
+// (runtime.KeepAlive) until the host is done with it.
+func addr(b []byte) uint32 {
+	if len(b) == 0 {
+		return 0
+	}
+	return uint32(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+}
+
+func stringAddr(s string) uint32 {
+	if len(s) == 0 {
+		return 0
+	}
+	return uint32(uintptr(unsafe.Pointer(unsafe.StringData(s))))
+}
+
+// lowerBytes copies b into pinned memory, for results the host reads after
+// the export returns.
+func lowerBytes(b []byte) (uint32, uint32) {
+	ptr, dst := alloc(uint32(len(b)))
+	copy(dst, b)
+	return ptr, uint32(len(b))
+}
+
+func lowerString(s string) (uint32, uint32) {
+	ptr, dst := alloc(uint32(len(s)))
+	copy(dst, s)
+	return ptr, uint32(len(s))
+}
+
+var le = binary.LittleEndian

@@ -1,0 +1,71 @@
+// Package ocistore is the OCI store's logic: a Kloset store kept whole in
+// one repository of an OCI registry. It is written against abi.Host only,
+// so it runs the same inside the wasm guest (through the host's imports)
+// and natively (in tests, against an in-process registry).
+//
+// # Layout
+//
+// A store at oci://<registry>/<repository> is that one OCI repository.
+// Every object (packfile, state, lock, ecc-packfile, ecc-state) is:
+//
+//   - one blob holding the object's bytes, and
+//   - one OCI 1.1 image manifest (application/vnd.oci.image.manifest.v1+json)
+//     whose artifactType is application/vnd.plakar.<kind>.v1, whose config
+//     is the OCI empty descriptor (application/vnd.oci.empty.v1+json, the
+//     two bytes "{}"), whose single layer is the blob with media type
+//     application/vnd.plakar.<kind>.v1, and whose annotations are
+//     org.plakar.kind (the kind) and org.plakar.mac (the MAC in hex),
+//   - tagged <kind>-<MAC in 64 lowercase hex digits>, for instance
+//     packfile-3f2a…e9.
+//
+// The MAC annotation makes every object's manifest, hence its digest,
+// unique: deleting one object by digest can never take another one with
+// the same bytes along. Blobs themselves are shared by content, as
+// registries do.
+//
+// The store's configuration is an artifact of the same shape tagged
+// "config", with artifactType application/vnd.plakar.config.v1. The empty
+// config blob is pushed once, when the store is created (and again if a
+// registry reports it missing).
+//
+// Listing a kind reads the repository's tag list from "<kind>-" on, page
+// by page, keeping the tags of that kind; tags this package does not know
+// are ignored, so other artifacts may share the repository.
+//
+// # Deleting
+//
+// Registries disagree on deletion. Delete tries these ways in order, and
+// skips, for the Store's lifetime, those the registry refused once:
+//
+//  1. DELETE of the tag (OCI 1.1, distribution v3, zot, go-containerregistry);
+//  2. when the registry refuses that (400, as distribution v2 reads a tag
+//     as a bad digest; 405 or UNSUPPORTED; or a 404 for a tag that a HEAD
+//     shows is there), DELETE of the manifest by digest (distribution v2
+//     with deletion enabled), after a HEAD of the tag to learn the digest;
+//  3. when the registry refuses deletion altogether (405 or UNSUPPORTED:
+//     distribution's default, GHCR, Docker Hub), a tombstone: the object's
+//     tag is moved to a tombstone manifest (artifactType
+//     application/vnd.plakar.tombstone.v1, empty config and one empty
+//     layer, no annotations, so every tombstone is the same manifest), and
+//     that same manifest is also tagged deleted-<kind>-<hex> as a marker.
+//     The marker is pushed first, so a failure half-way leaves the object
+//     whole. Get treats a tombstone as a missing object; List drops the
+//     objects that have a marker, unless their tag was put again since
+//     (checked with a HEAD of the tag), so that a lock can be deleted and
+//     put again under the same MAC. The bytes stay in the registry until
+//     its owner removes the tags and garbage-collects.
+//
+// # Costs
+//
+// Put is four requests (start upload, stream, commit, manifest); Get is one
+// when the host's cache knows the object's blob, two otherwise. List is one
+// request per page of tags, twice (objects and deletion markers), plus one
+// HEAD per marker whose object tag is still listed. Size lists every kind
+// and reads every object's manifest it has not cached: it is slow on big
+// stores and meant for occasional reporting.
+//
+// The host's cache (shared by every instance in one host process) maps
+// "<registry>/<repository>:<tag>" to the object's blob digest and size.
+// Locks are not cached: they are put again under the same MAC with other
+// bytes, and another process may have done so.
+package ocistore

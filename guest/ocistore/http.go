@@ -1,0 +1,103 @@
+package ocistore
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// readChunk bounds one streams.read: each call copies through guest
+// memory, so big documents are read in pieces.
+const readChunk = 1 << 20
+
+// maxManifest is the largest manifest registries must accept (OCI
+// distribution spec); ours are a few hundred bytes.
+const maxManifest = 4 << 20
+
+// send performs one round trip and logs it. A network failure comes back
+// as a transient error; an HTTP error status comes back as a response.
+func (s *Store) send(action string, req *abi.Request) (*abi.Response, error) {
+	resp, err := s.h.RoundTrip(req)
+	if err != nil {
+		s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: %s %s: %v", req.Method, logPath(req.URL), err))
+		return nil, networkError(s.loc, action, err)
+	}
+	s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: %s %s -> %d", req.Method, logPath(req.URL), resp.Status))
+	return resp, nil
+}
+
+// logPath keeps the path of a request URL: queries of upload locations
+// carry upload state, and absolute URLs name hosts the log need not repeat.
+func logPath(u string) string {
+	if p, err := url.Parse(u); err == nil && p.Path != "" {
+		return p.Path
+	}
+	p, _, _ := strings.Cut(u, "?")
+	return p
+}
+
+// fail turns an error answer into the contract's error, consuming the body.
+func (s *Store) fail(action string, resp *abi.Response) error {
+	body, _, _ := s.read(resp.Body, maxErrorBody)
+	s.h.Close(resp.Body)
+	return httpError(s.loc, action, resp.Status, body)
+}
+
+// discard closes the body of an answer whose content does not matter.
+func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
+
+// read reads st up to limit bytes; more tells whether st had more.
+func (s *Store) read(st abi.Stream, limit int) (data []byte, more bool, err error) {
+	for len(data) <= limit {
+		n := min(limit+1-len(data), readChunk)
+		b, err := s.h.Read(st, uint32(n))
+		if err != nil {
+			return data, false, err
+		}
+		if len(b) == 0 {
+			return data, false, nil
+		}
+		data = append(data, b...)
+	}
+	return data[:limit], true, nil
+}
+
+// readDoc reads and closes the body of a successful answer that is a
+// document of at most limit bytes (a manifest, a tag list, a config).
+func (s *Store) readDoc(action, what string, resp *abi.Response, limit int) ([]byte, error) {
+	defer s.h.Close(resp.Body)
+	data, more, err := s.read(resp.Body, limit)
+	if err != nil {
+		return nil, &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf(
+			"%s: reading the %s from registry %s failed: %v: try again", action, what, s.loc.Registry, err)}
+	}
+	if more {
+		return nil, errorf(abi.ErrOther, "%s: the %s from registry %s is larger than %d bytes: %s does not look like a Plakar store",
+			action, what, s.loc.Registry, limit, s.loc)
+	}
+	return data, nil
+}
+
+// headerValues returns every value of the headers named name.
+func headerValues(resp *abi.Response, name string) []string {
+	var vs []string
+	for _, h := range resp.Header {
+		if strings.EqualFold(h[0], name) {
+			vs = append(vs, h[1])
+		}
+	}
+	return vs
+}
+
+func ok2xx(status int) bool { return status >= 200 && status < 300 }
+
+// Paths of the distribution API for the store's repository.
+func (s *Store) manifestURL(ref string) string {
+	return "/v2/" + s.loc.Repository + "/manifests/" + ref
+}
+
+func (s *Store) blobURL(digest string) string { return "/v2/" + s.loc.Repository + "/blobs/" + digest }
+
+var acceptManifest = abi.Header{"Accept", mediaTypeManifest}

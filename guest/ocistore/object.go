@@ -1,0 +1,187 @@
+package ocistore
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+func (s *Store) checkKind(action string, k abi.Kind) error {
+	if !k.Valid() {
+		return errorf(abi.ErrOther, "%s: unknown resource kind %d: the host and the guest disagree on the contract", action, k)
+	}
+	return nil
+}
+
+// Put stores the bytes of body as object (k, mac) and returns their count.
+// The tag is written last, so a failed put leaves no new tag behind.
+func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
+	tag := objectTag(k, mac)
+	action := fmt.Sprintf("put %s to %s", tag, s.loc)
+	if err := s.checkKind(action, k); err != nil {
+		return 0, err
+	}
+	blob, err := s.uploadStream(action, body)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.putManifest(action, tag, objectManifest(k, mac, blob).encode()); err != nil {
+		return 0, err
+	}
+	if cacheable(k) {
+		s.h.CacheSet(s.cacheKey(tag), cacheValue(blob))
+	}
+	return uint64(blob.Size), nil
+}
+
+// Get returns the bytes of object (k, mac), or of rng within them. Whole
+// objects are verified against their digest by the host as they are read.
+func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error) {
+	tag := objectTag(k, mac)
+	action := fmt.Sprintf("get %s from %s", tag, s.loc)
+	if err := s.checkKind(action, k); err != nil {
+		return 0, err
+	}
+	key := s.cacheKey(tag)
+	if cacheable(k) {
+		if v, ok := s.h.CacheGet(key); ok {
+			if blob, ok := parseCacheValue(v); ok {
+				st, err := s.fetch(action, blob, rng)
+				if codeOf(err) != abi.ErrNotFound {
+					return st, err
+				}
+			}
+			// Deleted, or a blob the registry no longer has: ask the tag.
+			s.h.CacheRemove(key)
+		}
+	}
+	blob, err := s.resolve(action, k, tag)
+	if err != nil {
+		return 0, err
+	}
+	st, err := s.fetch(action, blob, rng)
+	if codeOf(err) == abi.ErrNotFound {
+		return 0, errorf(abi.ErrNotFound, "%s: the object's blob %s is missing from the registry (was it garbage-collected?): put the object again",
+			action, blob.Digest)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if cacheable(k) {
+		s.h.CacheSet(key, cacheValue(blob))
+	}
+	return st, nil
+}
+
+// resolve reads the manifest tagged tag and returns the blob of the kind-k
+// object it describes. Tombstones and other kinds are missing objects.
+func (s *Store) resolve(action string, k abi.Kind, tag string) (descriptor, error) {
+	resp, err := s.send(action, &abi.Request{Method: "GET", URL: s.manifestURL(tag), Header: []abi.Header{acceptManifest}})
+	if err != nil {
+		return descriptor{}, err
+	}
+	if resp.Status == 404 {
+		s.discard(resp)
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object", action)
+	}
+	if resp.Status != 200 {
+		return descriptor{}, s.fail(action, resp)
+	}
+	raw, err := s.readDoc(action, "manifest "+tag, resp, maxManifest)
+	if err != nil {
+		return descriptor{}, err
+	}
+	layer, ok, err := parseManifest(raw, artifactType(k))
+	if err != nil {
+		return descriptor{}, errorf(abi.ErrOther, "%s: tag %s is not a Plakar object: %v: remove whatever else writes to repository %s",
+			action, tag, err, s.loc.Repository)
+	}
+	if !ok {
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object (deleted)", action)
+	}
+	return layer, nil
+}
+
+// fetch downloads blob, whole or the range rng of it.
+func (s *Store) fetch(action string, blob descriptor, rng *abi.Range) (abi.Stream, error) {
+	req := &abi.Request{Method: "GET", URL: s.blobURL(blob.Digest)}
+	if rng == nil {
+		resp, err := s.send(action, req)
+		if err != nil {
+			return 0, err
+		}
+		if resp.Status != 200 {
+			return 0, s.fail(action, resp)
+		}
+		s.h.Verify(resp.Body, blob.Digest, uint64(blob.Size))
+		return resp.Body, nil
+	}
+
+	off, size := rng.Offset, uint64(blob.Size)
+	last, want := rangeBounds(off, rng.Length, size)
+	req.Header = []abi.Header{{"Range", fmt.Sprintf("bytes=%d-%d", off, last)}}
+	resp, err := s.send(action, req)
+	if err != nil {
+		return 0, err
+	}
+	switch resp.Status {
+	case 206:
+		got := resp.Get("Content-Range")
+		if start, ok := contentRangeStart(got); !ok || start != off {
+			s.discard(resp)
+			return 0, errorf(abi.ErrOther, "%s: registry %s answered Content-Range %q to Range bytes=%d-%d: refusing bytes that may be the wrong ones",
+				action, s.loc.Registry, got, off, last)
+		}
+		// Slice also guards against a registry sending more than asked.
+		return s.h.Slice(resp.Body, 0, want), nil
+	case 200:
+		// The registry ignored Range and sends the whole blob.
+		if off >= size {
+			s.discard(resp)
+			return 0, s.rangeError(action, off, size)
+		}
+		return s.h.Slice(resp.Body, off, want), nil
+	case 416:
+		s.discard(resp)
+		return 0, s.rangeError(action, off, size)
+	}
+	return 0, s.fail(action, resp)
+}
+
+func (s *Store) rangeError(action string, off, size uint64) error {
+	return errorf(abi.ErrRangeNotSatisfiable, "%s: offset %d is past the end of the object (%d bytes)", action, off, size)
+}
+
+// rangeBounds returns the last byte to ask for and how many bytes the
+// caller gets. HTTP ranges cannot be empty, so a zero length asks for one
+// byte and keeps none. A range that runs past the end is clipped to it, as
+// registries disagree there (416 or a short 206).
+func rangeBounds(off uint64, length uint32, size uint64) (last, want uint64) {
+	if length == 0 {
+		return off, 0
+	}
+	last = off + uint64(length) - 1
+	if last < off { // overflow: clip to the largest offset
+		last = ^uint64(0)
+	}
+	if off < size && last >= size {
+		last = size - 1
+	}
+	return last, last - off + 1
+}
+
+// contentRangeStart parses the first byte of "bytes 10-19/100".
+func contentRangeStart(v string) (uint64, bool) {
+	unit, spec, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(unit, "bytes") {
+		return 0, false
+	}
+	first, _, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(first, 10, 64)
+	return n, err == nil
+}

@@ -1,0 +1,46 @@
+package ocistore
+
+import (
+	"fmt"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// Size is the bytes of every object's blob, each distinct blob counted
+// once. Registries do not tell a repository's size, so this lists every
+// kind and reads the manifest of every object the cache does not know: one
+// request per object. Meant for occasional reporting.
+func (s *Store) Size() (int64, error) {
+	action := "measure the store at " + s.loc.String()
+	seen := map[string]bool{}
+	var total int64
+	for _, k := range abi.Kinds() {
+		macs, err := s.List(k)
+		if err != nil {
+			return 0, err
+		}
+		for _, mac := range macs {
+			tag := objectTag(k, mac)
+			blob, ok := descriptor{}, false
+			if cacheable(k) {
+				if v, hit := s.h.CacheGet(s.cacheKey(tag)); hit {
+					blob, ok = parseCacheValue(v)
+				}
+			}
+			if !ok {
+				blob, err = s.resolve(fmt.Sprintf("%s: read %s", action, tag), k, tag)
+				if codeOf(err) == abi.ErrNotFound {
+					continue // deleted since it was listed
+				}
+				if err != nil {
+					return 0, err
+				}
+			}
+			if !seen[blob.Digest] {
+				seen[blob.Digest] = true
+				total += blob.Size
+			}
+		}
+	}
+	return total, nil
+}

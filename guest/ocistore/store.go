@@ -1,0 +1,101 @@
+package ocistore
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/internal/location"
+)
+
+// Option keys New accepts. Credentials are not among them: the host keeps
+// them and adds them to requests.
+const (
+	OptionLocation = "location"
+	OptionPrefix   = "repository_prefix"
+)
+
+// defaultPageSize is the n of tag list requests: distribution's default
+// maximum, and few enough tags (~80 KB) to read at once.
+const defaultPageSize = 1000
+
+// Store is one store: one repository of one registry.
+type Store struct {
+	h   abi.Host
+	loc location.Location
+
+	pageSize int
+	// deleteMode is how Delete deletes on this registry; it only moves
+	// forward, so each failed way is tried once per Store.
+	deleteMode atomic.Int32
+}
+
+// New makes the store for options; it performs no request.
+func New(h abi.Host, options map[string]string) (*Store, error) {
+	var unknown []string
+	for k := range options {
+		if k != OptionLocation && k != OptionPrefix {
+			unknown = append(unknown, fmt.Sprintf("%q", k))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, errorf(abi.ErrInvalidConfig, "unknown option %s: the OCI store takes %s and %s only (credentials go to the host)",
+			strings.Join(unknown, ", "), OptionLocation, OptionPrefix)
+	}
+	if _, ok := options[OptionLocation]; !ok {
+		return nil, errorf(abi.ErrInvalidConfig, "the %s option is missing: set it to oci://<registry>/<repository>, as in oci://registry.example.com/team/backups",
+			OptionLocation)
+	}
+	loc, err := location.Parse(options[OptionLocation], options[OptionPrefix])
+	if err != nil {
+		return nil, errorf(abi.ErrInvalidConfig, "%v", err)
+	}
+	return &Store{h: h, loc: loc, pageSize: defaultPageSize}, nil
+}
+
+// Location is the store's parsed location.
+func (s *Store) Location() location.Location { return s.loc }
+
+// Mode is read and write: whether credentials allow writing shows at the
+// first write, as registries have no way to ask.
+func (s *Store) Mode() (abi.Access, error) { return abi.AccessRead | abi.AccessWrite, nil }
+
+// Close has nothing to release: the host owns connections and streams.
+func (s *Store) Close() error { return nil }
+
+// Ping checks that the registry answers the distribution API and lets
+// these credentials in.
+func (s *Store) Ping() error {
+	action := "ping " + s.loc.String()
+	resp, err := s.send(action, &abi.Request{Method: "GET", URL: "/v2/"})
+	if err != nil {
+		return err
+	}
+	notRegistry := func(answer string) error {
+		return errorf(abi.ErrOther, "%s: %s does not answer the OCI distribution API at /v2/ (%s); is it a registry?",
+			action, s.loc.Registry, answer)
+	}
+	switch {
+	case resp.Status == 404:
+		s.discard(resp)
+		return notRegistry("404 Not Found")
+	case resp.Status != 200:
+		return s.fail(action, resp)
+	}
+	body, more, rerr := s.read(resp.Body, maxErrorBody)
+	s.discard(resp)
+	if rerr != nil {
+		return networkError(s.loc, action, rerr)
+	}
+	// Registries answer {} or nothing at all (go-containerregistry); a web
+	// server or a captive portal answers HTML.
+	if len(strings.TrimSpace(string(body))) > 0 && (more || !json.Valid(body)) &&
+		resp.Get("Docker-Distribution-API-Version") == "" {
+		return notRegistry("200 with a body that is not JSON")
+	}
+	return nil
+}

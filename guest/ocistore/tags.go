@@ -1,0 +1,62 @@
+package ocistore
+
+import (
+	"encoding/hex"
+	"strconv"
+	"strings"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+const (
+	configTag    = "config"
+	markerPrefix = "deleted-"
+)
+
+// tagPrefix is what every tag of kind k starts with.
+func tagPrefix(k abi.Kind) string { return k.String() + "-" }
+
+// objectTag is the tag of object (k, mac).
+func objectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.EncodeToString(mac[:]) }
+
+// markerTag is the tag that marks object (k, mac) deleted on registries
+// that cannot delete.
+func markerTag(k abi.Kind, mac abi.MAC) string { return markerPrefix + objectTag(k, mac) }
+
+// parseTag returns the MAC of tag if it is prefix followed by 64 lowercase
+// hex digits. Other tags, ours or not, are not objects of that kind.
+func parseTag(prefix, tag string) (abi.MAC, bool) {
+	var mac abi.MAC
+	h, ok := strings.CutPrefix(tag, prefix)
+	if !ok || !isHex64(h) {
+		return mac, false
+	}
+	if _, err := hex.Decode(mac[:], []byte(h)); err != nil {
+		return mac, false
+	}
+	return mac, true
+}
+
+// cacheKey names a tag in the host's cache, which every store of the host
+// process shares: the same MAC may well be in two repositories (plakar sync).
+func (s *Store) cacheKey(tag string) string {
+	return s.loc.Registry + "/" + s.loc.Repository + ":" + tag
+}
+
+// cacheable tells whether the blob behind k's tags never changes. Locks are
+// put again under the same MAC with new bytes, possibly by another process,
+// so a cached digest could serve a stale lock.
+func cacheable(k abi.Kind) bool { return k != abi.KindLock }
+
+// cacheValue and parseCacheValue encode a blob's digest and size: Get needs
+// both to verify a download without reading the manifest.
+func cacheValue(d descriptor) string { return d.Digest + " " + strconv.FormatInt(d.Size, 10) }
+
+func parseCacheValue(v string) (descriptor, bool) {
+	dg, sz, ok := strings.Cut(v, " ")
+	size, err := strconv.ParseInt(sz, 10, 64)
+	if !ok || err != nil || size < 0 || !validDigest(dg) {
+		return descriptor{}, false
+	}
+	return descriptor{Digest: dg, Size: size}, true
+}

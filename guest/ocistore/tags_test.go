@@ -1,0 +1,81 @@
+package ocistore
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+func testMAC(b byte) abi.MAC {
+	var m abi.MAC
+	for i := range m {
+		m[i] = b + byte(i)
+	}
+	return m
+}
+
+func TestTags(t *testing.T) {
+	mac := testMAC(0xa0)
+	hex := "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+	if got, want := objectTag(abi.KindPackfile, mac), "packfile-"+hex; got != want {
+		t.Errorf("objectTag = %q, want %q", got, want)
+	}
+	if got, want := objectTag(abi.KindECCState, mac), "ecc-state-"+hex; got != want {
+		t.Errorf("objectTag = %q, want %q", got, want)
+	}
+	if got, want := markerTag(abi.KindLock, mac), "deleted-lock-"+hex; got != want {
+		t.Errorf("markerTag = %q, want %q", got, want)
+	}
+	for _, k := range abi.Kinds() {
+		// OCI tags are at most 128 characters.
+		if n := len(markerTag(k, mac)); n > 128 {
+			t.Errorf("marker tag of %s is %d characters", k, n)
+		}
+	}
+
+	tests := []struct {
+		prefix, tag string
+		ok          bool
+	}{
+		{"packfile-", "packfile-" + hex, true},
+		{"packfile-", "ecc-packfile-" + hex, false},
+		{"state-", "ecc-state-" + hex, false},
+		{"packfile-", "packfile-" + strings.ToUpper(hex), false},
+		{"packfile-", "packfile-" + hex[:62], false},
+		{"packfile-", "packfile-" + hex + "00", false},
+		{"packfile-", "packfile-" + hex[:63] + "g", false},
+		{"packfile-", "deleted-packfile-" + hex, false},
+		{"deleted-packfile-", "deleted-packfile-" + hex, true},
+		{"packfile-", "config", false},
+		{"packfile-", "latest", false},
+	}
+	for _, tt := range tests {
+		got, ok := parseTag(tt.prefix, tt.tag)
+		if ok != tt.ok {
+			t.Errorf("parseTag(%q, %q) ok = %v, want %v", tt.prefix, tt.tag, ok, tt.ok)
+		}
+		if ok && got != mac {
+			t.Errorf("parseTag(%q, %q) = %x", tt.prefix, tt.tag, got)
+		}
+	}
+}
+
+func TestCacheValue(t *testing.T) {
+	d := descriptor{Digest: emptyDigest, Size: 2}
+	v := cacheValue(d)
+	got, ok := parseCacheValue(v)
+	if !ok || got.Digest != d.Digest || got.Size != d.Size {
+		t.Errorf("parseCacheValue(%q) = %+v, %v", v, got, ok)
+	}
+	for _, bad := range []string{"", emptyDigest, emptyDigest + " -1", emptyDigest + " x", "sha512:ab 2", "sha256:../../x 2"} {
+		if _, ok := parseCacheValue(bad); ok {
+			t.Errorf("parseCacheValue(%q) accepted", bad)
+		}
+	}
+	s := &Store{}
+	s.loc.Registry, s.loc.Repository = "reg:5000", "team/backups"
+	if got, want := s.cacheKey("packfile-ab"), "reg:5000/team/backups:packfile-ab"; got != want {
+		t.Errorf("cacheKey = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,282 @@
+package host_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/encryption"
+	"github.com/PlakarKorp/kloset/objects"
+	"github.com/PlakarKorp/kloset/repository"
+
+	_ "github.com/plakar-oci/ocistore/host" // registers the "oci" store
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+// The generated part of the source: e2eFiles files of random sizes up to
+// e2eMaxSize and one file of e2eBigSize, from a fixed seed.
+const (
+	e2eSeed    = 20240611
+	e2eFiles   = 200
+	e2eMaxSize = 1 << 20
+	e2eBigSize = 20 << 20
+)
+
+// TestKlosetEndToEnd drives Kloset itself over the oci store, on a real
+// registry (distribution v3 with deletes enabled), as the plakar CLI would:
+// create an encrypted repository, back up, list, restore, back up again
+// and see deduplication, reopen from scratch, and refuse a wrong
+// passphrase.
+func TestKlosetEndToEnd(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
+}
+
+func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
+	start := time.Now()
+	step := func(format string, args ...any) {
+		t.Logf("[%5.1fs] %s", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	passphrase := []byte("correct horse battery staple, for the e2e test")
+
+	// The source: the fixture tree in testdata/e2e (a text file, an empty
+	// file, a binary file, an executable, nested directories, symlinks to a
+	// file and to a directory) and generated files, as one snapshot.
+	fixture, err := filepath.Abs(filepath.Join("testdata", "e2e"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := t.TempDir()
+	randBytes, err := generateFiles(gen, e2eSeed, e2eFiles, e2eMaxSize, e2eBigSize)
+	if err != nil {
+		t.Fatalf("generating the source files: %v", err)
+	}
+	src := &sourceTree{roots: []string{fixture, gen}, randBytes: randBytes}
+	if src.entries, err = scanTree(src.roots...); err != nil {
+		t.Fatalf("scanning the source: %v", err)
+	}
+	step("source: %d paths, %d bytes generated in %s", len(src.entries), randBytes, gen)
+
+	// Create the repository, as `plakar create` does.
+	env := newKlosetEnv(t)
+	created, err := createRepository(env.kctx, storeConfig, passphrase)
+	if err != nil {
+		t.Fatalf("plakar create: %v", err)
+	}
+	if created.Encryption == nil {
+		t.Fatal("the created configuration is not encrypted")
+	}
+	step("created the repository %s at %s", created.RepositoryID, storeConfig["location"])
+
+	// A second create at the same location must fail, and leave the first
+	// repository as it was (checked when it is opened below).
+	if _, err := createRepository(env.kctx, storeConfig, []byte("another passphrase")); err == nil {
+		t.Errorf("creating a repository again at %s succeeded; it must fail", storeConfig["location"])
+	} else {
+		step("creating again fails as it must: %v", err)
+	}
+	env.checkClean(t, "create")
+
+	// Open it through a store that counts what it receives.
+	var counter *countingStore
+	repo, err := openRepository(env.kctx, storeConfig, passphrase, func(s storage.Store) storage.Store {
+		counter = newCountingStore(s)
+		return counter
+	})
+	if err != nil {
+		t.Fatalf("opening the repository: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := repo.Store().Close(env.kctx); err != nil {
+			t.Errorf("closing the store: %v", err)
+		}
+	})
+	if got := repo.Configuration().RepositoryID; got != created.RepositoryID {
+		t.Fatalf("the opened repository is %s, want %s", got, created.RepositoryID)
+	}
+	if repo.Configuration().Encryption == nil {
+		t.Fatal("the opened repository is not encrypted")
+	}
+	env.checkClean(t, "open")
+
+	// First backup.
+	before := counter.Stats()
+	id1, err := backup(env.kctx, repo, t.TempDir(), src.roots...)
+	if err != nil {
+		t.Fatalf("first backup: %v", err)
+	}
+	first := counter.Stats().since(before)
+	env.checkClean(t, "first backup")
+	step("first backup %x: %s", id1[:4], first)
+	if first.Calls[opKey{"Put", storage.StorageResourcePackfile}] == 0 || first.Calls[opKey{"Put", storage.StorageResourceState}] == 0 {
+		t.Fatalf("the first backup put no packfile or no state: %s", first)
+	}
+	if n := first.PutBytes[storage.StorageResourcePackfile]; n < src.randBytes {
+		t.Errorf("the first backup uploaded %d bytes of packfiles, less than the %d bytes of random content", n, src.randBytes)
+	}
+
+	// plakar ls: one snapshot, holding every path of the source.
+	ids, err := listSnapshots(repo)
+	if err != nil {
+		t.Fatalf("listing the snapshots: %v", err)
+	}
+	if !slices.Equal(ids, []objects.MAC{id1}) {
+		t.Fatalf("snapshots after the first backup: %x, want [%x]", ids, id1)
+	}
+	files, err := listFiles(repo, id1)
+	if err != nil {
+		t.Fatalf("listing the files of %x: %v", id1, err)
+	}
+	if diffs := compareEntries(src.entries, files); len(diffs) > 0 {
+		t.Fatalf("the snapshot differs from the source:\n%s", strings.Join(diffs, "\n"))
+	}
+	env.checkClean(t, "ls")
+	step("ls: 1 snapshot, %d paths as in the source", len(files))
+
+	// plakar restore into a new directory: the same tree, byte for byte.
+	dest := t.TempDir()
+	before = counter.Stats()
+	if err := restore(env.kctx, repo, id1, dest); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	env.checkClean(t, "restore")
+	diffs, err := compareRestored(src, dest)
+	if err != nil {
+		t.Fatalf("comparing the restored tree: %v", err)
+	}
+	if len(diffs) > 0 {
+		t.Fatalf("the restored tree differs from the source:\n%s", strings.Join(diffs, "\n"))
+	}
+	step("restore: identical; %s", counter.Stats().since(before))
+
+	// Second backup of the unchanged source: (almost) nothing to upload.
+	before = counter.Stats()
+	id2, err := backup(env.kctx, repo, t.TempDir(), src.roots...)
+	if err != nil {
+		t.Fatalf("second backup: %v", err)
+	}
+	second := counter.Stats().since(before)
+	env.checkClean(t, "second backup")
+	step("second backup %x: %s", id2[:4], second)
+	p1, p2 := first.PutBytes[storage.StorageResourcePackfile], second.PutBytes[storage.StorageResourcePackfile]
+	if p2*100 >= p1 {
+		t.Errorf("the second backup uploaded %d bytes of packfiles, not less than 1%% of the first's %d", p2, p1)
+	} else {
+		step("deduplication: the second backup uploaded %d bytes of packfiles, %.3f%% of the first's %d", p2, 100*float64(p2)/float64(p1), p1)
+	}
+	ids, err = listSnapshots(repo)
+	if err != nil {
+		t.Fatalf("listing the snapshots: %v", err)
+	}
+	want := sortedMACs(id1, id2)
+	if !slices.Equal(ids, want) {
+		t.Fatalf("snapshots after the second backup: %x, want %x", ids, want)
+	}
+	files2, err := listFiles(repo, id2)
+	if err != nil {
+		t.Fatalf("listing the files of %x: %v", id2, err)
+	}
+	if diffs := compareEntries(src.entries, files2); len(diffs) > 0 {
+		t.Fatalf("the second snapshot differs from the source:\n%s", strings.Join(diffs, "\n"))
+	}
+	env.checkClean(t, "ls after the second backup")
+
+	// Reopen from scratch: a new KContext with an empty cache, a new store
+	// instance, the passphrase. The configuration and both snapshots come
+	// back from the store alone.
+	env2 := newKlosetEnv(t)
+	repo2, err := openRepository(env2.kctx, storeConfig, passphrase, nil)
+	if err != nil {
+		t.Fatalf("reopening the repository: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := repo2.Store().Close(env2.kctx); err != nil {
+			t.Errorf("closing the second store: %v", err)
+		}
+	})
+	if got := repo2.Configuration().RepositoryID; got != created.RepositoryID {
+		t.Fatalf("the reopened repository is %s, want %s", got, created.RepositoryID)
+	}
+	ids, err = listSnapshots(repo2)
+	if err != nil {
+		t.Fatalf("listing the snapshots of the reopened repository: %v", err)
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("snapshots of the reopened repository: %x, want %x", ids, want)
+	}
+	files2, err = listFiles(repo2, id2)
+	if err != nil {
+		t.Fatalf("listing the files of %x in the reopened repository: %v", id2, err)
+	}
+	if diffs := compareEntries(src.entries, files2); len(diffs) > 0 {
+		t.Fatalf("the second snapshot, reopened, differs from the source:\n%s", strings.Join(diffs, "\n"))
+	}
+	big := filepath.Join(gen, "big", "big.bin")
+	got, err := readFile(repo2, id2, filepath.ToSlash(big))
+	if err != nil {
+		t.Fatalf("reading %s from the reopened repository: %v", big, err)
+	}
+	wantBig, err := os.ReadFile(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, wantBig) {
+		t.Fatalf("%s read from the reopened repository differs from the source (%d bytes, want %d)", big, len(got), len(wantBig))
+	}
+	env2.checkClean(t, "reopen")
+	step("reopened from scratch: %d snapshots, %s read back identical", len(ids), big)
+
+	// A wrong passphrase is refused when the repository is opened, with an
+	// error that says so.
+	_, err = openRepository(env2.kctx, storeConfig, []byte("not the passphrase"), nil)
+	if !errors.Is(err, errWrongPassphrase) {
+		t.Fatalf("opening with a wrong passphrase: %v, want %v", err, errWrongPassphrase)
+	}
+	if !strings.Contains(err.Error(), "wrong passphrase") || !strings.Contains(err.Error(), storeConfig["location"]) {
+		t.Errorf("the error for a wrong passphrase does not say what is wrong where: %q", err)
+	}
+	step("wrong passphrase: %v", err)
+	if _, err := openRepository(env2.kctx, storeConfig, nil, nil); !errors.Is(err, errNeedsPassphrase) {
+		t.Errorf("opening without a passphrase: %v, want %v", err, errNeedsPassphrase)
+	}
+	// Past the canary, Kloset itself refuses a wrong key: the stored
+	// configuration is authenticated with the key.
+	store, wrapped, err := storage.Open(env2.kctx, map[string]string{"location": storeConfig["location"]})
+	if err != nil {
+		t.Fatalf("opening the store: %v", err)
+	}
+	defer store.Close(env2.kctx)
+	config, err := storage.NewConfigurationFromWrappedBytes(wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongKey, err := encryption.DeriveKey(config.Encryption.KDFParams, []byte("not the passphrase"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repository.New(env2.kctx, wrongKey, store, wrapped); err == nil {
+		t.Error("repository.New accepted a key derived from a wrong passphrase")
+	} else {
+		step("repository.New with a wrong key: %v", err)
+	}
+	env2.checkClean(t, "wrong passphrase")
+}
+
+func sortedMACs(macs ...objects.MAC) []objects.MAC {
+	s := slices.Clone(macs)
+	slices.SortFunc(s, func(a, b objects.MAC) int { return strings.Compare(string(a[:]), string(b[:])) })
+	return s
+}
+
+// TestKlosetEndToEndFSReference runs the same scenario on Kloset's own fs
+// store. It is the reference: when it passes and TestKlosetEndToEnd fails,
+// the oci store is at fault, not the way the test drives Kloset.
+func TestKlosetEndToEndFSReference(t *testing.T) {
+	testKlosetEndToEnd(t, map[string]string{"location": "fs://" + filepath.Join(t.TempDir(), "repo")})
+}

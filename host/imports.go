@@ -1,0 +1,253 @@
+package host
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+
+	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/internal/session"
+)
+
+// The host side of the imports: each function lifts its parameters from
+// guest memory, calls the session of the export call in progress, and
+// lowers its result into one allocation from cabi_realloc (the guest copies
+// what it keeps, see guest/memory.go).
+
+type callKey struct{}
+
+type callState struct {
+	inst *instance
+	sess *session.Session
+}
+
+func withCall(ctx context.Context, inst *instance, sess *session.Session) context.Context {
+	return context.WithValue(ctx, callKey{}, callState{inst, sess})
+}
+
+func callOf(ctx context.Context) callState {
+	c, ok := ctx.Value(callKey{}).(callState)
+	if !ok || c.sess == nil {
+		// Only an import called outside an export call gets here; trapping
+		// is the honest answer.
+		panic("oci plugin called the host outside of a store call")
+	}
+	return c
+}
+
+const (
+	i32 = api.ValueTypeI32
+	i64 = api.ValueTypeI64
+)
+
+type hostFunc struct {
+	name    string
+	fn      api.GoModuleFunc
+	params  []api.ValueType
+	results []api.ValueType
+}
+
+func instantiateImports(ctx context.Context, rt wazero.Runtime) error {
+	modules := map[string][]hostFunc{
+		abi.ModuleHTTP: {
+			{"round-trip", roundTrip, []api.ValueType{i32, i32, i32, i32, i32, i32, i32, i32, i32, i32}, nil},
+		},
+		abi.ModuleStreams: {
+			{"read", streamRead, []api.ValueType{i32, i32, i32}, nil},
+			{"digest", streamDigest, []api.ValueType{i32, i32}, nil},
+			{"slice", streamSlice, []api.ValueType{i32, i64, i64}, []api.ValueType{i32}},
+			{"verify", streamVerify, []api.ValueType{i32, i32, i32, i64}, nil},
+			{"close", streamClose, []api.ValueType{i32}, nil},
+		},
+		abi.ModuleCache: {
+			{"get", cacheGet, []api.ValueType{i32, i32, i32}, nil},
+			{"set", cacheSet, []api.ValueType{i32, i32, i32, i32}, nil},
+			{"remove", cacheRemove, []api.ValueType{i32, i32}, nil},
+		},
+		abi.ModuleLog: {
+			{"log", logMessage, []api.ValueType{i32, i32, i32}, nil},
+		},
+	}
+	for module, funcs := range modules {
+		b := rt.NewHostModuleBuilder(module)
+		for _, f := range funcs {
+			b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).Export(f.name)
+		}
+		if _, err := b.Instantiate(ctx); err != nil {
+			return fmt.Errorf("oci plugin: host module %s: %w", module, err)
+		}
+	}
+	return nil
+}
+
+// readString lifts the string (ptr, len) of two stack slots.
+func readString(mod api.Module, ptr, n uint64) string {
+	b, ok := mod.Memory().Read(uint32(ptr), uint32(n))
+	if !ok {
+		panic("oci plugin passed a string outside its memory")
+	}
+	return string(b)
+}
+
+func writeArea(mod api.Module, ptr uint64, area []byte) {
+	if !mod.Memory().Write(uint32(ptr), area) {
+		panic("oci plugin passed a return area outside its memory")
+	}
+}
+
+// lowerStrings copies strs into one allocation and returns the address of
+// each.
+func lowerStrings(ctx context.Context, c callState, strs ...string) []uint32 {
+	size := 0
+	for _, s := range strs {
+		size += len(s)
+	}
+	block := make([]byte, 0, size)
+	for _, s := range strs {
+		block = append(block, s...)
+	}
+	base, err := c.inst.lower(ctx, block)
+	if err != nil {
+		panic(err)
+	}
+	addrs := make([]uint32, len(strs))
+	for i, s := range strs {
+		addrs[i] = base
+		base += uint32(len(s))
+	}
+	return addrs
+}
+
+// errorArea lowers the error case of result<T, string>.
+func errorArea(ctx context.Context, c callState, msg string) []byte {
+	area := make([]byte, 12)
+	area[0] = 1
+	le.PutUint32(area[4:], lowerStrings(ctx, c, msg)[0])
+	le.PutUint32(area[8:], uint32(len(msg)))
+	return area
+}
+
+func roundTrip(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	req := &abi.Request{
+		Method:   readString(mod, stack[0], stack[1]),
+		URL:      readString(mod, stack[2], stack[3]),
+		BodyKind: abi.BodyKind(stack[6]),
+	}
+	n := uint32(stack[5])
+	list, ok := mod.Memory().Read(uint32(stack[4]), 16*n)
+	if !ok {
+		panic("oci plugin passed headers outside its memory")
+	}
+	req.Header = make([]abi.Header, n)
+	for i := range req.Header {
+		e := list[16*i:]
+		req.Header[i] = abi.Header{
+			readString(mod, uint64(le.Uint32(e)), uint64(le.Uint32(e[4:]))),
+			readString(mod, uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:]))),
+		}
+	}
+	switch req.BodyKind {
+	case abi.BodyBytes:
+		req.Bytes = []byte(readString(mod, stack[7], stack[8]))
+	case abi.BodyStreamed:
+		req.Stream = abi.Stream(stack[7])
+	}
+	ret := stack[9]
+
+	resp, err := c.sess.RoundTrip(req)
+	if err != nil {
+		writeArea(mod, ret, errorArea(ctx, c, err.Error()))
+		return
+	}
+	// One allocation: the header tuples, then their strings.
+	strs := make([]string, 0, 2*len(resp.Header))
+	for _, h := range resp.Header {
+		strs = append(strs, h[0], h[1])
+	}
+	addrs := lowerStrings(ctx, c, strs...)
+	tuples := make([]byte, 16*len(resp.Header))
+	for i, s := range strs {
+		le.PutUint32(tuples[8*i:], addrs[i])
+		le.PutUint32(tuples[8*i+4:], uint32(len(s)))
+	}
+	tuplesPtr, err := c.inst.lower(ctx, tuples)
+	if err != nil {
+		panic(err)
+	}
+	area := make([]byte, 20)
+	le.PutUint16(area[4:], uint16(resp.Status))
+	le.PutUint32(area[8:], tuplesPtr)
+	le.PutUint32(area[12:], uint32(len(resp.Header)))
+	le.PutUint32(area[16:], uint32(resp.Body))
+	writeArea(mod, ret, area)
+}
+
+func streamRead(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	data, err := c.sess.Read(abi.Stream(stack[0]), uint32(stack[1]))
+	if err != nil {
+		writeArea(mod, stack[2], errorArea(ctx, c, err.Error()))
+		return
+	}
+	ptr, err := c.inst.lower(ctx, data)
+	if err != nil {
+		panic(err)
+	}
+	area := make([]byte, 12)
+	le.PutUint32(area[4:], ptr)
+	le.PutUint32(area[8:], uint32(len(data)))
+	writeArea(mod, stack[2], area)
+}
+
+func streamDigest(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	digest, n := c.sess.Digest(abi.Stream(stack[0]))
+	area := make([]byte, 16)
+	le.PutUint32(area, lowerStrings(ctx, c, digest)[0])
+	le.PutUint32(area[4:], uint32(len(digest)))
+	le.PutUint64(area[8:], n)
+	writeArea(mod, stack[1], area)
+}
+
+func streamSlice(ctx context.Context, _ api.Module, stack []uint64) {
+	stack[0] = uint64(callOf(ctx).sess.Slice(abi.Stream(stack[0]), stack[1], stack[2]))
+}
+
+func streamVerify(ctx context.Context, mod api.Module, stack []uint64) {
+	callOf(ctx).sess.Verify(abi.Stream(stack[0]), readString(mod, stack[1], stack[2]), stack[3])
+}
+
+func streamClose(ctx context.Context, _ api.Module, stack []uint64) {
+	callOf(ctx).sess.Close(abi.Stream(stack[0]))
+}
+
+func cacheGet(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	value, ok := c.sess.CacheGet(readString(mod, stack[0], stack[1]))
+	area := make([]byte, 12)
+	if ok {
+		area[0] = 1
+		le.PutUint32(area[4:], lowerStrings(ctx, c, value)[0])
+		le.PutUint32(area[8:], uint32(len(value)))
+	}
+	writeArea(mod, stack[2], area)
+}
+
+func cacheSet(ctx context.Context, mod api.Module, stack []uint64) {
+	callOf(ctx).sess.CacheSet(readString(mod, stack[0], stack[1]), readString(mod, stack[2], stack[3]))
+}
+
+func cacheRemove(ctx context.Context, mod api.Module, stack []uint64) {
+	callOf(ctx).sess.CacheRemove(readString(mod, stack[0], stack[1]))
+}
+
+func logMessage(ctx context.Context, mod api.Module, stack []uint64) {
+	level := abi.Level(stack[0])
+	if level > abi.LevelError {
+		level = abi.LevelError
+	}
+	callOf(ctx).sess.Log(level, readString(mod, stack[1], stack[2]))
+}

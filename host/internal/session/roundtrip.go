@@ -1,0 +1,153 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+var errRequestOver = errors.New("the request this stream was the body of is over")
+
+// RoundTrip is http.round-trip. HTTP error statuses are responses; the error
+// is for network, TLS and policy failures, and says what to do about them.
+//
+// The transport may read a BodyBytes body after RoundTrip returns (Go's
+// transport can finish writing in the background), so req.Bytes must not be
+// a view of memory the guest will reuse. A BodyStreamed stream is never read
+// after RoundTrip returns, so that its digest is settled.
+func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
+	u, err := s.env.resolve(ar.URL)
+	if err != nil {
+		return nil, err
+	}
+	// The URL is filled in afterwards: it is already parsed and checked.
+	req, err := http.NewRequestWithContext(s.ctx, ar.Method, "", nil)
+	if err != nil {
+		return nil, fmt.Errorf("cannot make the request %s %s: %v: the guest built it wrong", ar.Method, where(u), err)
+	}
+	req.URL, req.Host = u, ""
+
+	contentLength := int64(-1)
+	for _, h := range ar.Header {
+		// Go writes Content-Length from req.ContentLength, not from the
+		// header; a streamed body whose length the guest knows keeps
+		// it, for registries that refuse chunked uploads.
+		if strings.EqualFold(h[0], "Content-Length") {
+			if n, err := strconv.ParseInt(h[1], 10, 64); err == nil && n >= 0 {
+				contentLength = n
+			}
+			continue
+		}
+		req.Header.Add(h[0], h[1])
+	}
+
+	var body *requestBody
+	switch ar.BodyKind {
+	case abi.BodyEmpty:
+		// Go sends Content-Length: 0 on POST, PUT and PATCH.
+	case abi.BodyBytes:
+		if b := ar.Bytes; len(b) > 0 {
+			req.ContentLength = int64(len(b))
+			req.Body = io.NopCloser(bytes.NewReader(b))
+			// Lets the client replay the body on a 307 or 308.
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		}
+	case abi.BodyStreamed:
+		st := s.lookup(ar.Stream)
+		if st == nil {
+			return nil, fmt.Errorf("body of %s %s: %w", ar.Method, where(u), notOpen(ar.Stream))
+		}
+		body = &requestBody{st: st}
+		req.Body = body
+		// -1: chunked. 0 would mean the same to Go, so only a positive
+		// length is passed on.
+		if contentLength > 0 {
+			req.ContentLength = contentLength
+		} else {
+			req.ContentLength = -1
+		}
+	default:
+		return nil, fmt.Errorf("request %s %s has body kind %d, which the contract does not define: the guest and host disagree on the ABI", ar.Method, where(u), ar.BodyKind)
+	}
+
+	resp, err := s.env.client.Do(req)
+	if body != nil {
+		body.finish()
+	}
+	if err != nil {
+		return nil, s.explain(req, err, body)
+	}
+
+	st := newStream(resp.Body)
+	st.c = resp.Body
+	st.capped, st.wrap, st.from = true, true, resp.Request.URL
+	st.hint = resp.ContentLength
+	if req.Method == http.MethodHead || resp.Body == http.NoBody {
+		st.hint = 0
+	}
+	h := s.add(st)
+	if h == 0 {
+		resp.Body.Close()
+		return nil, errors.New("too many streams in one call: the guest leaks handles")
+	}
+	return &abi.Response{Status: resp.StatusCode, Header: flatten(resp.Header), Body: h}, nil
+}
+
+// flatten lists a header as one entry per value, sorted by name so that the
+// guest sees the same list for the same response. Values of one name keep
+// their order.
+func flatten(hdr http.Header) []abi.Header {
+	n := 0
+	for _, vs := range hdr {
+		n += len(vs)
+	}
+	out := make([]abi.Header, 0, n)
+	for k, vs := range hdr {
+		for _, v := range vs {
+			out = append(out, abi.Header{k, v})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b abi.Header) int { return strings.Compare(a[0], b[0]) })
+	return out
+}
+
+// requestBody is a stream being sent as a request body. Go's transport may
+// go on reading a body after the round trip returned; finish waits for a
+// read in progress and stops later ones, so that the stream's count and
+// digest no longer change once RoundTrip returns. The stream itself stays
+// open in its session: the transport closing the body does not close it.
+type requestBody struct {
+	mu   sync.Mutex
+	st   *stream
+	done bool
+	err  error // the first error of the stream itself, to tell it from a network one
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return 0, errRequestOver
+	}
+	n, err := b.st.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *requestBody) Close() error { return nil }
+
+func (b *requestBody) finish() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
+}

@@ -1,0 +1,282 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+var _ abi.Host = (*Session)(nil)
+
+// readChunk bounds the buffer of one streams.read when the length of what is
+// left is unknown: documents are small, and a guest reading a large body
+// this way loops anyway.
+const readChunk = 32 << 10
+
+// Session is what the host lends the guest during one export call: the
+// requests it makes and the streams it sees. Handles are small integers,
+// never 0 and never reused within a session.
+//
+// The stream table is safe for concurrent use; a single stream must not be
+// read from two goroutines at once.
+type Session struct {
+	env *Env
+	ctx context.Context
+
+	mu     sync.Mutex
+	base   uint32    // the handle of table[0] is base+1
+	table  []*stream // nil where a stream was closed, sliced or taken
+	live   int
+	inline [4]*stream // the table's first backing array, allocated with the session
+}
+
+// AddReader registers a reader of the host's, such as the body Kloset hands
+// to Put, and returns its handle. The session never closes r.
+func (s *Session) AddReader(r io.Reader) abi.Stream {
+	st := newStream(r)
+	// The reader knows nothing of ctx: checking it before every read is
+	// what lets a cancelled call stop an upload.
+	st.ctx = s.ctx
+	return s.add(st)
+}
+
+func (s *Session) add(st *stream) abi.Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if uint64(s.base)+uint64(len(s.table)) >= math.MaxUint32 {
+		// Four billion streams in one call: refuse rather than wrap
+		// around to handles that may still be in use.
+		return 0
+	}
+	s.table = append(s.table, st)
+	s.live++
+	return abi.Stream(s.base + uint32(len(s.table)))
+}
+
+// index returns the table index of h, or -1; mu must be held.
+func (s *Session) index(h abi.Stream) int {
+	if uint32(h) <= s.base {
+		return -1
+	}
+	i := int(uint32(h) - s.base - 1)
+	if i >= len(s.table) || s.table[i] == nil {
+		return -1
+	}
+	return i
+}
+
+func (s *Session) lookup(h abi.Stream) *stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := s.index(h); i >= 0 {
+		return s.table[i]
+	}
+	return nil
+}
+
+func (s *Session) remove(h abi.Stream) *stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.index(h)
+	if i < 0 {
+		return nil
+	}
+	st := s.table[i]
+	s.table[i] = nil
+	s.live--
+	if s.live == 0 {
+		// Moving the base past every handle given out keeps handles
+		// unique while the backing array is reused.
+		s.base += uint32(len(s.table))
+		s.table = s.table[:0]
+	}
+	return st
+}
+
+func notOpen(h abi.Stream) error {
+	return fmt.Errorf("stream %d is not open (never opened, or already closed, sliced or taken): the guest used a stale handle", h)
+}
+
+func (s *Session) debugUnknown(op string, h abi.Stream) {
+	s.env.log.Debug("stream operation on a handle that is not open", "op", op, "stream", uint32(h))
+}
+
+// Read is streams.read: at most limit bytes, and an empty slice at the end of
+// the stream. It blocks until at least one byte or the end is there.
+func (s *Session) Read(h abi.Stream, limit uint32) ([]byte, error) {
+	st := s.lookup(h)
+	if st == nil {
+		return nil, notOpen(h)
+	}
+	if limit == 0 {
+		return nil, fmt.Errorf("streams.read of stream %d with max 0: an empty result means the end of the stream, so ask for at least 1 byte", h)
+	}
+	size := int64(min(limit, readChunk))
+	if st.hint >= 0 {
+		// Content-Length is known: a buffer of exactly what is left,
+		// which also lets the body report its end in the same read.
+		size = min(size, max(st.hint, 1))
+	}
+	size = s.capRead(st, size)
+	buf := make([]byte, size)
+	n, err := s.readInto(st, buf)
+	if err == io.EOF {
+		return []byte{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n:n], nil
+}
+
+// ReadInto is Read into the caller's buffer, for a host that can hand over
+// guest memory directly. It returns io.EOF at the end of the stream.
+func (s *Session) ReadInto(h abi.Stream, p []byte) (int, error) {
+	st := s.lookup(h)
+	if st == nil {
+		return 0, notOpen(h)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return s.readInto(st, p[:s.capRead(st, int64(len(p)))])
+}
+
+// capRead bounds a read of a response body so that it sees at most one byte
+// past the document size limit: enough to tell that the limit was crossed.
+func (s *Session) capRead(st *stream, size int64) int64 {
+	if !st.capped {
+		return size
+	}
+	left := s.env.maxDoc - int64(min(st.n, math.MaxInt64))
+	return max(min(size, left+1), min(size, 1))
+}
+
+func (s *Session) readInto(st *stream, p []byte) (int, error) {
+	// Loop over empty reads like io.ReadAtLeast(p, 1), with a bound so
+	// that a broken reader cannot spin forever.
+	for range 100 {
+		n, err := st.Read(p)
+		if err != nil && err != io.EOF {
+			return 0, err
+		}
+		if st.capped && int64(min(st.n, math.MaxInt64)) > s.env.maxDoc {
+			return 0, fmt.Errorf("the response from %s is larger than %d bytes, the limit for registry documents (manifests, tag lists): the registry answered with something that is not a document; if its documents really are that large, raise the limit", where(st.from), s.env.maxDoc)
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if err == io.EOF {
+			return 0, io.EOF
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
+// Digest is streams.digest.
+func (s *Session) Digest(h abi.Stream) (string, uint64) {
+	st := s.lookup(h)
+	if st == nil {
+		s.debugUnknown("digest", h)
+		return "", 0
+	}
+	return st.digest(), st.n
+}
+
+// Slice is streams.slice: h is consumed by the new stream, which counts and
+// hashes its own bytes only.
+func (s *Session) Slice(h abi.Stream, skip, length uint64) abi.Stream {
+	st := s.remove(h)
+	if st == nil {
+		s.debugUnknown("slice", h)
+		return 0
+	}
+	sl := newStream(&sliceReader{src: st, skip: skip, left: length})
+	sl.c = st
+	sl.capped, sl.from = st.capped, st.from
+	if st.hint >= 0 {
+		left := uint64(st.hint) - min(skip, uint64(st.hint))
+		sl.hint = int64(min(left, length))
+	}
+	return s.add(sl)
+}
+
+// Verify is streams.verify.
+func (s *Session) Verify(h abi.Stream, digest string, size uint64) {
+	st := s.lookup(h)
+	if st == nil {
+		s.debugUnknown("verify", h)
+		return
+	}
+	st.verify, st.want, st.wantN = true, strings.ToLower(digest), size
+}
+
+// Close is streams.close.
+func (s *Session) Close(h abi.Stream) {
+	st := s.remove(h)
+	if st == nil {
+		s.debugUnknown("close", h)
+		return
+	}
+	if err := st.Close(); err != nil {
+		s.env.log.Debug("closing a stream", "stream", uint32(h), "error", err)
+	}
+}
+
+// Take removes a stream from the session and hands it to the host, which
+// then owns it: the stream store.get returns. Reading it still counts,
+// hashes and verifies; closing it closes the response body behind it.
+func (s *Session) Take(h abi.Stream) (io.ReadCloser, error) {
+	st := s.remove(h)
+	if st == nil {
+		return nil, notOpen(h)
+	}
+	return st, nil
+}
+
+// CloseAll closes every stream still in the session; the host calls it when
+// the export call returns. (It is not named Close: abi.Host's Close closes
+// one stream.)
+func (s *Session) CloseAll() {
+	s.mu.Lock()
+	table := s.table
+	s.base += uint32(len(table))
+	// A fresh table: this one is closed outside the lock, and must not be
+	// shared with streams added meanwhile.
+	s.table, s.live = nil, 0
+	s.mu.Unlock()
+	for _, st := range table {
+		if st == nil {
+			continue
+		}
+		if err := st.Close(); err != nil {
+			s.env.log.Debug("closing a stream left open", "error", err)
+		}
+	}
+}
+
+// Log is log.log.
+func (s *Session) Log(level abi.Level, msg string) {
+	l := slog.LevelInfo
+	switch level {
+	case abi.LevelDebug:
+		l = slog.LevelDebug
+	case abi.LevelWarn:
+		l = slog.LevelWarn
+	case abi.LevelError:
+		l = slog.LevelError
+	}
+	s.env.log.Log(s.ctx, l, msg)
+}
+
+// CacheGet, CacheSet and CacheRemove are the cache interface, over the
+// Env's cache.
+func (s *Session) CacheGet(key string) (string, bool) { return s.env.cache.Get(key) }
+func (s *Session) CacheSet(key, value string)         { s.env.cache.Set(key, value) }
+func (s *Session) CacheRemove(key string)             { s.env.cache.Remove(key) }

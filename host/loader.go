@@ -1,0 +1,165 @@
+// Package host runs the OCI store guest under wazero and presents it to
+// Kloset as a connectors/storage.Store registered as "oci".
+//
+// The guest holds the store logic; the host lends it what wit/storage.wit
+// imports: HTTP round trips to the store's registry only (credentials and
+// TLS stay here), byte streams that keep payloads out of guest memory, a
+// cache and a logger. Nothing else: no filesystem, no environment, no
+// sockets.
+package host
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// embeddedGuest is build/guest.wasm, copied here by `make guest`.
+//
+//go:embed guest.wasm
+var embeddedGuest []byte
+
+// EmbeddedGuest returns the guest module built into this binary.
+func EmbeddedGuest() []byte { return embeddedGuest }
+
+// Options tune how a Plugin is loaded.
+type Options struct {
+	// CacheDir keeps compiled code across processes. Empty means the user's
+	// cache directory; "off" disables the on-disk cache.
+	CacheDir string
+	// MemoryLimitPages caps each instance's linear memory, in 64 KiB pages
+	// (default 2048, 128 MiB: the guest keeps payloads out of its memory).
+	MemoryLimitPages uint32
+	// Logger receives the guest's logs and its panics (default slog.Default).
+	Logger *slog.Logger
+}
+
+// Plugin is a compiled guest module, shared by every store of a process.
+type Plugin struct {
+	runtime  wazero.Runtime
+	compiled wazero.CompiledModule
+	logger   *slog.Logger
+}
+
+// Load compiles a guest module. It checks that the module implements the
+// WIT world this host speaks before anything runs.
+func Load(ctx context.Context, wasm []byte, opts Options) (*Plugin, error) {
+	if opts.MemoryLimitPages == 0 {
+		opts.MemoryLimitPages = 2048
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	config := wazero.NewRuntimeConfigCompiler().
+		WithCloseOnContextDone(true).
+		WithMemoryLimitPages(opts.MemoryLimitPages)
+	if cache, err := compilationCache(opts.CacheDir); err != nil {
+		opts.Logger.Warn("compiled plugin cache disabled", "error", err)
+	} else if cache != nil {
+		config = config.WithCompilationCache(cache)
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, config)
+	p := &Plugin{runtime: rt, logger: opts.Logger}
+	if err := p.instantiateImports(ctx); err != nil {
+		rt.Close(ctx)
+		return nil, err
+	}
+	compiled, err := rt.CompileModule(ctx, wasm)
+	if err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("oci plugin: the module does not compile: %w", err)
+	}
+	if err := checkExports(compiled); err != nil {
+		rt.Close(ctx)
+		return nil, err
+	}
+	p.compiled = compiled
+	return p, nil
+}
+
+// Close releases the compiled module and every instance still open.
+func (p *Plugin) Close(ctx context.Context) error { return p.runtime.Close(ctx) }
+
+func (p *Plugin) instantiateImports(ctx context.Context) error {
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, p.runtime); err != nil {
+		return fmt.Errorf("oci plugin: WASI: %w", err)
+	}
+	return instantiateImports(ctx, p.runtime)
+}
+
+// newModuleConfig gives each instance real clocks and crypto randomness
+// (wazero's defaults are fake and deterministic), stdout and stderr into the
+// log (a Go panic prints there), and nothing else: no filesystem, no
+// environment, no arguments.
+func (p *Plugin) newModuleConfig() wazero.ModuleConfig {
+	w := &logWriter{logger: p.logger}
+	return wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions("_initialize").
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader).
+		WithStdout(w).
+		WithStderr(w)
+}
+
+func compilationCache(dir string) (wazero.CompilationCache, error) {
+	switch dir {
+	case "off":
+		return nil, nil
+	case "":
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return nil, err
+		}
+		dir = filepath.Join(base, "ocistore", "wazero")
+	}
+	return wazero.NewCompilationCacheWithDir(dir)
+}
+
+// checkExports refuses a module that does not implement this host's
+// version of the contract, with an error that says which.
+func checkExports(m wazero.CompiledModule) error {
+	exports := m.ExportedFunctions()
+	var missing []string
+	for _, name := range append([]string{abi.Realloc, "_initialize"}, abi.Exports...) {
+		if _, ok := exports[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	slices.Sort(missing)
+	return fmt.Errorf("oci plugin: the module does not implement %s (missing exports %q): rebuild it against wit/storage.wit of this version", abi.World, missing)
+}
+
+// logWriter turns what the guest prints into log records, a line at a time.
+type logWriter struct {
+	logger *slog.Logger
+	buf    []byte
+}
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	w.buf = append(w.buf, b...)
+	for {
+		i := slices.Index(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.logger.Warn(string(w.buf[:i]), "plugin", "oci")
+		w.buf = w.buf[i+1:]
+	}
+	return len(b), nil
+}

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "restored by the e2e test"

@@ -8,7 +8,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 
 	"github.com/plakar-oci/ocistore/abi"
-	"github.com/plakar-oci/ocistore/host/internal/session"
+	"github.com/plakar-oci/ocistore/host/session"
 )
 
 // The host side of the imports: each function lifts its parameters from

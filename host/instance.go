@@ -11,7 +11,7 @@ import (
 
 	"github.com/plakar-oci/ocistore/abi"
 	"github.com/plakar-oci/ocistore/host/internal/mmap"
-	"github.com/plakar-oci/ocistore/host/internal/session"
+	"github.com/plakar-oci/ocistore/host/session"
 )
 
 var le = binary.LittleEndian

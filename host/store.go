@@ -12,7 +12,7 @@ import (
 	"github.com/PlakarKorp/kloset/objects"
 
 	"github.com/plakar-oci/ocistore/abi"
-	"github.com/plakar-oci/ocistore/host/internal/session"
+	"github.com/plakar-oci/ocistore/host/session"
 )
 
 func init() {

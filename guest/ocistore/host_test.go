@@ -17,7 +17,7 @@ import (
 )
 
 // testHost is a minimal abi.Host over net/http for these tests. The real
-// one, host/internal/session, cannot be imported from here (Go's internal
+// one, host/session, cannot be imported from here (Go's internal
 // rule); this one keeps to the contract the store relies on: streams count
 // and hash what goes through them, Verify fails at the end, Slice consumes,
 // Read returns nothing at the end. It also records requests and catches

@@ -25,7 +25,7 @@ import (
 // The store contract: every method and resource of storage.Store, run
 // against every registry CI installs, through the wasm sandbox.
 
-var resources = []storage.StorageResource{
+var allResources = []storage.StorageResource{
 	storage.StorageResourcePackfile,
 	storage.StorageResourceState,
 	storage.StorageResourceLock,
@@ -160,7 +160,7 @@ func testObjects(t *testing.T, newStore storeMaker) {
 	if err := s.Create(ctx, []byte("config")); err != nil {
 		t.Fatal(err)
 	}
-	for _, res := range resources {
+	for _, res := range allResources {
 		t.Run(res.String(), func(t *testing.T) {
 			if macs := list(t, s, res); len(macs) != 0 {
 				t.Fatalf("new store lists %d objects", len(macs))
@@ -176,7 +176,7 @@ func testObjects(t *testing.T, newStore storeMaker) {
 				t.Fatalf("list: got %d MACs, want the 2 put", len(macs))
 			}
 			// Other kinds do not see it.
-			for _, o := range resources {
+			for _, o := range allResources {
 				if o != res && slices.Contains(list(t, s, o), mac) {
 					t.Fatalf("%s lists an object put as %s", o, res)
 				}

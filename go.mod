@@ -1,11 +1,13 @@
 module github.com/plakar-oci/ocistore
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/DataDog/zstd v1.5.7 // indirect
 	github.com/PlakarKorp/go-cdc-chunkers v1.1.0 // indirect
 	github.com/PlakarKorp/go-human2duration v0.1.6 // indirect
+	github.com/PlakarKorp/go-kloset-sdk v1.1.0 // indirect
+	github.com/PlakarKorp/integration-grpc v1.1.0 // indirect
 	github.com/PlakarKorp/integrations/fs v1.1.2 // indirect
 	github.com/PlakarKorp/kloset v1.1.4 // indirect
 	github.com/RaduBerinde/axisds v0.1.0 // indirect
@@ -68,7 +70,9 @@ require (
 	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.38.0 // indirect
-	google.golang.org/protobuf v1.36.10 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20261026165753-2ffab32bce7e // indirect
+	google.golang.org/grpc v1.81.1 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/warnings.v0 v0.1.2 // indirect
 	modernc.org/libc v1.72.3 // indirect
 	modernc.org/mathutil v1.7.1 // indirect

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/PlakarKorp/kloset/caching"
 	"github.com/PlakarKorp/kloset/caching/pebble"
@@ -37,7 +38,7 @@ import (
 	"github.com/PlakarKorp/kloset/logging"
 	"github.com/PlakarKorp/kloset/objects"
 	"github.com/PlakarKorp/kloset/repository"
-	"github.com/PlakarKorp/kloset/resources"
+	kresources "github.com/PlakarKorp/kloset/resources"
 	"github.com/PlakarKorp/kloset/snapshot"
 	"github.com/PlakarKorp/kloset/snapshot/vfs"
 	"github.com/PlakarKorp/kloset/versioning"
@@ -54,7 +55,7 @@ import (
 // bus. Everything lives in t.TempDir() and is closed by t.Cleanup.
 type klosetEnv struct {
 	kctx *kcontext.KContext
-	log  *lockedBuffer
+	log  *klosetLogBuffer
 
 	mu     sync.Mutex
 	errors []string // events of level "error" not yet checked
@@ -78,7 +79,7 @@ func newKlosetEnv(t *testing.T) *klosetEnv {
 	kctx.CWD, _ = os.Getwd()
 	kctx.Stdin = strings.NewReader("")
 
-	env := &klosetEnv{kctx: kctx, log: &lockedBuffer{}}
+	env := &klosetEnv{kctx: kctx, log: &klosetLogBuffer{}}
 	kctx.Stdout = env.log
 	kctx.Stderr = env.log
 	kctx.SetLogger(logging.NewLogger(env.log, env.log))
@@ -96,7 +97,7 @@ func newKlosetEnv(t *testing.T) *klosetEnv {
 		for ev := range bus {
 			if ev.Level == events.Error {
 				env.mu.Lock()
-				env.errors = append(env.errors, formatEvent(ev))
+				env.errors = append(env.errors, klosetFormatEvent(ev))
 				env.mu.Unlock()
 			}
 		}
@@ -115,7 +116,7 @@ func newKlosetEnv(t *testing.T) *klosetEnv {
 	return env
 }
 
-func formatEvent(ev *events.Event) string {
+func klosetFormatEvent(ev *events.Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s", ev.Workflow, ev.Type)
 	for _, k := range slices.Sorted(maps.Keys(ev.Data)) {
@@ -148,9 +149,9 @@ func (env *klosetEnv) checkClean(t *testing.T, phase string) {
 	}
 }
 
-// cause returns what cancelled kctx when err is the cancellation, as plakar
+// klosetCause returns what cancelled kctx when err is the cancellation, as plakar
 // does with ctx.ErrorCause.
-func cause(kctx *kcontext.KContext, err error) error {
+func klosetCause(kctx *kcontext.KContext, err error) error {
 	if err != nil && errors.Is(err, context.Canceled) {
 		if c := context.Cause(kctx); c != nil && c != err {
 			return fmt.Errorf("%w (cause: %w)", err, c)
@@ -159,25 +160,25 @@ func cause(kctx *kcontext.KContext, err error) error {
 	return err
 }
 
-type lockedBuffer struct {
+type klosetLogBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *klosetLogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *klosetLogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
 // Take returns what was written since the last Take.
-func (l *lockedBuffer) Take() string {
+func (l *klosetLogBuffer) Take() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.b.String()
@@ -187,11 +188,11 @@ func (l *lockedBuffer) Take() string {
 
 // --- plakar create ---
 
-// newWrappedConfig builds the configuration `plakar create` stores: Kloset's
+// klosetWrappedConfig builds the configuration `plakar create` stores: Kloset's
 // default configuration (default hashing, compression on), encrypted with a
 // key derived from passphrase and checked by a canary, serialized and
 // wrapped with a MAC made with that key.
-func newWrappedConfig(passphrase []byte) ([]byte, *storage.Configuration, error) {
+func klosetWrappedConfig(passphrase []byte) ([]byte, *storage.Configuration, error) {
 	config := storage.NewConfiguration()
 	hashingConfig, err := hashing.LookupDefaultConfiguration(strings.ToUpper(hashing.DEFAULT_HASHING_ALGORITHM))
 	if err != nil {
@@ -216,7 +217,7 @@ func newWrappedConfig(passphrase []byte) ([]byte, *storage.Configuration, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	rd, err := storage.Serialize(hasher, resources.RT_CONFIG, versioning.GetCurrentVersion(resources.RT_CONFIG), bytes.NewReader(serialized))
+	rd, err := storage.Serialize(hasher, kresources.RT_CONFIG, versioning.GetCurrentVersion(kresources.RT_CONFIG), bytes.NewReader(serialized))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -227,9 +228,9 @@ func newWrappedConfig(passphrase []byte) ([]byte, *storage.Configuration, error)
 	return wrapped, config, nil
 }
 
-// createRepository is `plakar at LOCATION create` with a passphrase.
-func createRepository(kctx *kcontext.KContext, storeConfig map[string]string, passphrase []byte) (*storage.Configuration, error) {
-	wrapped, config, err := newWrappedConfig(passphrase)
+// klosetCreate is `plakar at LOCATION create` with a passphrase.
+func klosetCreate(kctx *kcontext.KContext, storeConfig map[string]string, passphrase []byte) (*storage.Configuration, error) {
+	wrapped, config, err := klosetWrappedConfig(passphrase)
 	if err != nil {
 		return nil, err
 	}
@@ -246,17 +247,17 @@ func createRepository(kctx *kcontext.KContext, storeConfig map[string]string, pa
 // --- opening a repository, as plakar does before any other subcommand ---
 
 var (
-	errWrongPassphrase  = errors.New("wrong passphrase")
-	errNeedsPassphrase  = errors.New("the repository is encrypted: a passphrase is required")
-	errIncompatibleRepo = errors.New("incompatible repository version")
+	errKlosetWrongPassphrase = errors.New("wrong passphrase")
+	errKlosetNeedsPassphrase = errors.New("the repository is encrypted: a passphrase is required")
+	errKlosetIncompatible    = errors.New("incompatible repository version")
 )
 
-// openRepository opens the repository at storeConfig: it reads the stored
+// klosetOpen opens the repository at storeConfig: it reads the stored
 // configuration, derives the key from passphrase and checks it against the
 // configuration's canary before anything else, then builds the repository
 // (which rebuilds its local state from the store's states). wrap, if not
 // nil, wraps the store the repository uses.
-func openRepository(kctx *kcontext.KContext, storeConfig map[string]string, passphrase []byte, wrap func(storage.Store) storage.Store) (*repository.Repository, error) {
+func klosetOpen(kctx *kcontext.KContext, storeConfig map[string]string, passphrase []byte, wrap func(storage.Store) storage.Store) (*repository.Repository, error) {
 	loc := storeConfig["location"]
 	store, wrapped, err := storage.Open(kctx, maps.Clone(storeConfig))
 	if err != nil {
@@ -271,19 +272,19 @@ func openRepository(kctx *kcontext.KContext, storeConfig map[string]string, pass
 		return fail(fmt.Errorf("reading the configuration of %s: %w", loc, err))
 	}
 	if config.Version != versioning.FromString(storage.VERSION) {
-		return fail(fmt.Errorf("%w at %s: %s, expected %s", errIncompatibleRepo, loc, config.Version, storage.VERSION))
+		return fail(fmt.Errorf("%w at %s: %s, expected %s", errKlosetIncompatible, loc, config.Version, storage.VERSION))
 	}
 	var key []byte
 	if config.Encryption != nil {
 		if len(passphrase) == 0 {
-			return fail(fmt.Errorf("%w (%s)", errNeedsPassphrase, loc))
+			return fail(fmt.Errorf("%w (%s)", errKlosetNeedsPassphrase, loc))
 		}
 		key, err = encryption.DeriveKey(config.Encryption.KDFParams, passphrase)
 		if err != nil {
 			return fail(fmt.Errorf("deriving the key of %s: %w", loc, err))
 		}
 		if !encryption.VerifyCanary(config.Encryption, key) {
-			return fail(fmt.Errorf("%w for the repository at %s", errWrongPassphrase, loc))
+			return fail(fmt.Errorf("%w for the repository at %s", errKlosetWrongPassphrase, loc))
 		}
 	}
 	if wrap != nil {
@@ -298,8 +299,8 @@ func openRepository(kctx *kcontext.KContext, storeConfig map[string]string, pass
 
 // --- plakar backup ---
 
-// backupOptions are those plakar's importers get from the KContext.
-func connectorOptions(kctx *kcontext.KContext) *connectors.Options {
+// klosetConnectorOptions are the options plakar's importers get from the KContext.
+func klosetConnectorOptions(kctx *kcontext.KContext) *connectors.Options {
 	return &connectors.Options{
 		Hostname:        kctx.Hostname,
 		OperatingSystem: kctx.OperatingSystem,
@@ -312,20 +313,20 @@ func connectorOptions(kctx *kcontext.KContext) *connectors.Options {
 	}
 }
 
-// backup is `plakar backup ROOT...`: one snapshot of one source made of an
+// klosetBackup is `plakar backup ROOT...`: one snapshot of one source made of an
 // fs importer per root, with packfiles staged in a temporary directory and
 // the latest snapshot of the same source as the VFS cache (plakar's default
 // -cache vfs), so that unchanged files are neither read nor re-chunked.
 // Once committed, the repository's local state is rebuilt from the store,
 // which is how a later plakar command would see the new snapshot.
-func backup(kctx *kcontext.KContext, repo *repository.Repository, packfileDir string, roots ...string) (objects.MAC, error) {
+func klosetBackup(kctx *kcontext.KContext, repo *repository.Repository, packfileDir string, roots ...string) (objects.MAC, error) {
 	var imps []importer.Importer
 	defer func() {
 		for _, imp := range imps {
 			imp.Close(kctx)
 		}
 	}()
-	opts := connectorOptions(kctx)
+	opts := klosetConnectorOptions(kctx)
 	for _, root := range roots {
 		imp, err := importer.NewImporter(kctx, opts, map[string]string{"location": "fs://" + root})
 		if err != nil {
@@ -343,7 +344,7 @@ func backup(kctx *kcontext.KContext, repo *repository.Repository, packfileDir st
 		Tags: []string{"e2e"},
 	})
 	if err != nil {
-		return objects.NilMac, fmt.Errorf("creating the snapshot: %w", cause(kctx, err))
+		return objects.NilMac, fmt.Errorf("creating the snapshot: %w", klosetCause(kctx, err))
 	}
 	defer snap.Close()
 
@@ -370,10 +371,10 @@ func backup(kctx *kcontext.KContext, repo *repository.Repository, packfileDir st
 	snap.WithVFSCache(parentVFS)
 
 	if err := snap.Backup(source); err != nil {
-		return objects.NilMac, fmt.Errorf("backing up %s: %w", strings.Join(roots, ", "), cause(kctx, err))
+		return objects.NilMac, fmt.Errorf("backing up %s: %w", strings.Join(roots, ", "), klosetCause(kctx, err))
 	}
 	if err := snap.Commit(); err != nil {
-		return objects.NilMac, fmt.Errorf("committing the snapshot: %w", cause(kctx, err))
+		return objects.NilMac, fmt.Errorf("committing the snapshot: %w", klosetCause(kctx, err))
 	}
 	var nerrors uint64
 	for _, s := range snap.Header.Sources {
@@ -390,9 +391,9 @@ func backup(kctx *kcontext.KContext, repo *repository.Repository, packfileDir st
 
 // --- plakar ls ---
 
-// listSnapshots is `plakar ls`: the snapshots of the repository, sorted by
+// klosetListSnapshots is `plakar ls`: the snapshots of the repository, sorted by
 // identifier.
-func listSnapshots(repo *repository.Repository) ([]objects.MAC, error) {
+func klosetListSnapshots(repo *repository.Repository) ([]objects.MAC, error) {
 	var ids []objects.MAC
 	for id, err := range repo.ListSnapshots() {
 		if err != nil {
@@ -404,8 +405,8 @@ func listSnapshots(repo *repository.Repository) ([]objects.MAC, error) {
 	return ids, nil
 }
 
-// fileEntry is what the test compares of a path, on disk and in a snapshot.
-type fileEntry struct {
+// klosetEntry is what the test compares of a path, on disk and in a snapshot.
+type klosetEntry struct {
 	Type    fs.FileMode // fs.ModeDir, fs.ModeSymlink or 0 for a regular file
 	Perm    fs.FileMode
 	Size    int64  // regular files only
@@ -413,8 +414,8 @@ type fileEntry struct {
 	ModTime int64  // regular files only, in ns
 }
 
-func entryOf(fi fs.FileInfo, target string) fileEntry {
-	e := fileEntry{Type: fi.Mode().Type(), Perm: fi.Mode().Perm(), Target: target}
+func klosetEntryOf(fi fs.FileInfo, target string) klosetEntry {
+	e := klosetEntry{Type: fi.Mode().Type(), Perm: fi.Mode().Perm(), Target: target}
 	if fi.Mode().IsRegular() {
 		e.Size = fi.Size()
 		e.ModTime = fi.ModTime().UnixNano()
@@ -422,7 +423,15 @@ func entryOf(fi fs.FileInfo, target string) fileEntry {
 	return e
 }
 
-func (e fileEntry) String() string {
+// same tells whether e and o describe the same entry. Times may differ by
+// less than a microsecond: the fs exporter sets them with utimes.
+func (e klosetEntry) same(o klosetEntry) bool {
+	dt := e.ModTime - o.ModTime
+	return e.Type == o.Type && e.Perm == o.Perm && e.Size == o.Size && e.Target == o.Target &&
+		dt > -int64(time.Microsecond) && dt < int64(time.Microsecond)
+}
+
+func (e klosetEntry) String() string {
 	switch {
 	case e.Type == fs.ModeDir:
 		return fmt.Sprintf("dir %v", e.Perm)
@@ -434,9 +443,9 @@ func (e fileEntry) String() string {
 	return fmt.Sprintf("%v", e.Type|e.Perm)
 }
 
-// listFiles is `plakar ls -recursive SNAPSHOT:/`: every path of the
+// klosetListFiles is `plakar ls -recursive SNAPSHOT:/`: every path of the
 // snapshot.
-func listFiles(repo *repository.Repository, id objects.MAC) (map[string]fileEntry, error) {
+func klosetListFiles(repo *repository.Repository, id objects.MAC) (map[string]klosetEntry, error) {
 	snap, err := snapshot.Load(repo, id)
 	if err != nil {
 		return nil, fmt.Errorf("loading the snapshot %x: %w", id, err)
@@ -446,12 +455,12 @@ func listFiles(repo *repository.Repository, id objects.MAC) (map[string]fileEntr
 	if err != nil {
 		return nil, err
 	}
-	files := make(map[string]fileEntry)
+	files := make(map[string]klosetEntry)
 	err = fsc.WalkDir("/", func(p string, e *vfs.Entry, err error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
-		files[p] = entryOf(e.Stat(), e.SymlinkTarget)
+		files[p] = klosetEntryOf(e.Stat(), e.SymlinkTarget)
 		return nil
 	})
 	if err != nil {
@@ -466,8 +475,8 @@ func listFiles(repo *repository.Repository, id objects.MAC) (map[string]fileEntr
 	return files, nil
 }
 
-// readFile reads one file of a snapshot through its VFS.
-func readFile(repo *repository.Repository, id objects.MAC, p string) ([]byte, error) {
+// klosetReadFile reads one file of a snapshot through its VFS.
+func klosetReadFile(repo *repository.Repository, id objects.MAC, p string) ([]byte, error) {
 	snap, err := snapshot.Load(repo, id)
 	if err != nil {
 		return nil, err
@@ -487,10 +496,10 @@ func readFile(repo *repository.Repository, id objects.MAC, p string) ([]byte, er
 
 // --- plakar restore ---
 
-// restore is `plakar restore -to DEST SNAPSHOT:/`: the whole snapshot,
+// klosetRestore is `plakar restore -to DEST SNAPSHOT:/`: the whole snapshot,
 // absolute paths and all, under dest.
-func restore(kctx *kcontext.KContext, repo *repository.Repository, id objects.MAC, dest string) error {
-	exp, err := exporter.NewExporter(kctx, connectorOptions(kctx), map[string]string{"location": "fs://" + dest})
+func klosetRestore(kctx *kcontext.KContext, repo *repository.Repository, id objects.MAC, dest string) error {
+	exp, err := exporter.NewExporter(kctx, klosetConnectorOptions(kctx), map[string]string{"location": "fs://" + dest})
 	if err != nil {
 		return err
 	}
@@ -501,47 +510,68 @@ func restore(kctx *kcontext.KContext, repo *repository.Repository, id objects.MA
 	}
 	defer snap.Close()
 	if err := snap.Export(exp, "/", &snapshot.ExportOptions{}); err != nil {
-		return fmt.Errorf("restoring the snapshot %x: %w", id, cause(kctx, err))
+		return fmt.Errorf("restoring the snapshot %x: %w", id, klosetCause(kctx, err))
 	}
 	return nil
 }
 
+// klosetPadding reads packfiles back whole through Kloset (which checks
+// their MACs) and returns the bytes of the random padding Kloset puts at
+// both ends of every packfile (RT_RANDOM blobs of up to the chunker's
+// minimum size, 512 KiB by default, each): noise by design, which a
+// deduplication measure must leave out.
+func klosetPadding(repo *repository.Repository, macs []objects.MAC) (int64, error) {
+	var padding int64
+	for _, mac := range macs {
+		p, err := repo.GetPackfile(mac)
+		if err != nil {
+			return 0, fmt.Errorf("reading back the packfile %x: %w", mac, err)
+		}
+		for _, blob := range p.Entries() {
+			if blob.Type == kresources.RT_RANDOM {
+				padding += int64(blob.Length)
+			}
+		}
+	}
+	return padding, nil
+}
+
 // --- a store that counts what goes through it ---
 
-// opKey names a store call: the method and the resource.
-type opKey struct {
+// klosetStoreOp names a store call: the method and the resource.
+type klosetStoreOp struct {
 	Method   string
 	Resource storage.StorageResource
 }
 
-func (k opKey) String() string {
+func (k klosetStoreOp) String() string {
 	if k.Resource == storage.StorageResourceUndefined {
 		return k.Method
 	}
 	return k.Method + " " + k.Resource.String()
 }
 
-// storeStats are the calls a store received and the bytes it was sent
+// klosetStoreStats are the calls a store received and the bytes it was sent
 // (Put) and sent back (Get).
-type storeStats struct {
-	Calls    map[opKey]int
-	Errors   map[opKey]int
+type klosetStoreStats struct {
+	Calls    map[klosetStoreOp]int
+	Errors   map[klosetStoreOp]int
 	PutBytes map[storage.StorageResource]int64
 	GetBytes map[storage.StorageResource]int64
 	Ranged   int // ranged Gets
 }
 
-func newStoreStats() storeStats {
-	return storeStats{
-		Calls:    map[opKey]int{},
-		Errors:   map[opKey]int{},
+func newKlosetStoreStats() klosetStoreStats {
+	return klosetStoreStats{
+		Calls:    map[klosetStoreOp]int{},
+		Errors:   map[klosetStoreOp]int{},
 		PutBytes: map[storage.StorageResource]int64{},
 		GetBytes: map[storage.StorageResource]int64{},
 	}
 }
 
-func (s storeStats) clone() storeStats {
-	return storeStats{
+func (s klosetStoreStats) clone() klosetStoreStats {
+	return klosetStoreStats{
 		Calls:    maps.Clone(s.Calls),
 		Errors:   maps.Clone(s.Errors),
 		PutBytes: maps.Clone(s.PutBytes),
@@ -551,8 +581,8 @@ func (s storeStats) clone() storeStats {
 }
 
 // since returns the difference s - before.
-func (s storeStats) since(before storeStats) storeStats {
-	d := newStoreStats()
+func (s klosetStoreStats) since(before klosetStoreStats) klosetStoreStats {
+	d := newKlosetStoreStats()
 	for k, v := range s.Calls {
 		if n := v - before.Calls[k]; n != 0 {
 			d.Calls[k] = n
@@ -577,8 +607,8 @@ func (s storeStats) since(before storeStats) storeStats {
 	return d
 }
 
-func (s storeStats) String() string {
-	keys := slices.SortedFunc(maps.Keys(s.Calls), func(a, b opKey) int {
+func (s klosetStoreStats) String() string {
+	keys := slices.SortedFunc(maps.Keys(s.Calls), func(a, b klosetStoreOp) int {
 		return strings.Compare(a.String(), b.String())
 	})
 	var parts []string
@@ -601,89 +631,126 @@ func (s storeStats) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// countingStore wraps a storage.Store and counts its calls and bytes. The
+// klosetCountingStore wraps a storage.Store and counts its calls and bytes. The
 // bytes of a Put are those the store read from Kloset's reader.
-type countingStore struct {
+type klosetCountingStore struct {
 	storage.Store
 
-	mu    sync.Mutex
-	stats storeStats
+	mu      sync.Mutex
+	stats   klosetStoreStats
+	putMACs []objects.MAC // of the packfiles put, in order
+	changed chan struct{} // closed and replaced at every call
 }
 
-func newCountingStore(inner storage.Store) *countingStore {
-	return &countingStore{Store: inner, stats: newStoreStats()}
+func newKlosetCountingStore(inner storage.Store) *klosetCountingStore {
+	return &klosetCountingStore{Store: inner, stats: newKlosetStoreStats(), changed: make(chan struct{})}
 }
 
-func (c *countingStore) Stats() storeStats {
+// WaitCalls waits until the store has received n calls op, for at most
+// timeout, and tells whether it has. Kloset makes some calls on its own
+// time: a snapshot's lock is deleted by a goroutine once it is closed.
+func (c *klosetCountingStore) WaitCalls(op klosetStoreOp, n int, timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		got, changed := c.stats.Calls[op], c.changed
+		c.mu.Unlock()
+		if got >= n {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+func (c *klosetCountingStore) Stats() klosetStoreStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.stats.clone()
 }
 
-func (c *countingStore) count(method string, res storage.StorageResource, err error) {
+func (c *klosetCountingStore) count(method string, res storage.StorageResource, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := opKey{method, res}
+	k := klosetStoreOp{method, res}
 	c.stats.Calls[k]++
 	if err != nil {
 		c.stats.Errors[k]++
 	}
+	close(c.changed)
+	c.changed = make(chan struct{})
 }
 
-func (c *countingStore) addBytes(m map[storage.StorageResource]int64, res storage.StorageResource, n int64) {
+func (c *klosetCountingStore) addBytes(m map[storage.StorageResource]int64, res storage.StorageResource, n int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m[res] += n
 }
 
-func (c *countingStore) Create(ctx context.Context, config []byte) error {
+func (c *klosetCountingStore) Create(ctx context.Context, config []byte) error {
 	err := c.Store.Create(ctx, config)
 	c.count("Create", storage.StorageResourceUndefined, err)
 	return err
 }
 
-func (c *countingStore) Open(ctx context.Context) ([]byte, error) {
+func (c *klosetCountingStore) Open(ctx context.Context) ([]byte, error) {
 	b, err := c.Store.Open(ctx)
 	c.count("Open", storage.StorageResourceUndefined, err)
 	return b, err
 }
 
-func (c *countingStore) Ping(ctx context.Context) error {
+func (c *klosetCountingStore) Ping(ctx context.Context) error {
 	err := c.Store.Ping(ctx)
 	c.count("Ping", storage.StorageResourceUndefined, err)
 	return err
 }
 
-func (c *countingStore) Mode(ctx context.Context) (storage.Mode, error) {
+func (c *klosetCountingStore) Mode(ctx context.Context) (storage.Mode, error) {
 	m, err := c.Store.Mode(ctx)
 	c.count("Mode", storage.StorageResourceUndefined, err)
 	return m, err
 }
 
-func (c *countingStore) Size(ctx context.Context) (int64, error) {
+func (c *klosetCountingStore) Size(ctx context.Context) (int64, error) {
 	n, err := c.Store.Size(ctx)
 	c.count("Size", storage.StorageResourceUndefined, err)
 	return n, err
 }
 
-func (c *countingStore) List(ctx context.Context, res storage.StorageResource) ([]objects.MAC, error) {
+func (c *klosetCountingStore) List(ctx context.Context, res storage.StorageResource) ([]objects.MAC, error) {
 	macs, err := c.Store.List(ctx, res)
 	c.count("List", res, err)
 	return macs, err
 }
 
-func (c *countingStore) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
-	cr := &countingReader{r: rd}
+func (c *klosetCountingStore) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
+	cr := &klosetCountingReader{r: rd}
 	n, err := c.Store.Put(ctx, res, mac, cr)
 	c.count("Put", res, err)
 	c.addBytes(c.stats.PutBytes, res, cr.n)
 	if err == nil && n != cr.n {
-		err = fmt.Errorf("countingStore: Put %s %x returned %d bytes but read %d", res, mac, n, cr.n)
+		err = fmt.Errorf("klosetCountingStore: Put %s %x returned %d bytes but read %d", res, mac, n, cr.n)
+	}
+	if err == nil && res == storage.StorageResourcePackfile {
+		c.mu.Lock()
+		c.putMACs = append(c.putMACs, mac)
+		c.mu.Unlock()
 	}
 	return n, err
 }
 
-func (c *countingStore) Get(ctx context.Context, res storage.StorageResource, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
+// PackfilesPut returns the MACs of the packfiles put so far.
+func (c *klosetCountingStore) PackfilesPut() []objects.MAC {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.putMACs)
+}
+
+func (c *klosetCountingStore) Get(ctx context.Context, res storage.StorageResource, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
 	rd, err := c.Store.Get(ctx, res, mac, rng)
 	c.count("Get", res, err)
 	if rng != nil {
@@ -694,38 +761,38 @@ func (c *countingStore) Get(ctx context.Context, res storage.StorageResource, ma
 	if err != nil {
 		return rd, err
 	}
-	return &countingReadCloser{ReadCloser: rd, add: func(n int64) { c.addBytes(c.stats.GetBytes, res, n) }}, nil
+	return &klosetCountingReadCloser{ReadCloser: rd, add: func(n int64) { c.addBytes(c.stats.GetBytes, res, n) }}, nil
 }
 
-func (c *countingStore) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
+func (c *klosetCountingStore) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
 	err := c.Store.Delete(ctx, res, mac)
 	c.count("Delete", res, err)
 	return err
 }
 
-func (c *countingStore) Close(ctx context.Context) error {
+func (c *klosetCountingStore) Close(ctx context.Context) error {
 	err := c.Store.Close(ctx)
 	c.count("Close", storage.StorageResourceUndefined, err)
 	return err
 }
 
-type countingReader struct {
+type klosetCountingReader struct {
 	r io.Reader
 	n int64
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
+func (c *klosetCountingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
 }
 
-type countingReadCloser struct {
+type klosetCountingReadCloser struct {
 	io.ReadCloser
 	add func(int64)
 }
 
-func (c *countingReadCloser) Read(p []byte) (int, error) {
+func (c *klosetCountingReadCloser) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	c.add(int64(n))
 	return n, err
@@ -733,19 +800,19 @@ func (c *countingReadCloser) Read(p []byte) (int, error) {
 
 // --- the source tree ---
 
-// sourceTree is what the test backs up: the roots, and every path the
+// klosetSource is what the test backs up: the roots, and every path the
 // snapshot must hold (the roots' trees and their ancestors, which the fs
 // importer records too).
-type sourceTree struct {
+type klosetSource struct {
 	roots     []string
-	entries   map[string]fileEntry
+	entries   map[string]klosetEntry
 	randBytes int64 // bytes of generated (incompressible, unique) content
 }
 
-// generateFiles writes n files of random sizes up to maxSize, spread over
+// klosetGenerateFiles writes n files of random sizes up to maxSize, spread over
 // a few directories, plus one file of bigSize, all of random content from a
 // fixed seed. It returns the bytes written.
-func generateFiles(dir string, seed uint64, n int, maxSize int, bigSize int) (int64, error) {
+func klosetGenerateFiles(dir string, seed uint64, n int, maxSize int, bigSize int) (int64, error) {
 	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	var key [32]byte
 	for i := range key {
@@ -787,16 +854,16 @@ func generateFiles(dir string, seed uint64, n int, maxSize int, bigSize int) (in
 	return total, nil
 }
 
-// scanTree describes roots as the snapshot must hold them.
-func scanTree(roots ...string) (map[string]fileEntry, error) {
-	entries := make(map[string]fileEntry)
+// klosetScanTree describes roots as the snapshot must hold them.
+func klosetScanTree(roots ...string) (map[string]klosetEntry, error) {
+	entries := make(map[string]klosetEntry)
 	for _, root := range roots {
 		for dir := filepath.Dir(root); ; dir = filepath.Dir(dir) {
 			fi, err := os.Lstat(dir)
 			if err != nil {
 				return nil, err
 			}
-			entries[filepath.ToSlash(dir)] = entryOf(fi, "")
+			entries[filepath.ToSlash(dir)] = klosetEntryOf(fi, "")
 			if filepath.Dir(dir) == dir {
 				break
 			}
@@ -815,7 +882,7 @@ func scanTree(roots ...string) (map[string]fileEntry, error) {
 					return err
 				}
 			}
-			entries[filepath.ToSlash(p)] = entryOf(fi, target)
+			entries[filepath.ToSlash(p)] = klosetEntryOf(fi, target)
 			return nil
 		})
 		if err != nil {
@@ -825,10 +892,10 @@ func scanTree(roots ...string) (map[string]fileEntry, error) {
 	return entries, nil
 }
 
-// compareEntries reports the differences between the paths a snapshot
+// klosetCompareEntries reports the differences between the paths a snapshot
 // holds and the source. Directories' times are not compared: those of the
 // roots' ancestors move as the test works.
-func compareEntries(want, got map[string]fileEntry) []string {
+func klosetCompareEntries(want, got map[string]klosetEntry) []string {
 	var diffs []string
 	for _, p := range slices.Sorted(maps.Keys(want)) {
 		g, ok := got[p]
@@ -836,7 +903,7 @@ func compareEntries(want, got map[string]fileEntry) []string {
 			diffs = append(diffs, fmt.Sprintf("missing %s (%s)", p, want[p]))
 			continue
 		}
-		if w := want[p]; w != g {
+		if w := want[p]; !w.same(g) {
 			diffs = append(diffs, fmt.Sprintf("%s: got %s mtime %d, want %s mtime %d", p, g, g.ModTime, w, w.ModTime))
 		}
 	}
@@ -848,11 +915,20 @@ func compareEntries(want, got map[string]fileEntry) []string {
 	return diffs
 }
 
-// compareRestored checks the restored tree under dest against the source:
+// klosetDiffReport joins diffs, the first 40 of them.
+func klosetDiffReport(diffs []string) string {
+	const shown = 40
+	if len(diffs) <= shown {
+		return strings.Join(diffs, "\n")
+	}
+	return strings.Join(diffs[:shown], "\n") + fmt.Sprintf("\n... and %d more", len(diffs)-shown)
+}
+
+// klosetCompareRestored checks the restored tree under dest against the source:
 // the same paths (and no other), every regular file byte for byte with its
 // permissions and time, every symlink with its target.
-func compareRestored(src *sourceTree, dest string) ([]string, error) {
-	restored := make(map[string]fileEntry)
+func klosetCompareRestored(src *klosetSource, dest string) ([]string, error) {
+	restored := make(map[string]klosetEntry)
 	err := filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -871,13 +947,13 @@ func compareRestored(src *sourceTree, dest string) ([]string, error) {
 				return err
 			}
 		}
-		restored[path.Join("/", filepath.ToSlash(rel))] = entryOf(fi, target)
+		restored[path.Join("/", filepath.ToSlash(rel))] = klosetEntryOf(fi, target)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	diffs := compareEntries(src.entries, restored)
+	diffs := klosetCompareEntries(src.entries, restored)
 	for _, p := range slices.Sorted(maps.Keys(src.entries)) {
 		if src.entries[p].Type != 0 {
 			continue
@@ -885,7 +961,7 @@ func compareRestored(src *sourceTree, dest string) ([]string, error) {
 		if _, ok := restored[p]; !ok {
 			continue // already reported
 		}
-		same, err := sameContent(filepath.FromSlash(p), filepath.Join(dest, filepath.FromSlash(p)))
+		same, err := klosetSameContent(filepath.FromSlash(p), filepath.Join(dest, filepath.FromSlash(p)))
 		if err != nil {
 			return nil, err
 		}
@@ -896,7 +972,7 @@ func compareRestored(src *sourceTree, dest string) ([]string, error) {
 	return diffs, nil
 }
 
-func sameContent(a, b string) (bool, error) {
+func klosetSameContent(a, b string) (bool, error) {
 	fa, err := os.Open(a)
 	if err != nil {
 		return false, err

@@ -78,6 +78,10 @@ type Registry struct {
 	// LogPath is the file the registry logs to.
 	LogPath string
 
+	// instance is sent by the registry in an X-Registrytest-Instance header,
+	// so that readiness is never taken from another process on the port.
+	instance string
+
 	mu      sync.Mutex
 	start   func() error // starts the registry on Host, storing in Dir
 	stop    func() error // stops it; nil while stopped
@@ -254,7 +258,7 @@ func InProcess(t testing.TB) *Registry {
 	serve(ln)
 	register(t, r)
 	if err := waitReady(context.Background(), r, nil); err != nil {
-		t.Fatalf("%v\nregistry log:\n%s", err, r.logTail())
+		t.Fatal(err) // the cleanup prints the log
 	}
 	return r
 }
@@ -283,8 +287,10 @@ func register(t testing.TB, r *Registry) {
 	})
 }
 
-// configFunc writes the configuration of a registry binary.
-type configFunc func(addr, storage string, opts Options) string
+// configFunc writes the configuration of a registry binary that listens
+// on addr, stores in storage and sends instance in the header
+// X-Registrytest-Instance.
+type configFunc func(addr, storage, instance string, opts Options) string
 
 // startBinary starts the registry binary bin with the configuration that
 // config writes.
@@ -300,7 +306,7 @@ func startBinary(t testing.TB, name, bin string, config configFunc, opts Options
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Registry{Name: name, Dir: storage, Delete: opts.Delete, LogPath: logPath, logFile: logFile}
+	r := &Registry{Name: name, Dir: storage, Delete: opts.Delete, LogPath: logPath, logFile: logFile, instance: randomSecret()}
 	register(t, r)
 
 	cfgPath := filepath.Join(dir, "config.yml")
@@ -317,7 +323,7 @@ func startBinary(t testing.TB, name, bin string, config configFunc, opts Options
 			t.Fatal(err)
 		}
 		r.Host, r.URL = host, "http://"+host
-		if err := os.WriteFile(cfgPath, []byte(config(host, storage, opts)), 0o600); err != nil {
+		if err := os.WriteFile(cfgPath, []byte(config(host, storage, r.instance, opts)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		err = r.Restart()
@@ -325,7 +331,7 @@ func startBinary(t testing.TB, name, bin string, config configFunc, opts Options
 			return r
 		}
 		if !errors.Is(err, errAddrInUse) || i == attempts {
-			t.Fatalf("%v\nregistry log:\n%s", err, r.logTail())
+			t.Fatal(err) // the cleanup prints the log
 		}
 		fmt.Fprintf(logFile, "registrytest: %s was taken, trying another port\n", host)
 	}
@@ -426,10 +432,14 @@ func waitReady(ctx context.Context, r *Registry, exited <-chan struct{}) error {
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Distribution-Api-Version") == "registry/2.0" {
+			switch {
+			case r.instance != "" && resp.Header.Get(instanceHeader) != r.instance:
+				err = fmt.Errorf("GET /v2/: %s, from another server", resp.Status)
+			case resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Distribution-Api-Version") == "registry/2.0":
 				return nil
+			default:
+				err = fmt.Errorf("GET /v2/: %s", resp.Status)
 			}
-			err = fmt.Errorf("GET /v2/: %s", resp.Status)
 		}
 		last = err
 		select {
@@ -452,6 +462,8 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
+const instanceHeader = "X-Registrytest-Instance"
+
 func randomSecret() string {
 	b := make([]byte, 32)
 	rand.Read(b)
@@ -462,7 +474,7 @@ func randomSecret() string {
 // HTTP, no debug server, no redirects, no upload purging, warnings only.
 // The in-memory blob descriptor cache is on, as in the project's default
 // configuration.
-func distributionConfig(addr, storage string, opts Options) string {
+func distributionConfig(addr, storage, instance string, opts Options) string {
 	return fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -489,11 +501,12 @@ http:
   draintimeout: 0s
   headers:
     X-Content-Type-Options: [nosniff]
-`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret())
+    %s: [%q]
+`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret(), instanceHeader, instance)
 }
 
 // dockerRegistryConfig configures docker-registry v2.8 like distribution.
-func dockerRegistryConfig(addr, storage string, opts Options) string {
+func dockerRegistryConfig(addr, storage, instance string, opts Options) string {
 	return fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -518,7 +531,8 @@ http:
   secret: %q
   headers:
     X-Content-Type-Options: [nosniff]
-`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret())
+    %s: [%q]
+`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret(), instanceHeader, instance)
 }
 
 // distributionBinary finds the distribution v3 binary or fails t.

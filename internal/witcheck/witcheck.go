@@ -108,6 +108,10 @@ func Check(ctx context.Context, witPath string, module []byte) error {
 
 // componentize builds a component of module with wasm-tools, in dir.
 func componentize(ctx context.Context, wt *wasmTools, dir string, module []byte, mod *moduleInfo) error {
+	module, _, err := dedupeWASI(module)
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "module.wasm"), module, 0o644); err != nil {
 		return err
 	}
@@ -136,23 +140,24 @@ func componentize(ctx context.Context, wt *wasmTools, dir string, module []byte,
 		args = append(args, "--adapt", WASIModule+"=/adapter.wasm")
 	}
 	// component new validates the component it builds.
-	_, err := wt.run(ctx, dir, args...)
+	_, err = wt.run(ctx, dir, args...)
 	return err
 }
 
-// adapterWAT is a core module that exports a stub for each WASI function in
-// fns: a function that returns an errno returns ENOSYS, any other traps.
-// wasm-tools only needs the adapter to type-check the module's imports.
+// adapterWAT is a core module that exports a stub for each WASI function
+// import in fns, under the names dedupeWASI gives them: a function that
+// returns an errno returns ENOSYS, any other traps. wasm-tools only needs the
+// adapter to type-check the module's imports.
 func adapterWAT(fns []api.FunctionDefinition) string {
 	var b strings.Builder
 	b.WriteString("(module\n")
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	for _, f := range fns {
 		_, name, _ := f.Import()
-		if seen[name] {
-			continue
+		seen[name]++
+		if n := seen[name]; n > 1 {
+			name = dupName(name, n)
 		}
-		seen[name] = true
 		fmt.Fprintf(&b, "  (func (export %q)", name)
 		if p := f.ParamTypes(); len(p) > 0 {
 			b.WriteString(" (param")

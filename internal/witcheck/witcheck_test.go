@@ -120,6 +120,51 @@ func TestMissingExports(t *testing.T) {
 	}
 }
 
+// TestDedupeWASI checks that the stub, like any Go guest, imports fd_write
+// twice, and that the renamed module is valid (inspect compiles it) with
+// each import once.
+func TestDedupeWASI(t *testing.T) {
+	t.Parallel()
+	module := buildGuest(t, "./internal/witcheck/testdata/stubguest")
+	count := func(m []byte) map[string]int {
+		t.Helper()
+		info, err := inspect(context.Background(), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := map[string]int{}
+		for _, f := range info.imports {
+			mod, name, _ := f.Import()
+			n[mod+" "+name]++
+		}
+		return n
+	}
+	before := count(module)
+	if before[WASIModule+" fd_write"] < 2 {
+		t.Fatalf("the stub imports fd_write %d times: the duplicate case is not exercised", before[WASIModule+" fd_write"])
+	}
+
+	out, renamed, err := dedupeWASI(module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !renamed {
+		t.Fatal("dedupeWASI renamed nothing")
+	}
+	after := count(out)
+	for k, n := range after {
+		if n != 1 {
+			t.Errorf("import %s still appears %d times", k, n)
+		}
+	}
+	if after[WASIModule+" "+dupName("fd_write", 2)] != 1 {
+		t.Errorf("no import %s: %v", dupName("fd_write", 2), after)
+	}
+	if len(after) != len(before)+1 {
+		t.Errorf("%d distinct imports after, %d before: want one more", len(after), len(before))
+	}
+}
+
 // TestGuest checks the real guest, ./guest, as `make guest` builds it.
 func TestGuest(t *testing.T) {
 	t.Parallel()

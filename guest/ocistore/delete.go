@@ -17,8 +17,8 @@ const (
 // abi.ErrNotFound.
 func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 	tag := objectTag(k, mac)
-	action := fmt.Sprintf("delete %s from %s", tag, s.loc)
-	if err := s.checkKind(action, k); err != nil {
+	c := s.newCall(fmt.Sprintf("delete %s from %s", tag, s.loc))
+	if err := s.checkKind(c.action, k); err != nil {
 		return err
 	}
 	s.h.CacheRemove(s.cacheKey(tag))
@@ -28,11 +28,11 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 		var err error
 		switch mode {
 		case deleteByTag:
-			done, err = s.deleteTag(action, tag)
+			done, err = c.deleteTag(tag)
 		case deleteByDigest:
-			done, err = s.deleteDigest(action, tag)
+			done, err = c.deleteDigest(tag)
 		default:
-			return s.bury(action, k, mac)
+			return c.bury(k, mac)
 		}
 		if done || err != nil {
 			return err
@@ -42,19 +42,28 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 	}
 }
 
+// deleteRef DELETEs the manifest ref names. lost tells whether an attempt
+// whose answer never came (or was a server error) preceded the answer:
+// that attempt may have deleted it already.
+func (c *call) deleteRef(ref string) (resp *abi.Response, lost bool, err error) {
+	c.retried = false
+	resp, err = c.exchange(&abi.Request{Method: "DELETE", URL: c.s.manifestURL(ref)})
+	return resp, c.retried, err
+}
+
 // deleteTag deletes by tag. done false means the registry cannot delete
 // tags, and the next way should be tried.
-func (s *Store) deleteTag(action, tag string) (done bool, err error) {
-	resp, err := s.send(action, &abi.Request{Method: "DELETE", URL: s.manifestURL(tag)})
+func (c *call) deleteTag(tag string) (done bool, err error) {
+	resp, lost, err := c.deleteRef(tag)
 	if err != nil {
 		return true, err
 	}
 	if ok2xx(resp.Status) {
-		s.discard(resp)
+		c.s.discard(resp)
 		return true, nil
 	}
-	body, _, _ := s.read(resp.Body, maxErrorBody)
-	s.discard(resp)
+	body, _, _ := c.s.read(resp.Body, maxErrorBody)
+	c.s.discard(resp)
 	switch {
 	case resp.Status == 400 || resp.Status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED"):
 		// Distribution v2 reads a tag as a bad digest; others refuse
@@ -63,98 +72,98 @@ func (s *Store) deleteTag(action, tag string) (done bool, err error) {
 	case resp.Status == 404:
 		// Either the tag is missing, or the registry looked it up as a
 		// digest: only the tag itself can tell.
-		_, exists, err := s.manifestDigest(action, tag)
+		_, exists, err := c.manifestDigest(tag)
 		if err != nil {
 			return true, err
 		}
 		if !exists {
-			return true, errorf(abi.ErrNotFound, "%s: no such object", action)
+			if lost {
+				return true, nil // the attempt whose answer was lost did it
+			}
+			return true, errorf(abi.ErrNotFound, "%s: no such object", c.action)
 		}
 		return false, nil
 	}
-	return true, httpError(s.loc, action, resp.Status, body)
+	return true, httpError(c.s.loc, c.action, resp.Status, body)
 }
 
 // deleteDigest deletes the manifest tag points to, by digest.
-func (s *Store) deleteDigest(action, tag string) (done bool, err error) {
-	digest, exists, err := s.manifestDigest(action, tag)
+func (c *call) deleteDigest(tag string) (done bool, err error) {
+	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return true, err
 	}
 	if !exists || digest == tombstoneDigest {
-		return true, errorf(abi.ErrNotFound, "%s: no such object", action)
+		return true, errorf(abi.ErrNotFound, "%s: no such object", c.action)
 	}
-	resp, err := s.send(action, &abi.Request{Method: "DELETE", URL: s.manifestURL(digest)})
+	resp, lost, err := c.deleteRef(digest)
 	if err != nil {
 		return true, err
 	}
 	if ok2xx(resp.Status) {
-		s.discard(resp)
+		c.s.discard(resp)
 		return true, nil
 	}
-	body, _, _ := s.read(resp.Body, maxErrorBody)
-	s.discard(resp)
+	body, _, _ := c.s.read(resp.Body, maxErrorBody)
+	c.s.discard(resp)
 	if resp.Status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED") {
 		return false, nil
 	}
 	if resp.Status == 404 {
-		return true, errorf(abi.ErrNotFound, "%s: no such object (deleted meanwhile)", action)
+		if lost {
+			return true, nil
+		}
+		return true, errorf(abi.ErrNotFound, "%s: no such object (deleted meanwhile)", c.action)
 	}
-	return true, httpError(s.loc, action, resp.Status, body)
+	return true, httpError(c.s.loc, c.action, resp.Status, body)
 }
 
 // bury deletes by tombstone, on registries that cannot delete. The marker
 // goes first: if the second PUT fails, the object is still whole, and
 // List, which checks the object tag of every marker, still shows it.
-func (s *Store) bury(action string, k abi.Kind, mac abi.MAC) error {
+func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	tag := objectTag(k, mac)
-	digest, exists, err := s.manifestDigest(action, tag)
+	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
 	}
 	if !exists || digest == tombstoneDigest {
-		return errorf(abi.ErrNotFound, "%s: no such object", action)
+		return errorf(abi.ErrNotFound, "%s: no such object", c.action)
 	}
-	if err := s.putManifest(action, markerTag(k, mac), tombstone); err != nil {
+	if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
 		return err
 	}
-	return s.putManifest(action, tag, tombstone)
+	return c.putManifest(tag, tombstone)
 }
 
 // manifestDigest returns the digest of the manifest ref names, and whether
 // there is one.
-func (s *Store) manifestDigest(action, ref string) (digest string, exists bool, err error) {
-	resp, err := s.send(action, &abi.Request{Method: "HEAD", URL: s.manifestURL(ref), Header: []abi.Header{acceptManifest}})
+func (c *call) manifestDigest(ref string) (digest string, exists bool, err error) {
+	resp, err := c.exchange(&abi.Request{Method: "HEAD", URL: c.s.manifestURL(ref), Header: []abi.Header{acceptManifest}})
 	if err != nil {
 		return "", false, err
 	}
 	switch {
 	case resp.Status == 404:
-		s.discard(resp)
+		c.s.discard(resp)
 		return "", false, nil
 	case resp.Status != 200:
-		return "", false, s.fail(action, resp)
+		return "", false, c.s.fail(c.action, resp)
 	}
-	d := resp.Get("Docker-Content-Digest")
-	s.discard(resp)
+	d := resp.Get(headerDigest)
+	c.s.discard(resp)
 	if validDigest(d) {
 		return d, true, nil
 	}
 	// The header is optional in the OCI spec: hash the manifest itself.
-	resp, err = s.send(action, &abi.Request{Method: "GET", URL: s.manifestURL(ref), Header: []abi.Header{acceptManifest}})
-	if err != nil {
-		return "", false, err
-	}
+	doc, err := c.getDoc("manifest "+ref, c.s.manifestURL(ref), []abi.Header{acceptManifest}, maxManifest, "")
 	switch {
-	case resp.Status == 404:
-		s.discard(resp)
-		return "", false, nil
-	case resp.Status != 200:
-		return "", false, s.fail(action, resp)
-	}
-	raw, err := s.readDoc(action, "manifest "+ref, resp, maxManifest)
-	if err != nil {
+	case err != nil:
 		return "", false, err
+	case doc.status == 404:
+		return "", false, nil
+	case doc.status != 200:
+		return "", false, doc.err
 	}
-	return digestOf(raw), true, nil
+	return digestOf(doc.data), true, nil
 }

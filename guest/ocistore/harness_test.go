@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/plakar-oci/ocistore/abi"
@@ -23,6 +24,8 @@ type harness struct {
 	host  *testHost
 	store *Store
 	loc   string
+	// slept records the store's backoff waits, which take no time here.
+	slept []time.Duration
 }
 
 type middleware func(http.Handler) http.Handler
@@ -41,7 +44,16 @@ func newHarness(t *testing.T, mws ...middleware) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, host: host, store: st, loc: loc}
+	x := &harness{t: t, host: host, store: st, loc: loc}
+	st.sleep = func(d time.Duration) { x.slept = append(x.slept, d) }
+	return x
+}
+
+// takeSlept returns the waits since the last call.
+func (x *harness) takeSlept() []time.Duration {
+	s := x.slept
+	x.slept = nil
+	return s
 }
 
 // do runs one store call as an export call.

@@ -42,7 +42,16 @@ func logPath(u string) string {
 func (s *Store) fail(action string, resp *abi.Response) error {
 	body, _, _ := s.read(resp.Body, maxErrorBody)
 	s.h.Close(resp.Body)
-	return httpError(s.loc, action, resp.Status, body)
+	return s.failWith(action, resp, body)
+}
+
+// failWith is fail for an answer whose body the caller read.
+func (s *Store) failWith(action string, resp *abi.Response, body []byte) *abi.Error {
+	err := httpError(s.loc, action, resp.Status, body)
+	if after := retryAfter(resp.Get("Retry-After"), s.now()); err.Code == abi.ErrTransient && after > 0 {
+		err.Message += fmt.Sprintf(" (it asks to wait %v)", after)
+	}
+	return err
 }
 
 // discard closes the body of an answer whose content does not matter.

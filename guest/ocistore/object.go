@@ -16,18 +16,20 @@ func (s *Store) checkKind(action string, k abi.Kind) error {
 }
 
 // Put stores the bytes of body as object (k, mac) and returns their count.
-// The tag is written last, so a failed put leaves no new tag behind.
+// The tag is written last, so a failed put leaves no new tag behind: a tag
+// only ever names a whole blob, which the registry checked against its
+// digest when the upload was committed.
 func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	tag := objectTag(k, mac)
-	action := fmt.Sprintf("put %s to %s", tag, s.loc)
-	if err := s.checkKind(action, k); err != nil {
+	c := s.newCall(fmt.Sprintf("put %s to %s", tag, s.loc))
+	if err := s.checkKind(c.action, k); err != nil {
 		return 0, err
 	}
-	blob, err := s.uploadStream(action, body)
+	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
 	}
-	if err := s.putManifest(action, tag, objectManifest(k, mac, blob).encode()); err != nil {
+	if err := c.putManifest(tag, objectManifest(k, mac, blob).encode()); err != nil {
 		return 0, err
 	}
 	if cacheable(k) {
@@ -40,15 +42,15 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 // objects are verified against their digest by the host as they are read.
 func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error) {
 	tag := objectTag(k, mac)
-	action := fmt.Sprintf("get %s from %s", tag, s.loc)
-	if err := s.checkKind(action, k); err != nil {
+	c := s.newCall(fmt.Sprintf("get %s from %s", tag, s.loc))
+	if err := s.checkKind(c.action, k); err != nil {
 		return 0, err
 	}
 	key := s.cacheKey(tag)
 	if cacheable(k) {
 		if v, ok := s.h.CacheGet(key); ok {
 			if blob, ok := parseCacheValue(v); ok {
-				st, err := s.fetch(action, blob, rng)
+				st, err := c.fetch(blob, rng)
 				if codeOf(err) != abi.ErrNotFound {
 					return st, err
 				}
@@ -57,14 +59,14 @@ func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error)
 			s.h.CacheRemove(key)
 		}
 	}
-	blob, err := s.resolve(action, k, tag)
+	blob, err := c.resolve(k, tag)
 	if err != nil {
 		return 0, err
 	}
-	st, err := s.fetch(action, blob, rng)
+	st, err := c.fetch(blob, rng)
 	if codeOf(err) == abi.ErrNotFound {
 		return 0, errorf(abi.ErrNotFound, "%s: the object's blob %s is missing from the registry (was it garbage-collected?): put the object again",
-			action, blob.Digest)
+			c.action, blob.Digest)
 	}
 	if err != nil {
 		return 0, err
@@ -76,44 +78,46 @@ func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error)
 }
 
 // resolve reads the manifest tagged tag and returns the blob of the kind-k
-// object it describes. Tombstones and other kinds are missing objects.
-func (s *Store) resolve(action string, k abi.Kind, tag string) (descriptor, error) {
-	resp, err := s.send(action, &abi.Request{Method: "GET", URL: s.manifestURL(tag), Header: []abi.Header{acceptManifest}})
+// object it describes. Tombstones and other kinds are missing objects. A
+// manifest that does not match the Docker-Content-Digest of its answer is
+// read again: a corrupted manifest could name the wrong blob.
+func (c *call) resolve(k abi.Kind, tag string) (descriptor, error) {
+	d, err := c.getDoc("manifest "+tag, c.s.manifestURL(tag), []abi.Header{acceptManifest}, maxManifest, headerDigest)
 	if err != nil {
 		return descriptor{}, err
 	}
-	if resp.Status == 404 {
-		s.discard(resp)
-		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object", action)
+	if d.status == 404 {
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object", c.action)
 	}
-	if resp.Status != 200 {
-		return descriptor{}, s.fail(action, resp)
+	if d.status != 200 {
+		return descriptor{}, d.err
 	}
-	raw, err := s.readDoc(action, "manifest "+tag, resp, maxManifest)
-	if err != nil {
-		return descriptor{}, err
-	}
-	layer, ok, err := parseManifest(raw, artifactType(k))
+	layer, ok, err := parseManifest(d.data, artifactType(k))
 	if err != nil {
 		return descriptor{}, errorf(abi.ErrOther, "%s: tag %s is not a Plakar object: %v: remove whatever else writes to repository %s",
-			action, tag, err, s.loc.Repository)
+			c.action, tag, err, c.s.loc.Repository)
 	}
 	if !ok {
-		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object (deleted)", action)
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object (deleted)", c.action)
 	}
 	return layer, nil
 }
 
-// fetch downloads blob, whole or the range rng of it.
-func (s *Store) fetch(action string, blob descriptor, rng *abi.Range) (abi.Stream, error) {
+// fetch downloads blob, whole or the range rng of it. The answer is
+// retried until its status is good; its body is read by the host after
+// the call, where a whole blob is verified against its digest (a ranged
+// read cannot be: Kloset checks the MAC of every blob it reads from a
+// packfile).
+func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
+	s := c.s
 	req := &abi.Request{Method: "GET", URL: s.blobURL(blob.Digest)}
 	if rng == nil {
-		resp, err := s.send(action, req)
+		resp, err := c.exchange(req)
 		if err != nil {
 			return 0, err
 		}
 		if resp.Status != 200 {
-			return 0, s.fail(action, resp)
+			return 0, s.fail(c.action, resp)
 		}
 		s.h.Verify(resp.Body, blob.Digest, uint64(blob.Size))
 		return resp.Body, nil
@@ -122,7 +126,7 @@ func (s *Store) fetch(action string, blob descriptor, rng *abi.Range) (abi.Strea
 	off, size := rng.Offset, uint64(blob.Size)
 	last, want := rangeBounds(off, rng.Length, size)
 	req.Header = []abi.Header{{"Range", fmt.Sprintf("bytes=%d-%d", off, last)}}
-	resp, err := s.send(action, req)
+	resp, err := c.exchange(req)
 	if err != nil {
 		return 0, err
 	}
@@ -132,7 +136,7 @@ func (s *Store) fetch(action string, blob descriptor, rng *abi.Range) (abi.Strea
 		if start, ok := contentRangeStart(got); !ok || start != off {
 			s.discard(resp)
 			return 0, errorf(abi.ErrOther, "%s: registry %s answered Content-Range %q to Range bytes=%d-%d: refusing bytes that may be the wrong ones",
-				action, s.loc.Registry, got, off, last)
+				c.action, s.loc.Registry, got, off, last)
 		}
 		// Slice also guards against a registry sending more than asked.
 		return s.h.Slice(resp.Body, 0, want), nil
@@ -140,14 +144,14 @@ func (s *Store) fetch(action string, blob descriptor, rng *abi.Range) (abi.Strea
 		// The registry ignored Range and sends the whole blob.
 		if off >= size {
 			s.discard(resp)
-			return 0, s.rangeError(action, off, size)
+			return 0, s.rangeError(c.action, off, size)
 		}
 		return s.h.Slice(resp.Body, off, want), nil
 	case 416:
 		s.discard(resp)
-		return 0, s.rangeError(action, off, size)
+		return 0, s.rangeError(c.action, off, size)
 	}
-	return 0, s.fail(action, resp)
+	return 0, s.fail(c.action, resp)
 }
 
 func (s *Store) rangeError(action string, off, size uint64) error {

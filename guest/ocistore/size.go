@@ -1,8 +1,6 @@
 package ocistore
 
 import (
-	"fmt"
-
 	"github.com/plakar-oci/ocistore/abi"
 )
 
@@ -11,11 +9,11 @@ import (
 // kind and reads the manifest of every object the cache does not know: one
 // request per object. Meant for occasional reporting.
 func (s *Store) Size() (int64, error) {
-	action := "measure the store at " + s.loc.String()
+	c := s.newCall("measure the store at " + s.loc.String())
 	seen := map[string]bool{}
 	var total int64
 	for _, k := range abi.Kinds() {
-		macs, err := s.List(k)
+		macs, err := c.list(k)
 		if err != nil {
 			return 0, err
 		}
@@ -28,7 +26,7 @@ func (s *Store) Size() (int64, error) {
 				}
 			}
 			if !ok {
-				blob, err = s.resolve(fmt.Sprintf("%s: read %s", action, tag), k, tag)
+				blob, err = c.resolve(k, tag)
 				if codeOf(err) == abi.ErrNotFound {
 					continue // deleted since it was listed
 				}

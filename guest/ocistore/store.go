@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/plakar-oci/ocistore/abi"
 	"github.com/plakar-oci/ocistore/internal/location"
@@ -31,6 +32,10 @@ type Store struct {
 	// deleteMode is how Delete deletes on this registry; it only moves
 	// forward, so each failed way is tried once per Store.
 	deleteMode atomic.Int32
+
+	// sleep and now are time.Sleep and time.Now, but in tests.
+	sleep func(time.Duration)
+	now   func() time.Time
 }
 
 // New makes the store for options; it performs no request.
@@ -54,7 +59,7 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 	if err != nil {
 		return nil, errorf(abi.ErrInvalidConfig, "%v", err)
 	}
-	return &Store{h: h, loc: loc, pageSize: defaultPageSize}, nil
+	return &Store{h: h, loc: loc, pageSize: defaultPageSize, sleep: time.Sleep, now: time.Now}, nil
 }
 
 // Location is the store's parsed location.
@@ -70,31 +75,27 @@ func (s *Store) Close() error { return nil }
 // Ping checks that the registry answers the distribution API and lets
 // these credentials in.
 func (s *Store) Ping() error {
-	action := "ping " + s.loc.String()
-	resp, err := s.send(action, &abi.Request{Method: "GET", URL: "/v2/"})
-	if err != nil {
-		return err
-	}
+	c := s.newCall("ping " + s.loc.String())
 	notRegistry := func(answer string) error {
 		return errorf(abi.ErrOther, "%s: %s does not answer the OCI distribution API at /v2/ (%s); is it a registry?",
-			action, s.loc.Registry, answer)
+			c.action, s.loc.Registry, answer)
 	}
+	// A body larger than maxErrorBody is not a registry's: readDoc's
+	// error says so, and is turned into notRegistry below.
+	d, err := c.getDoc("answer to /v2/", "/v2/", nil, maxErrorBody, "")
 	switch {
-	case resp.Status == 404:
-		s.discard(resp)
+	case err != nil && codeOf(err) == abi.ErrOther:
+		return notRegistry("200 with a body that is not JSON")
+	case err != nil:
+		return err
+	case d.status == 404:
 		return notRegistry("404 Not Found")
-	case resp.Status != 200:
-		return s.fail(action, resp)
-	}
-	body, more, rerr := s.read(resp.Body, maxErrorBody)
-	s.discard(resp)
-	if rerr != nil {
-		return networkError(s.loc, action, rerr)
+	case d.status != 200:
+		return d.err
 	}
 	// Registries answer {} or nothing at all (go-containerregistry); a web
 	// server or a captive portal answers HTML.
-	if len(strings.TrimSpace(string(body))) > 0 && (more || !json.Valid(body)) &&
-		resp.Get("Docker-Distribution-API-Version") == "" {
+	if len(strings.TrimSpace(string(d.data))) > 0 && !json.Valid(d.data) && d.get("Docker-Distribution-API-Version") == "" {
 		return notRegistry("200 with a body that is not JSON")
 	}
 	return nil

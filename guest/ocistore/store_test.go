@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -350,6 +351,7 @@ func TestErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.sleep = func(time.Duration) {}
 		wantCode(t, "Ping web server", s.Ping(), abi.ErrOther, "does not answer the OCI distribution API at /v2/", "is it a registry?")
 		host.endCall()
 		srv.Close()

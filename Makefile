@@ -47,8 +47,15 @@ bench: tools guest
 demo: guest
 	@echo "demo: not written yet"
 
-# Removes what guest builds; the tools in build/bin stay (rm -rf build).
-clean:
-	rm -f build/guest.wasm host/guest.wasm
+# The Plakar plugin: executable (host and guest embedded), manifest and schema,
+# for `plakar pkg create build/plugin/manifest.yaml VERSION`.
+plugin: guest
+	mkdir -p build/plugin
+	$(GO) build -trimpath -o build/plugin/ocistore-storage ./plugin
+	cp plugin/manifest.yaml plugin/schema.json build/plugin/
 
-.PHONY: all tools docker-registry guest test bench demo clean
+# Removes what guest and plugin build; the tools in build/bin stay (rm -rf build).
+clean:
+	rm -rf build/guest.wasm host/guest.wasm build/plugin
+
+.PHONY: all tools docker-registry guest test bench demo plugin clean

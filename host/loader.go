@@ -14,8 +14,6 @@ import (
 	_ "embed"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/tetratelabs/wazero"
@@ -34,8 +32,11 @@ func EmbeddedGuest() []byte { return embeddedGuest }
 
 // Options tune how a Plugin is loaded.
 type Options struct {
-	// CacheDir keeps compiled code across processes. Empty means the user's
-	// cache directory; "off" disables the on-disk cache.
+	// CacheDir is the root of the on-disk caches: compiled code in
+	// <CacheDir>/wazero-<wazero version>/ (where wazero keys it by module
+	// content), modules pulled from registries in <CacheDir>/modules/. Empty
+	// means $OCISTORE_CACHE_DIR or <user cache dir>/ocistore; "off" disables
+	// them.
 	CacheDir string
 	// MemoryLimitPages caps each instance's linear memory, in 64 KiB pages
 	// (default 2048, 128 MiB: the guest keeps payloads out of its memory).
@@ -115,15 +116,9 @@ func (p *Plugin) newModuleConfig() wazero.ModuleConfig {
 }
 
 func compilationCache(dir string) (wazero.CompilationCache, error) {
-	switch dir {
-	case "off":
-		return nil, nil
-	case "":
-		base, err := os.UserCacheDir()
-		if err != nil {
-			return nil, err
-		}
-		dir = filepath.Join(base, "ocistore", "wazero")
+	dir, err := compiledCodeDir(dir)
+	if dir == "" || err != nil {
+		return nil, err
 	}
 	return wazero.NewCompilationCacheWithDir(dir)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
@@ -32,39 +33,45 @@ type Store struct {
 	config *Config
 	env    *session.Env
 	pool   *pool
+	opts   storeOptions
 }
 
 var _ storage.Store = (*Store)(nil)
 
-// New is the storage.StoreFn registered as "oci": it runs the embedded
-// guest.
+// New is the storage.StoreFn registered as "oci". It makes a store served
+// by the module the optional key PluginKey names (the embedded guest by
+// default), compiled once per process and source. A module pulled from a
+// registry is reached with the store's TLS settings (ca_file,
+// tls_insecure_no_verify; plain HTTP for a loopback registry), and with its
+// credentials when it is on the store's registry; its reference must be
+// pinned by digest.
 func New(ctx context.Context, proto string, config map[string]string) (storage.Store, error) {
-	p, err := defaultPlugin()
+	rest := maps.Clone(config)
+	delete(rest, PluginKey)
+	// A configuration error is reported before anything is compiled.
+	c, err := ParseConfig(rest)
 	if err != nil {
 		return nil, err
 	}
-	return NewStore(ctx, p, config)
+	p, err := configuredPlugin(ctx, config[PluginKey], c)
+	if err != nil {
+		return nil, err
+	}
+	s, err := NewStore(ctx, p, rest)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // NewStore makes a store served by plugin p.
-func NewStore(ctx context.Context, p *Plugin, config map[string]string) (*Store, error) {
-	c, err := ParseConfig(config)
+func NewStore(ctx context.Context, p *Plugin, config map[string]string, opts ...StoreOption) (*Store, error) {
+	o := newStoreOptions(p.logger, opts)
+	c, env, err := newStoreEnv(config, o)
 	if err != nil {
 		return nil, err
 	}
-	client, err := newClient(c)
-	if err != nil {
-		return nil, err
-	}
-	scheme := "https://"
-	if !c.UseTLS {
-		scheme = "http://"
-	}
-	env, err := session.NewEnv(session.Config{Registry: scheme + c.Location.Registry, Client: client, Logger: p.logger})
-	if err != nil {
-		return nil, err
-	}
-	s := &Store{config: c, env: env}
+	s := &Store{config: c, env: env, opts: o}
 	s.pool = newPool(c.Concurrency, func(ctx context.Context) (*instance, error) {
 		sess := env.NewSession(ctx)
 		defer sess.CloseAll()
@@ -99,22 +106,16 @@ func (s *Store) Create(ctx context.Context, config []byte) error {
 		if err != nil {
 			return err
 		}
-		return inst.call(ctx, sess, abi.ExportCreate, inst.unitResult, uint64(ptr), uint64(len(config)))
+		return inst.call(ctx, sess, abi.ExportCreate, unitResult, uint64(ptr), uint64(len(config)))
 	})
 }
 
 func (s *Store) Open(ctx context.Context) ([]byte, error) {
 	var config []byte
 	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportOpen, func(area []byte) error {
-			if err := inst.liftError(area, 4); err != nil {
-				return err
-			}
-			var ok bool
-			if config, ok = inst.liftBytes(area[4:]); !ok {
-				return errors.New("oci plugin: open returned bytes outside its memory")
-			}
-			return nil
+		return inst.call(ctx, sess, abi.ExportOpen, func(area, mem []byte) (err error) {
+			config, err = bytesResult(area, mem)
+			return err
 		})
 	})
 	return config, err
@@ -122,18 +123,18 @@ func (s *Store) Open(ctx context.Context) ([]byte, error) {
 
 func (s *Store) Ping(ctx context.Context) error {
 	return s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportPing, inst.unitResult)
+		return inst.call(ctx, sess, abi.ExportPing, unitResult)
 	})
 }
 
 func (s *Store) Mode(ctx context.Context) (storage.Mode, error) {
 	var mode storage.Mode
 	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportMode, func(area []byte) error {
-			if err := inst.liftError(area, 4); err != nil {
+		return inst.call(ctx, sess, abi.ExportMode, func(area, mem []byte) error {
+			access, err := accessResult(area, mem)
+			if err != nil {
 				return err
 			}
-			access := abi.Access(area[4])
 			if access&abi.AccessRead != 0 {
 				mode |= storage.ModeRead
 			}
@@ -149,9 +150,10 @@ func (s *Store) Mode(ctx context.Context) (storage.Mode, error) {
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var size int64
 	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportSize, func(area []byte) error {
-			size = int64(le.Uint64(area[8:]))
-			return inst.liftError(area, 8)
+		return inst.call(ctx, sess, abi.ExportSize, func(area, mem []byte) error {
+			n, err := u64Result(area, mem)
+			size = int64(n)
+			return err
 		})
 	})
 	return size, err
@@ -164,24 +166,9 @@ func (s *Store) List(ctx context.Context, res storage.StorageResource) ([]object
 	}
 	var macs []objects.MAC
 	err = s.do(ctx, res, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportList, func(area []byte) error {
-			if err := inst.liftError(area, 4); err != nil {
-				return err
-			}
-			n := le.Uint32(area[8:])
-			list, ok := inst.mod.Memory().Read(le.Uint32(area[4:]), 8*n)
-			if !ok {
-				return errors.New("oci plugin: list returned a list outside its memory")
-			}
-			macs = make([]objects.MAC, n)
-			for i := range macs {
-				mac, ok := inst.mod.Memory().Read(le.Uint32(list[8*i:]), le.Uint32(list[8*i+4:]))
-				if !ok || len(mac) != len(macs[i]) {
-					return errors.New("oci plugin: list returned a malformed MAC")
-				}
-				copy(macs[i][:], mac)
-			}
-			return nil
+		return inst.call(ctx, sess, abi.ExportList, func(area, mem []byte) (err error) {
+			macs, err = macsResult(area, mem)
+			return err
 		}, uint64(kind))
 	})
 	return macs, err
@@ -192,16 +179,21 @@ func (s *Store) Put(ctx context.Context, res storage.StorageResource, mac object
 	if err != nil {
 		return -1, err
 	}
+	body, err := readAhead(ctx, res, rd, s.opts)
+	if err != nil {
+		return -1, err
+	}
+	defer body.Release()
 	var n uint64
 	err = s.do(ctx, res, func(inst *instance, sess *session.Session) error {
 		ptr, err := inst.lower(ctx, mac[:])
 		if err != nil {
 			return err
 		}
-		body := sess.AddReader(rd)
-		return inst.call(ctx, sess, abi.ExportPut, func(area []byte) error {
-			n = le.Uint64(area[8:])
-			return inst.liftError(area, 8)
+		body := sess.AddBody(body)
+		return inst.call(ctx, sess, abi.ExportPut, func(area, mem []byte) (err error) {
+			n, err = u64Result(area, mem)
+			return err
 		}, uint64(kind), uint64(ptr), uint64(len(mac)), uint64(body))
 	})
 	if err != nil {
@@ -225,11 +217,12 @@ func (s *Store) Get(ctx context.Context, res storage.StorageResource, mac object
 		if err != nil {
 			return err
 		}
-		return inst.call(ctx, sess, abi.ExportGet, func(area []byte) error {
-			if err := inst.liftError(area, 4); err != nil {
+		return inst.call(ctx, sess, abi.ExportGet, func(area, mem []byte) error {
+			st, err := streamResult(area, mem)
+			if err != nil {
 				return err
 			}
-			rd, err = sess.Take(abi.Stream(le.Uint32(area[4:])))
+			rd, err = sess.Take(st)
 			return err
 		}, uint64(kind), uint64(ptr), uint64(len(mac)), hasRange, offset, length)
 	})
@@ -246,7 +239,7 @@ func (s *Store) Delete(ctx context.Context, res storage.StorageResource, mac obj
 		if err != nil {
 			return err
 		}
-		return inst.call(ctx, sess, abi.ExportDelete, inst.unitResult, uint64(kind), uint64(ptr), uint64(len(mac)))
+		return inst.call(ctx, sess, abi.ExportDelete, unitResult, uint64(kind), uint64(ptr), uint64(len(mac)))
 	})
 }
 
@@ -254,7 +247,7 @@ func (s *Store) Delete(ctx context.Context, res storage.StorageResource, mac obj
 // are closed as they come back.
 func (s *Store) Close(ctx context.Context) error {
 	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportClose, inst.unitResult)
+		return inst.call(ctx, sess, abi.ExportClose, unitResult)
 	})
 	s.pool.close(ctx)
 	return err

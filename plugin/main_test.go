@@ -1,0 +1,377 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gstorage "github.com/PlakarKorp/integration-grpc/storage"
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/objects"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/plakar-oci/ocistore/host"
+	"github.com/plakar-oci/ocistore/host/artifact"
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+// The plugin executable, built once for the test binary.
+var (
+	buildDir  string
+	buildOnce sync.Once
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+func pluginExecutable(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "ocistore-plugin-"); buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, "ocistore-storage"), ".")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./plugin: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, "ocistore-storage")
+}
+
+// plugin is one plugin process, connected as plakar connects it
+// (plugins.connectPlugin in plakar): the executable is started with pipes on
+// its standard input and output, which carry gRPC, and the store is
+// integration-grpc's client, the one plakar uses for storage connectors of
+// API v1.
+type plugin struct {
+	conn   *stdioConn
+	client *grpc.ClientConn
+	stderr *syncBuffer
+}
+
+func spawn(tb testing.TB, env []string) *plugin {
+	tb.Helper()
+	cmd := exec.Command(pluginExecutable(tb))
+	cmd.Env = env
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	wr, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rd, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	conn := &stdioConn{stdin: rd.(*os.File), stdout: wr.(*os.File), cmd: cmd}
+	client, err := grpc.NewClient("127.0.0.1:0",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return conn, nil }),
+	)
+	if err != nil {
+		conn.Close()
+		tb.Fatal(err)
+	}
+	p := &plugin{conn: conn, client: client, stderr: stderr}
+	tb.Cleanup(func() {
+		p.stop()
+		if tb.Failed() {
+			tb.Logf("plugin stderr:\n%s", stderr.String())
+		}
+	})
+	return p
+}
+
+// stop closes the connection and waits for the process, which exits
+// when its standard input closes; it returns how it exited.
+func (p *plugin) stop() error {
+	p.client.Close()
+	return p.conn.Close()
+}
+
+// store is plakar's storage.Store for the plugin: Init with config.
+func (p *plugin) store(ctx context.Context, config map[string]string) (storage.Store, error) {
+	return gstorage.NewStorage(ctx, p.client, "oci", config)
+}
+
+// stdioConn is a net.Conn on the plugin's standard output (read) and input
+// (write), as plakar's StdioConn; Close waits for the process.
+type stdioConn struct {
+	stdin, stdout *os.File
+	cmd           *exec.Cmd
+	once          sync.Once
+	err           error
+}
+
+var stdioAddr = &net.UnixAddr{Name: "stdio", Net: "unix"}
+
+func (c *stdioConn) Read(b []byte) (int, error)         { return c.stdin.Read(b) }
+func (c *stdioConn) Write(b []byte) (int, error)        { return c.stdout.Write(b) }
+func (c *stdioConn) LocalAddr() net.Addr                { return stdioAddr }
+func (c *stdioConn) RemoteAddr() net.Addr               { return stdioAddr }
+func (c *stdioConn) SetDeadline(t time.Time) error      { return c.stdin.SetDeadline(t) }
+func (c *stdioConn) SetReadDeadline(t time.Time) error  { return c.stdin.SetReadDeadline(t) }
+func (c *stdioConn) SetWriteDeadline(t time.Time) error { return c.stdout.SetWriteDeadline(t) }
+
+func (c *stdioConn) Close() error {
+	c.once.Do(func() {
+		c.stdin.Close()
+		c.stdout.Close()
+		c.err = c.cmd.Wait()
+	})
+	return c.err
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// pluginEnv is the environment of a plugin process, with its caches in dir.
+func pluginEnv(dir string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, host.EnvCacheDir+"=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, host.EnvCacheDir+"="+dir)
+}
+
+func randomMAC() objects.MAC {
+	var mac objects.MAC
+	rand.Read(mac[:])
+	return mac
+}
+
+// TestStoreOverGRPC drives the plugin executable through plakar's gRPC
+// client against a real registry: every storage.Store method.
+func TestStoreOverGRPC(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	p := spawn(t, pluginEnv(t.TempDir()))
+
+	st, err := p.store(ctx, map[string]string{"location": "oci://" + reg.Host + "/plakar/repo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Type() != "oci" || st.Origin() != reg.Host || st.Root() != "plakar/repo" {
+		t.Errorf("Init: type %q, origin %q, root %q", st.Type(), st.Origin(), st.Root())
+	}
+	klosetConfig := []byte("the repository's serialized configuration")
+	if err := st.Create(ctx, klosetConfig); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Create(ctx, klosetConfig); err == nil {
+		t.Error("a second create succeeded")
+	}
+	if got, err := st.Open(ctx); err != nil || !bytes.Equal(got, klosetConfig) {
+		t.Errorf("open: %q, %v", got, err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Error(err)
+	}
+	if mode, err := st.Mode(ctx); err != nil || mode != storage.ModeRead|storage.ModeWrite {
+		t.Errorf("mode: %v, %v", mode, err)
+	}
+
+	// A packfile of several gRPC chunks (1 MiB each), a state and a lock.
+	objs := map[storage.StorageResource][]byte{
+		storage.StorageResourcePackfile: make([]byte, 3<<20+12345),
+		storage.StorageResourceState:    []byte("state"),
+		storage.StorageResourceLock:     []byte("lock"),
+	}
+	rand.Read(objs[storage.StorageResourcePackfile])
+	macs := map[storage.StorageResource]objects.MAC{}
+	for res, data := range objs {
+		mac := randomMAC()
+		macs[res] = mac
+		n, err := st.Put(ctx, res, mac, bytes.NewReader(data))
+		if err != nil || n != int64(len(data)) {
+			t.Fatalf("put %s: %d, %v", res, n, err)
+		}
+	}
+	for res, data := range objs {
+		list, err := st.List(ctx, res)
+		if err != nil || !slices.Contains(list, macs[res]) {
+			t.Errorf("list %s: %d MACs, %v", res, len(list), err)
+		}
+		rd, err := st.Get(ctx, res, macs[res], nil)
+		if err != nil {
+			t.Fatalf("get %s: %v", res, err)
+		}
+		got, err := io.ReadAll(rd)
+		rd.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("get %s: %d bytes, %v", res, len(got), err)
+		}
+	}
+	pack := objs[storage.StorageResourcePackfile]
+	rd, err := st.Get(ctx, storage.StorageResourcePackfile, macs[storage.StorageResourcePackfile], &storage.Range{Offset: 1<<20 - 10, Length: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rd)
+	rd.Close()
+	if err != nil || !bytes.Equal(got, pack[1<<20-10:2<<20-10]) {
+		t.Errorf("ranged get: %d bytes, %v", len(got), err)
+	}
+	if size, err := st.Size(ctx); err != nil || size < int64(len(pack)) {
+		t.Errorf("size: %d, %v", size, err)
+	}
+
+	packMAC := macs[storage.StorageResourcePackfile]
+	if err := st.Delete(ctx, storage.StorageResourcePackfile, packMAC); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := st.List(ctx, storage.StorageResourcePackfile); err != nil || slices.Contains(list, packMAC) {
+		t.Errorf("list after delete: %v", err)
+	}
+	if rd, err := st.Get(ctx, storage.StorageResourcePackfile, packMAC, nil); err == nil {
+		_, err = io.ReadAll(rd)
+		rd.Close()
+		if err == nil {
+			t.Error("get of a deleted packfile succeeded")
+		}
+	}
+	if err := st.Close(ctx); err != nil {
+		t.Error(err)
+	}
+	if err := p.stop(); err != nil {
+		t.Errorf("the plugin did not exit cleanly: %v\n%s", err, p.stderr.String())
+	}
+
+	// A bad configuration fails Init with the store's message.
+	p = spawn(t, pluginEnv(t.TempDir()))
+	if _, err := p.store(ctx, map[string]string{"location": "s3://bucket"}); err == nil || !strings.Contains(err.Error(), "oci://") {
+		t.Errorf("Init with an s3 location: %v", err)
+	}
+}
+
+// TestPluginKeyOverGRPC has the plugin executable run a module pulled by
+// digest from a registry (through the plugin key), then, in a new process
+// with that registry stopped, from its on-disk cache.
+func TestPluginKeyOverGRPC(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	plugins := registrytest.Distribution(t, registrytest.Options{})
+	digest, err := artifact.Push(ctx, plugins.Host+"/plugins/ocistore:v1", host.EmbeddedGuest(), artifact.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := plugins.Host + "/plugins/ocistore@" + digest
+	cache := t.TempDir()
+	config := map[string]string{"location": "oci://" + reg.Host + "/plakar/keyed", "plugin": ref}
+
+	roundTrip := func(t *testing.T, create bool) {
+		p := spawn(t, pluginEnv(cache))
+		st, err := p.store(ctx, config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if create {
+			if err := st.Create(ctx, []byte("config")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mac := randomMAC()
+		if _, err := st.Put(ctx, storage.StorageResourceState, mac, strings.NewReader("state")); err != nil {
+			t.Fatal(err)
+		}
+		rd, err := st.Get(ctx, storage.StorageResourceState, mac, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rd)
+		rd.Close()
+		if string(got) != "state" {
+			t.Errorf("get: %q", got)
+		}
+		st.Close(ctx)
+		if err := p.stop(); err != nil {
+			t.Errorf("exit: %v", err)
+		}
+	}
+	roundTrip(t, true)
+	if _, err := os.Stat(filepath.Join(cache, "modules", "sha256", strings.TrimPrefix(digest, "sha256:"), "module.wasm")); err != nil {
+		t.Fatalf("the module is not cached: %v", err)
+	}
+	if err := plugins.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, false)
+
+	// A tag is refused, with a message that says what to do.
+	p := spawn(t, pluginEnv(t.TempDir()))
+	config["plugin"] = plugins.Host + "/plugins/ocistore:v1"
+	if _, err := p.store(ctx, config); err == nil || !strings.Contains(err.Error(), "pinned by digest") {
+		t.Errorf("Init with a tag: %v", err)
+	}
+}
+
+// BenchmarkPluginStart measures what plakar waits for when it opens a
+// store: the plugin process started, connected and initialized (the module
+// compiled or loaded from the cache), then closed. Cold: an empty cache
+// each time; warm: the compiled code on disk.
+func BenchmarkPluginStart(b *testing.B) {
+	ctx := context.Background()
+	config := map[string]string{"location": "oci://127.0.0.1:1/bench"}
+	start := func(b *testing.B, cache string) {
+		p := spawn(b, pluginEnv(cache))
+		if _, err := p.store(ctx, config); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pluginExecutable(b)
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			start(b, b.TempDir())
+		}
+	})
+	warm := b.TempDir()
+	start(b, warm)
+	b.Run("warm", func(b *testing.B) {
+		for b.Loop() {
+			start(b, warm)
+		}
+	})
+}

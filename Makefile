@@ -47,6 +47,21 @@ bench: tools guest
 demo: guest
 	@echo "demo: not written yet"
 
+# Short fuzz runs of the decoders of what registries and guests hand
+# back; seed corpora are in each package's testdata/fuzz. A failure writes
+# the input that found it there.
+FUZZTIME = 10s
+
+fuzz: guest
+	$(GO) test -run '^$$' -fuzz '^FuzzNextLink$$' -fuzztime $(FUZZTIME) ./guest/ocistore
+	$(GO) test -run '^$$' -fuzz '^FuzzTagPage$$' -fuzztime $(FUZZTIME) ./guest/ocistore
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTag$$' -fuzztime $(FUZZTIME) ./guest/ocistore
+	$(GO) test -run '^$$' -fuzz '^FuzzParseManifest$$' -fuzztime $(FUZZTIME) ./guest/ocistore
+	$(GO) test -run '^$$' -fuzz '^FuzzRetryAfter$$' -fuzztime $(FUZZTIME) ./guest/ocistore
+	$(GO) test -run '^$$' -fuzz '^FuzzLiftError$$' -fuzztime $(FUZZTIME) ./host
+	$(GO) test -run '^$$' -fuzz '^FuzzLiftResults$$' -fuzztime $(FUZZTIME) ./host
+	$(GO) test -run '^$$' -fuzz '^FuzzReturnArea$$' -fuzztime $(FUZZTIME) ./host
+
 # The Plakar plugin: executable (host and guest embedded), manifest and schema,
 # for `plakar pkg create build/plugin/manifest.yaml VERSION`.
 plugin: guest
@@ -58,4 +73,4 @@ plugin: guest
 clean:
 	rm -rf build/guest.wasm host/guest.wasm build/plugin
 
-.PHONY: all tools docker-registry guest test bench demo plugin clean
+.PHONY: all tools docker-registry guest test bench demo plugin fuzz clean

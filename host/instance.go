@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/PlakarKorp/kloset/objects"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental"
 
@@ -54,8 +55,9 @@ func (p *Plugin) newInstance(ctx context.Context, sess *session.Session, options
 func (inst *instance) close(ctx context.Context) { _ = inst.mod.Close(ctx) }
 
 // call invokes an export with sess as the host side of the call, and hands
-// its return area to read before the post-return function releases it.
-func (inst *instance) call(ctx context.Context, sess *session.Session, name string, read func(area []byte) error, params ...uint64) error {
+// its return area, with a view of the guest's memory, to read before the
+// post-return function releases them.
+func (inst *instance) call(ctx context.Context, sess *session.Session, name string, read func(area, mem []byte) error, params ...uint64) error {
 	res, err := inst.exports[name].Call(withCall(ctx, inst, sess), params...)
 	if err != nil {
 		inst.broken = true
@@ -65,19 +67,27 @@ func (inst *instance) call(ctx context.Context, sess *session.Session, name stri
 		return fmt.Errorf("oci plugin: %s failed inside the sandbox (the instance is replaced): %w", name, err)
 	}
 	ptr := uint32(res[0])
-	// The largest return area of the contract is 24 bytes.
-	area, ok := inst.mod.Memory().Read(ptr, 24)
+	mem := inst.memory()
+	area, ok := returnArea(mem, ptr)
 	if !ok {
 		inst.broken = true
 		return fmt.Errorf("oci plugin: %s returned an area outside its memory", name)
 	}
-	err = read(area)
+	err = read(area, mem)
 	if post := inst.posts[name]; post != nil {
 		if _, perr := post.Call(ctx, uint64(ptr)); perr != nil {
 			inst.broken = true
 		}
 	}
 	return err
+}
+
+// memory is a view of the instance's whole linear memory, valid until the
+// guest runs again (it may grow the memory).
+func (inst *instance) memory() []byte {
+	m := inst.mod.Memory()
+	b, _ := m.Read(0, m.Size())
+	return b
 }
 
 // lower copies b into guest memory obtained from cabi_realloc.
@@ -126,13 +136,35 @@ func (inst *instance) configure(ctx context.Context, sess *session.Session, opti
 	if !inst.mod.Memory().Write(ptr, block) {
 		return errors.New("oci plugin: cabi_realloc returned memory out of bounds")
 	}
-	return inst.call(ctx, sess, abi.ExportConfigure, inst.unitResult, uint64(ptr), uint64(len(options)))
+	return inst.call(ctx, sess, abi.ExportConfigure, unitResult, uint64(ptr), uint64(len(options)))
 }
 
-func (inst *instance) unitResult(area []byte) error { return inst.liftError(area, 4) }
+// Lifting. These are pure functions of a return area and the guest's
+// memory, so that what a guest returns is checked the same way in the
+// host and in the fuzz tests (fuzz_test.go), without wasm. A guest that
+// returns nonsense gets an error, never a panic or a huge allocation.
+
+// areaSize is the size of the largest return area of the contract.
+const areaSize = 24
+
+// returnArea is the return area at ptr.
+func returnArea(mem []byte, ptr uint32) ([]byte, bool) {
+	return view(mem, ptr, areaSize)
+}
+
+// view is mem[ptr:ptr+n], if it lies inside mem.
+func view(mem []byte, ptr, n uint32) ([]byte, bool) {
+	if uint64(ptr)+uint64(n) > uint64(len(mem)) {
+		return nil, false
+	}
+	return mem[ptr : ptr+n : ptr+n], true
+}
+
+// unitResult lifts result<_, error>.
+func unitResult(area, mem []byte) error { return liftError(area, mem, 4) }
 
 // liftError returns nil for an ok result, or the error at off.
-func (inst *instance) liftError(area []byte, off int) error {
+func liftError(area, mem []byte, off int) error {
 	if area[0] == 0 {
 		return nil
 	}
@@ -143,20 +175,79 @@ func (inst *instance) liftError(area []byte, off int) error {
 		e.Status = le.Uint16(area[off+4:])
 		msg = off + 8
 	}
-	e.Message = inst.liftString(area[msg:])
+	e.Message = liftString(area[msg:], mem)
 	if !code.Valid() {
 		e.Code, e.Message = abi.ErrOther, "invalid error from the plugin: "+e.Message
 	}
 	return e
 }
 
-// liftString reads the (ptr, len) string at the start of b.
-func (inst *instance) liftString(b []byte) string {
-	s, _ := inst.mod.Memory().Read(le.Uint32(b), le.Uint32(b[4:]))
+// liftString reads the (ptr, len) string at the start of b; a string
+// outside memory is empty.
+func liftString(b, mem []byte) string {
+	s, _ := view(mem, le.Uint32(b), le.Uint32(b[4:]))
 	return string(s)
 }
 
-func (inst *instance) liftBytes(b []byte) ([]byte, bool) {
-	s, ok := inst.mod.Memory().Read(le.Uint32(b), le.Uint32(b[4:]))
+// liftBytes copies out the (ptr, len) list of bytes at the start of b.
+func liftBytes(b, mem []byte) ([]byte, bool) {
+	s, ok := view(mem, le.Uint32(b), le.Uint32(b[4:]))
 	return append([]byte(nil), s...), ok
+}
+
+// bytesResult lifts result<list<u8>, error>.
+func bytesResult(area, mem []byte) ([]byte, error) {
+	if err := liftError(area, mem, 4); err != nil {
+		return nil, err
+	}
+	b, ok := liftBytes(area[4:], mem)
+	if !ok {
+		return nil, errors.New("oci plugin: open returned bytes outside its memory")
+	}
+	return b, nil
+}
+
+// accessResult lifts result<access, error>.
+func accessResult(area, mem []byte) (abi.Access, error) {
+	if err := liftError(area, mem, 4); err != nil {
+		return 0, err
+	}
+	return abi.Access(area[4]), nil
+}
+
+// u64Result lifts result<u64, error> and result<s64, error>.
+func u64Result(area, mem []byte) (uint64, error) {
+	return le.Uint64(area[8:]), liftError(area, mem, 8)
+}
+
+// streamResult lifts result<byte-stream, error>.
+func streamResult(area, mem []byte) (abi.Stream, error) {
+	if err := liftError(area, mem, 4); err != nil {
+		return 0, err
+	}
+	return abi.Stream(le.Uint32(area[4:])), nil
+}
+
+// macsResult lifts result<list<mac>, error>.
+func macsResult(area, mem []byte) ([]objects.MAC, error) {
+	if err := liftError(area, mem, 4); err != nil {
+		return nil, err
+	}
+	n := le.Uint32(area[8:])
+	if uint64(n)*8 > uint64(len(mem)) {
+		return nil, errors.New("oci plugin: list returned a list outside its memory")
+	}
+	list, ok := view(mem, le.Uint32(area[4:]), 8*n)
+	if !ok {
+		return nil, errors.New("oci plugin: list returned a list outside its memory")
+	}
+	macs := make([]objects.MAC, n)
+	for i := range macs {
+		mac, ok := view(mem, le.Uint32(list[8*i:]), le.Uint32(list[8*i+4:]))
+		if !ok || len(mac) != len(macs[i]) {
+			return nil, errors.New("oci plugin: list returned a malformed MAC")
+		}
+		copy(macs[i][:], mac)
+	}
+	return macs, nil
 }

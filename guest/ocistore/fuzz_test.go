@@ -1,0 +1,144 @@
+package ocistore
+
+import (
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// Fuzz targets for what the store decodes from a registry: Link headers,
+// tag lists, manifests, Retry-After. Seed corpora are in testdata/fuzz;
+// `make fuzz` runs each target for a few seconds.
+
+func FuzzNextLink(f *testing.F) {
+	f.Add(`</v2/team/backups/tags/list?last=packfile-ab&n=1000>; rel="next"`)
+	f.Add(`</a>; title="a, </b>; rel=next"; rel="prev", </c>; rel="next"`)
+	f.Fuzz(func(t *testing.T, header string) {
+		// One header value a line, as several Link headers.
+		values := strings.Split(header, "\n")
+		target := nextLink(values)
+		if target == "" {
+			return
+		}
+		if strings.Contains(target, ">") || !strings.Contains(header, target) {
+			t.Fatalf("nextLink(%q) = %q: not a link target of the header", values, target)
+		}
+		if target != strings.TrimSpace(target) {
+			t.Fatalf("nextLink(%q) = %q: not trimmed", values, target)
+		}
+		base := "/v2/team/backups/tags/list?n=1000&last=packfile-"
+		got := resolveLink(base, target)
+		if strings.HasPrefix(target, "/") || strings.HasPrefix(target, "https://") || strings.HasPrefix(target, "http://") {
+			if got != target {
+				t.Fatalf("resolveLink(%q) = %q: an absolute target must stay as it is", target, got)
+			}
+		}
+	})
+}
+
+func FuzzTagPage(f *testing.F) {
+	f.Add([]byte(`{"name":"team/backups","tags":["config","packfile-00","state-01"]}`), "packfile-")
+	f.Add([]byte(`{"tags":null}`), "state-")
+	f.Fuzz(func(t *testing.T, raw []byte, prefix string) {
+		seen := map[string]bool{}
+		p, err := parseTagPage(raw, prefix, seen)
+		if err != nil {
+			return
+		}
+		if len(p.ours) > p.n || len(seen) != len(p.ours) {
+			t.Fatalf("%d tags of ours out of %d, %d seen", len(p.ours), p.n, len(seen))
+		}
+		for _, tag := range p.ours {
+			if !strings.HasPrefix(tag, prefix) {
+				t.Fatalf("tag %q kept without prefix %q", tag, prefix)
+			}
+			if mac, ok := parseTag(prefix, tag); ok && prefix+hex.EncodeToString(mac[:]) != tag {
+				t.Fatalf("parseTag(%q, %q) = %x: does not give the tag back", prefix, tag, mac)
+			}
+		}
+		if p.beyond && !p.sorted {
+			t.Fatal("beyond the prefix in an unsorted page")
+		}
+		// The same page again adds nothing: pages that overlap (registries
+		// that ignore last) do not list a tag twice.
+		again, err := parseTagPage(raw, prefix, seen)
+		if err != nil || len(again.ours) != 0 {
+			t.Fatalf("the same page again: %d new tags, %v", len(again.ours), err)
+		}
+	})
+}
+
+func FuzzParseTag(f *testing.F) {
+	f.Add("packfile-" + strings.Repeat("ab", 32))
+	f.Add("deleted-lock-" + strings.Repeat("0f", 32))
+	f.Fuzz(func(t *testing.T, tag string) {
+		for _, k := range abi.Kinds() {
+			for _, prefix := range []string{tagPrefix(k), markerPrefix + tagPrefix(k)} {
+				mac, ok := parseTag(prefix, tag)
+				if !ok {
+					continue
+				}
+				want := objectTag(k, mac)
+				if prefix != tagPrefix(k) {
+					want = markerTag(k, mac)
+				}
+				if want != tag {
+					t.Fatalf("parseTag(%q, %q) = %x, whose tag is %q", prefix, tag, mac, want)
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseManifest(f *testing.F) {
+	blob := descriptor{Digest: emptyDigest, Size: 2}
+	f.Add(objectManifest(abi.KindPackfile, testMAC(1), blob).encode())
+	f.Add(tombstone)
+	f.Add(configManifest(blob).encode())
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		wants := []string{artifactConfig, artifactTombstone, ""}
+		for _, k := range abi.Kinds() {
+			wants = append(wants, artifactType(k))
+		}
+		for _, want := range wants {
+			layer, ok, err := parseManifest(raw, want)
+			if err != nil && ok {
+				t.Fatalf("parseManifest(%q) is both ok and an error: %v", want, err)
+			}
+			if !ok {
+				continue
+			}
+			if !validDigest(layer.Digest) || layer.Size < 0 {
+				t.Fatalf("parseManifest(%q) accepted layer %+v", want, layer)
+			}
+			// What the store would write for that layer reads back the same.
+			if want == artifactConfig {
+				continue
+			}
+			for _, k := range abi.Kinds() {
+				if artifactType(k) != want {
+					continue
+				}
+				again, ok, err := parseManifest(objectManifest(k, testMAC(9), layer).encode(), want)
+				if err != nil || !ok || again.Digest != layer.Digest || again.Size != layer.Size {
+					t.Fatalf("round trip of %+v: %+v, %v, %v", layer, again, ok, err)
+				}
+			}
+		}
+	})
+}
+
+func FuzzRetryAfter(f *testing.F) {
+	f.Add("120")
+	f.Add("Sun, 01 Jun 2025 12:00:03 GMT")
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, v string) {
+		d := retryAfter(v, now)
+		if d < 0 {
+			t.Fatalf("retryAfter(%q) = %v", v, d)
+		}
+	})
+}

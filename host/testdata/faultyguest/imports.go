@@ -1,0 +1,1 @@
+../../../guest/imports.go

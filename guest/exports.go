@@ -115,6 +115,7 @@ func list(kind uint32) uint32 {
 //go:wasmexport plakar:storage/store@0.1.0#put
 func put(kind, macPtr, macLen, body uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
+	fault(mac)
 	var n uint64
 	err := call(func(s *ocistore.Store) (err error) {
 		k, err := liftKind(kind)
@@ -129,6 +130,7 @@ func put(kind, macPtr, macLen, body uint32) uint32 {
 //go:wasmexport plakar:storage/store@0.1.0#get
 func get(kind, macPtr, macLen, hasRange uint32, offset uint64, length uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
+	fault(mac)
 	var rng *abi.Range
 	if hasRange != 0 {
 		rng = &abi.Range{Offset: offset, Length: length}
@@ -152,6 +154,7 @@ func get(kind, macPtr, macLen, hasRange uint32, offset uint64, length uint32) ui
 //go:wasmexport plakar:storage/store@0.1.0#delete
 func deleteObject(kind, macPtr, macLen uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
+	fault(mac)
 	return resultUnit(call(func(s *ocistore.Store) error {
 		k, err := liftKind(kind)
 		if err == nil && macErr == nil {

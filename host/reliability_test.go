@@ -529,7 +529,7 @@ func containsMAC(macs []objects.MAC, mac objects.MAC) bool {
 	return false
 }
 
-// buildFaultyGuest builds testdata/faultyguest for wasip1 into dir.
+// buildFaultyGuest builds the guest with faults on demand (guest/faults.go).
 func buildFaultyGuest(t *testing.T) []byte {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
@@ -537,7 +537,7 @@ func buildFaultyGuest(t *testing.T) []byte {
 		goTool = runtime.GOROOT() + "/bin/go"
 	}
 	out := t.TempDir() + "/faultyguest.wasm"
-	cmd := exec.Command(goTool, "build", "-trimpath", "-buildmode=c-shared", "-o", out, "./testdata/faultyguest")
+	cmd := exec.Command(goTool, "build", "-trimpath", "-buildmode=c-shared", "-tags", "faults", "-o", out, "../guest")
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the faulty guest: %v\n%s", err, b)

@@ -1,4 +1,10 @@
-//go:build wasip1
+//go:build wasip1 && faults
+
+// With the build tag "faults", the guest misbehaves on demand, for the
+// host's reliability tests (host/reliability_test.go builds it so): put,
+// get and delete of a MAC that starts with "fault:" followed by a mode trap,
+// panic, exit, run out of memory, hand the host a bad pointer, or spin
+// forever. Every other call works as the real guest's.
 
 package main
 

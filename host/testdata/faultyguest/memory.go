@@ -1,1 +1,0 @@
-../../../guest/memory.go

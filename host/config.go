@@ -2,6 +2,7 @@ package host
 
 import (
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -11,6 +12,31 @@ import (
 )
 
 // Config is a store's configuration, from Kloset's map of strings.
+//
+// Keys for reaching the registry (all handled by the host; the guest sees
+// location and repository_prefix only):
+//
+//	username, password  credentials for the registry, used for HTTP basic
+//	                    authentication or to obtain tokens from the token
+//	                    service the registry names; set both or neither
+//	token               a bearer token for the registry, sent as is
+//	                    (instead of username and password)
+//	use_tls             true or false; default true, except for a registry
+//	                    on this machine (localhost or a loopback address:
+//	                    a registry started for trying things out), where
+//	                    plain HTTP is the default unless ca_file or
+//	                    tls_insecure_no_verify asks for TLS
+//	ca_file             PEM file of the CA certificates that sign the
+//	                    registry's certificate, besides the system's
+//	tls_insecure_no_verify
+//	                    true skips the verification of the registry's
+//	                    certificate (logged as a warning)
+//
+// Without credentials in the configuration, the host looks for them in the
+// environment (OCISTORE_USERNAME and OCISTORE_PASSWORD, or OCISTORE_TOKEN),
+// then in Docker's configuration and credential helpers (see auth.go).
+//
+// A Config prints and logs with its secrets redacted.
 type Config struct {
 	Location location.Location
 	// Options passed to the guest: the non-secret keys.
@@ -18,9 +44,11 @@ type Config struct {
 
 	Username string
 	Password string
+	// Token is a bearer token for the registry, sent as is.
+	Token string
 	// UseTLS defaults to true, except for a loopback registry (a registry
 	// started on this machine for trying things out), where plain HTTP is
-	// the default.
+	// the default unless CAFile or InsecureSkipVerify is set.
 	UseTLS             bool
 	InsecureSkipVerify bool
 	CAFile             string
@@ -34,7 +62,7 @@ type Config struct {
 const DefaultConcurrency = 8
 
 var configKeys = []string{
-	"location", "username", "password", "use_tls", "tls_insecure_no_verify",
+	"location", "username", "password", "token", "use_tls", "tls_insecure_no_verify",
 	"ca_file", "repository_prefix", "concurrency",
 }
 
@@ -63,6 +91,7 @@ func ParseConfig(m map[string]string) (*Config, error) {
 		Location:    loc,
 		Username:    m["username"],
 		Password:    m["password"],
+		Token:       m["token"],
 		CAFile:      m["ca_file"],
 		Concurrency: DefaultConcurrency,
 	}
@@ -71,14 +100,23 @@ func ParseConfig(m map[string]string) (*Config, error) {
 			c.guestOptions = append(c.guestOptions, [2]string{k, v})
 		}
 	}
-	if c.UseTLS, err = boolKey(m, "use_tls", !loc.IsLoopback()); err != nil {
-		return nil, err
-	}
 	if c.InsecureSkipVerify, err = boolKey(m, "tls_insecure_no_verify", false); err != nil {
 		return nil, err
 	}
+	// Plain HTTP is the default on this machine only; there, asking for a
+	// CA or for no verification means TLS.
+	wantTLS := c.CAFile != "" || c.InsecureSkipVerify
+	if c.UseTLS, err = boolKey(m, "use_tls", !loc.IsLoopback() || wantTLS); err != nil {
+		return nil, err
+	}
+	if !c.UseTLS && wantTLS {
+		return nil, fmt.Errorf("%w: ca_file and tls_insecure_no_verify are TLS settings, but use_tls is false: remove them or set use_tls=true", ErrInvalidConfig)
+	}
 	if (c.Username == "") != (c.Password == "") {
 		return nil, fmt.Errorf("%w: username and password go together: set both or neither", ErrInvalidConfig)
+	}
+	if c.Token != "" && c.Username != "" {
+		return nil, fmt.Errorf("%w: token replaces username and password: set one or the other", ErrInvalidConfig)
 	}
 	if v, ok := m["concurrency"]; ok {
 		n, err := strconv.Atoi(v)
@@ -101,3 +139,29 @@ func boolKey(m map[string]string, key string, def bool) (bool, error) {
 	}
 	return b, nil
 }
+
+// redacted stands for a secret in what a Config prints.
+const redacted = "[redacted]"
+
+// String describes c without its secrets.
+func (c *Config) String() string {
+	if c == nil {
+		return "<nil>"
+	}
+	password, token := "", ""
+	if c.Password != "" {
+		password = redacted
+	}
+	if c.Token != "" {
+		token = redacted
+	}
+	return fmt.Sprintf("{Location:%s Username:%q Password:%s Token:%s UseTLS:%t InsecureSkipVerify:%t CAFile:%q Concurrency:%d}",
+		c.Location, c.Username, password, token, c.UseTLS, c.InsecureSkipVerify, c.CAFile, c.Concurrency)
+}
+
+// Format prints c as String does, whatever the verb: %#v and %+v would
+// otherwise print the password.
+func (c Config) Format(f fmt.State, _ rune) { fmt.Fprint(f, c.String()) }
+
+// LogValue logs c as String does.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }

@@ -4,53 +4,104 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
+
+	"github.com/plakar-oci/ocistore/host/session"
 )
 
+// maxResponseHeader bounds the headers of an answer: they are copied into
+// the guest's memory.
+const maxResponseHeader = 1 << 20
+
 // newClient builds the HTTP client that performs the guest's requests: TLS
-// settings and credentials live here, never in the guest.
-func newClient(c *Config) (*http.Client, error) {
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: ca_file: %v", ErrInvalidConfig, err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: ca_file %s holds no PEM certificate", ErrInvalidConfig, c.CAFile)
-		}
-		tlsConfig.RootCAs = pool
+// settings, credentials and the address policy live here, never in the
+// guest. Its transport adds credentials to the registry's requests only
+// (authTransport), and its dialer refuses addresses the policy forbids
+// (session.Guard). Insecure settings are logged to logger as warnings.
+func newClient(c *Config, logger *slog.Logger) (*http.Client, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	transport, err := newTLSTransport(c)
+	if err != nil {
+		return nil, err
+	}
+	base := c.registryURL()
+	guard, err := session.NewGuard(base.String(), logger)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	transport.DialContext = guard.DialContext
+	transport.Proxy = guard.Proxy(transport.Proxy)
+
+	static, err := staticCredentials(c)
+	if err != nil {
+		return nil, err
+	}
+	log := logger.With("plugin", "oci")
+	if !c.UseTLS && !c.Location.IsLoopback() {
+		log.Warn("plain HTTP to the registry (use_tls=false): credentials, tokens and the store's metadata cross the network unencrypted",
+			"registry", c.Location.Registry)
+	}
+	if c.UseTLS && c.InsecureSkipVerify {
+		log.Warn("TLS certificate verification is off (tls_insecure_no_verify=true): anyone on the network path can pose as the registry and take the credentials",
+			"registry", c.Location.Registry)
+	}
+	if static != nil {
+		log.Debug("credentials for the registry", "registry", c.Location.Registry, "credentials", static.who())
+	}
+	return &http.Client{Transport: newAuthTransport(transport, base, c.Location.Repository, static, logger)}, nil
+}
+
+// newTLSTransport is a transport with the store's TLS settings and nothing
+// else: no credentials, no address policy. It is for the host's own
+// requests, such as fetching a plugin module, which authenticate as they
+// see fit.
+func newTLSTransport(c *Config) (*http.Transport, error) {
+	tlsConfig, err := tlsConfig(c)
+	if err != nil {
+		return nil, err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.TLSClientConfig = tlsConfig
 	// One connection per instance and a few spare: the pool bounds calls.
 	transport.MaxIdleConnsPerHost = c.Concurrency + 2
 	transport.ResponseHeaderTimeout = 2 * time.Minute
-	var rt http.RoundTripper = transport
-	if c.Username != "" {
-		rt = &basicAuth{next: transport, host: c.Location.Registry, user: c.Username, password: c.Password}
-	}
-	return &http.Client{Transport: rt}, nil
+	transport.MaxResponseHeaderBytes = maxResponseHeader
+	return transport, nil
 }
 
-// basicAuth adds credentials to requests for the store's registry only, so
-// that a redirect to a blob host never carries them.
-type basicAuth struct {
-	next           http.RoundTripper
-	host           string
-	user, password string
+// tlsConfig verifies certificates against the system's CAs and those of
+// ca_file, unless tls_insecure_no_verify.
+func tlsConfig(c *Config) (*tls.Config, error) {
+	config := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
+	if c.CAFile == "" {
+		return config, nil
+	}
+	pem, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: ca_file: %v", ErrInvalidConfig, err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%w: ca_file %s holds no PEM certificate", ErrInvalidConfig, c.CAFile)
+	}
+	config.RootCAs = pool
+	return config, nil
 }
 
-func (b *basicAuth) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Host == b.host && req.Header.Get("Authorization") == "" {
-		req = req.Clone(req.Context())
-		req.SetBasicAuth(b.user, b.password)
+// registryURL is the registry's base URL: scheme and host.
+func (c *Config) registryURL() *url.URL {
+	scheme := "https"
+	if !c.UseTLS {
+		scheme = "http"
 	}
-	return b.next.RoundTrip(req)
+	return &url.URL{Scheme: scheme, Host: c.Location.Registry}
 }

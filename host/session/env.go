@@ -52,9 +52,13 @@ type Config struct {
 	Cache     *LRU
 	CacheSize int
 
-	// AllowedHosts are hosts besides the registry that requests and
-	// redirects may reach, as "host" (default port of the scheme) or
-	// "host:port". More can be added later with Env.Allow.
+	// AllowedHosts are hosts besides the registry that the guest's
+	// requests may name and that redirects may reach over the registry's
+	// scheme, as "host" (default port of the scheme) or "host:port". More
+	// can be added later with Env.Allow. Without them, the guest reaches
+	// the registry only, and redirects of downloads leave it for https
+	// URLs only (see allow.go). Credentials are never sent to them: the
+	// host's transport adds them for the registry alone.
 	AllowedHosts []string
 }
 
@@ -70,6 +74,7 @@ type Env struct {
 	allowMu  sync.Mutex                      // serialises writers of allowed
 	allowed  atomic.Pointer[map[string]bool] // copy on write: read on every request
 	registry string                          // base URL, for messages
+	loopback bool                            // the registry is on this machine (localhost, a loopback address)
 }
 
 // NewEnv checks cfg and builds an Env.
@@ -84,6 +89,7 @@ func NewEnv(cfg Config) (*Env, error) {
 		maxDoc:   cfg.MaxDocumentSize,
 		cache:    cfg.Cache,
 		registry: base.String(),
+		loopback: isLoopbackHost(base.Hostname()),
 	}
 	if e.maxDoc <= 0 {
 		e.maxDoc = DefaultMaxDocumentSize
@@ -107,8 +113,14 @@ func NewEnv(cfg Config) (*Env, error) {
 	next := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		// The client has already resolved the Location against the
-		// previous hop: every hop is checked as an absolute URL.
-		if err := e.check(req.URL, true); err != nil {
+		// previous hop: every hop is checked as an absolute URL. Whether
+		// it is a download is decided by the first request: a POST
+		// answered 303 becomes a GET, but its hop is no download.
+		method := req.Method
+		if len(via) > 0 && via[0].Method != http.MethodGet && via[0].Method != http.MethodHead {
+			method = via[0].Method
+		}
+		if err := e.check(req.URL, true, method); err != nil {
 			return err
 		}
 		if next != nil {
@@ -151,9 +163,11 @@ func parseRegistry(raw string) (*url.URL, error) {
 }
 
 // Allow adds a host that requests and redirects may reach besides the
-// registry, such as a token realm or the storage a registry redirects blob
-// downloads to. hostport is "host" (the scheme's default port) or
-// "host:port".
+// registry, such as storage that hands out absolute upload URLs or that a
+// plain-HTTP registry redirects downloads to. hostport is "host" (the
+// scheme's default port) or "host:port". The token service a registry
+// announces needs no entry: the host's transport talks to it, never the
+// guest.
 func (e *Env) Allow(hostport string) error {
 	key, err := allowKey(hostport)
 	if err != nil {

@@ -237,6 +237,11 @@ func (r *Response) Get(name string) string {
 	return ""
 }
 
+// RefusedMarker is in the text of every error http.round-trip returns for a
+// request the host's policy refused (a destination outside the store's
+// registry): such a request fails the same way however often it is made.
+const RefusedMarker = "outside the store's registry"
+
 // Host is what the host lends the guest, as Go: the imports of the world
 // plugin. The guest's store logic is written against it, so that it runs the
 // same inside wasm (through the imports) and natively (for comparison).

@@ -120,6 +120,9 @@ func httpError(loc location.Location, action string, status int, body []byte) *a
 // already says why and what to do (DNS, TLS, refused connection,
 // allow-list, a failing upload source), so it is kept whole.
 func networkError(loc location.Location, action string, err error) *abi.Error {
+	if strings.Contains(err.Error(), abi.RefusedMarker) {
+		return &abi.Error{Code: abi.ErrPermissionDenied, Message: fmt.Sprintf("%s: %v", action, err)}
+	}
 	return &abi.Error{
 		Code:    abi.ErrTransient,
 		Message: fmt.Sprintf("%s: no answer from registry %s: %v", action, loc.Registry, err),

@@ -163,7 +163,7 @@ func (c *call) exchange(req *abi.Request) (*abi.Response, error) {
 		}
 		resp, err := c.s.send(c.action, req)
 		if err != nil {
-			if c.retry(attempt, fmt.Sprintf("%s %s got no answer", req.Method, logPath(req.URL)), 0) {
+			if codeOf(err) == abi.ErrTransient && c.retry(attempt, fmt.Sprintf("%s %s got no answer", req.Method, logPath(req.URL)), 0) {
 				continue
 			}
 			return nil, err

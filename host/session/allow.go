@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/plakar-oci/ocistore/abi"
 )
 
 // What the guest may reach, in three layers:
@@ -58,7 +60,8 @@ func (e *RefusedError) Error() string {
 	if reason == "" {
 		reason = "only the registry and the hosts allowed for it may be reached"
 	}
-	return fmt.Sprintf("%s is outside the store's registry %s: refused (%s)", what, e.Registry, reason)
+	// abi.RefusedMarker tells the guest not to try again.
+	return fmt.Sprintf("%s is %s %s: refused (%s)", what, abi.RefusedMarker, e.Registry, reason)
 }
 
 // Reasons of refusals, shared by the checks of URLs and of addresses.

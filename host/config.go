@@ -61,9 +61,11 @@ type Config struct {
 // linear memory) modest.
 const DefaultConcurrency = 8
 
+// configKeys are the keys a store accepts; PluginKey is read by New before
+// the rest is parsed here.
 var configKeys = []string{
 	"location", "username", "password", "token", "use_tls", "tls_insecure_no_verify",
-	"ca_file", "repository_prefix", "concurrency",
+	"ca_file", "repository_prefix", "concurrency", PluginKey,
 }
 
 // ParseConfig validates a store configuration. Every error names the key

@@ -42,34 +42,38 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 	}
 }
 
-// deleteRef DELETEs the manifest ref names. lost tells whether an attempt
-// whose answer never came (or was a server error) preceded the answer:
-// that attempt may have deleted it already.
-func (c *call) deleteRef(ref string) (resp *abi.Response, lost bool, err error) {
+// deleteRef DELETEs the manifest ref names and returns the status of the
+// answer, with its body (at most maxErrorBody bytes) unless the status is
+// 2xx. lost tells whether an attempt whose answer never came (or was a
+// server error) preceded the answer: that attempt may have deleted it
+// already.
+func (c *call) deleteRef(ref string) (status int, body []byte, lost bool, err error) {
 	c.retried = false
-	resp, err = c.exchange(&abi.Request{Method: "DELETE", URL: c.s.manifestURL(ref)})
-	return resp, c.retried, err
+	resp, err := c.exchange(&abi.Request{Method: "DELETE", URL: c.s.manifestURL(ref)})
+	if err != nil {
+		return 0, nil, c.retried, err
+	}
+	if !ok2xx(resp.Status) {
+		body, _, _ = c.s.read(resp.Body, maxErrorBody)
+	}
+	c.s.discard(resp)
+	return resp.Status, body, c.retried, nil
 }
 
 // deleteTag deletes by tag. done false means the registry cannot delete
 // tags, and the next way should be tried.
 func (c *call) deleteTag(tag string) (done bool, err error) {
-	resp, lost, err := c.deleteRef(tag)
-	if err != nil {
-		return true, err
-	}
-	if ok2xx(resp.Status) {
-		c.s.discard(resp)
-		return true, nil
-	}
-	body, _, _ := c.s.read(resp.Body, maxErrorBody)
-	c.s.discard(resp)
+	status, body, lost, err := c.deleteRef(tag)
 	switch {
-	case resp.Status == 400 || resp.Status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED"):
+	case err != nil:
+		return true, err
+	case ok2xx(status):
+		return true, nil
+	case status == 400 || status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED"):
 		// Distribution v2 reads a tag as a bad digest; others refuse
 		// outright, yet may delete by digest.
 		return false, nil
-	case resp.Status == 404:
+	case status == 404:
 		// Either the tag is missing, or the registry looked it up as a
 		// digest: only the tag itself can tell.
 		_, exists, err := c.manifestDigest(tag)
@@ -84,7 +88,7 @@ func (c *call) deleteTag(tag string) (done bool, err error) {
 		}
 		return false, nil
 	}
-	return true, httpError(c.s.loc, c.action, resp.Status, body)
+	return true, httpError(c.s.loc, c.action, status, body)
 }
 
 // deleteDigest deletes the manifest tag points to, by digest.
@@ -96,26 +100,21 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 	if !exists || digest == tombstoneDigest {
 		return true, errorf(abi.ErrNotFound, "%s: no such object", c.action)
 	}
-	resp, lost, err := c.deleteRef(digest)
-	if err != nil {
+	status, body, lost, err := c.deleteRef(digest)
+	switch {
+	case err != nil:
 		return true, err
-	}
-	if ok2xx(resp.Status) {
-		c.s.discard(resp)
+	case ok2xx(status):
 		return true, nil
-	}
-	body, _, _ := c.s.read(resp.Body, maxErrorBody)
-	c.s.discard(resp)
-	if resp.Status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED") {
+	case status == 405 || hasCode(parseRegistryErrors(body), "UNSUPPORTED"):
 		return false, nil
-	}
-	if resp.Status == 404 {
+	case status == 404:
 		if lost {
 			return true, nil
 		}
 		return true, errorf(abi.ErrNotFound, "%s: no such object (deleted meanwhile)", c.action)
 	}
-	return true, httpError(c.s.loc, c.action, resp.Status, body)
+	return true, httpError(c.s.loc, c.action, status, body)
 }
 
 // bury deletes by tombstone, on registries that cannot delete. The marker

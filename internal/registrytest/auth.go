@@ -2,7 +2,6 @@ package registrytest
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -14,7 +13,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -22,9 +20,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -53,19 +49,11 @@ type CA struct {
 // NewCA makes a certificate authority valid for the next day.
 func NewCA(t testing.TB) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "registrytest CA " + t.Name()},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
+	key := newKey(t)
+	tmpl := certTemplate(t, "registrytest CA "+t.Name())
+	tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	tmpl.BasicConstraintsValid = true
+	tmpl.IsCA = true
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +69,26 @@ func NewCA(t testing.TB) *CA {
 		t.Fatal(err)
 	}
 	return ca
+}
+
+// newKey makes an ECDSA P-256 key.
+func newKey(t testing.TB) *ecdsa.PrivateKey {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// certTemplate is the template of a certificate named cn, with a random
+// serial number, valid from an hour ago for the next day.
+func certTemplate(t testing.TB, cn string) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
 }
 
 func serial(t testing.TB) *big.Int {
@@ -110,18 +118,10 @@ func (ca *CA) Client() *http.Client {
 // returns it with the files that hold it and its key, in PEM.
 func (ca *CA) Issue(t testing.TB, hosts ...string) (cert tls.Certificate, certPath, keyPath string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
+	key := newKey(t)
+	tmpl := certTemplate(t, hosts[0])
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -204,13 +204,8 @@ func NewTokenServer(t testing.TB, ca *CA, users map[string]string) *TokenServer 
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: "registrytest token signer"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
+	tmpl := certTemplate(t, "registrytest token signer")
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
 	if err != nil {
 		t.Fatal(err)
@@ -369,24 +364,15 @@ func DistributionAuth(t testing.TB, opts AuthOptions) *Registry {
 	if (opts.Users == nil) == (opts.Token == nil) {
 		t.Fatal("registrytest.DistributionAuth: give Users or Token")
 	}
-	dir := t.TempDir()
-	storage := filepath.Join(dir, "storage")
-	if err := os.Mkdir(storage, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "registry.log")
-	logFile, err := createLog(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	name := "distribution-htpasswd"
 	if opts.Token != nil {
 		name = "distribution-token"
 	}
-	r := &Registry{Name: name, Dir: storage, Delete: opts.Delete, LogPath: logPath, logFile: logFile, instance: randomSecret()}
-	register(t, r)
+	r, dir := newBinaryRegistry(t, name, opts.Options)
+	// Ready is GET /v2/ answered 200 or 401 (authentication required).
+	r.readyAuth = true
 
-	var auth string
+	c := configOptions{logLevel: opts.LogLevel}
 	if opts.Users != nil {
 		var b bytes.Buffer
 		for user, password := range opts.Users {
@@ -400,159 +386,16 @@ func DistributionAuth(t testing.TB, opts AuthOptions) *Registry {
 		if err := os.WriteFile(htpasswd, b.Bytes(), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: registrytest\n    path: %q\n", htpasswd)
+		c.auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: registrytest\n    path: %q\n", htpasswd)
 	} else {
 		tk := opts.Token
-		auth = fmt.Sprintf("auth:\n  token:\n    realm: %q\n    service: %q\n    issuer: %q\n    rootcertbundle: %q\n",
+		c.auth = fmt.Sprintf("auth:\n  token:\n    realm: %q\n    service: %q\n    issuer: %q\n    rootcertbundle: %q\n",
 			tk.URL, tk.Service, tk.Issuer, tk.CertPath)
 	}
-	var tlsConf string
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	scheme := "http"
 	if opts.CA != nil {
-		_, certPath, keyPath := opts.CA.Issue(t, "127.0.0.1")
-		tlsConf = fmt.Sprintf("  tls:\n    certificate: %q\n    key: %q\n", certPath, keyPath)
-		client = opts.CA.Client()
-		scheme = "https"
+		_, c.tlsCert, c.tlsKey = opts.CA.Issue(t, "127.0.0.1")
+		r.readyClient = opts.CA.Client()
 	}
-	level := opts.LogLevel
-	if level == "" {
-		level = "warn"
-	}
-
-	cfgPath := filepath.Join(dir, "config.yml")
-	r.start = func() error { return startAuthProcess(r, bin, cfgPath, client) }
-	const attempts = 5
-	for i := 1; ; i++ {
-		host, err := freeAddr()
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Host, r.URL = host, scheme+"://"+host
-		config := fmt.Sprintf(`version: 0.1
-log:
-  level: %s
-  formatter: text
-  accesslog:
-    disabled: %t
-storage:
-  filesystem:
-    rootdirectory: %q
-  cache:
-    blobdescriptor: inmemory
-  delete:
-    enabled: %t
-  redirect:
-    disable: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %q
-  net: tcp
-  secret: %q
-  relativeurls: false
-  draintimeout: 0s
-%s  headers:
-    X-Content-Type-Options: [nosniff]
-    %s: [%q]
-%s`, level, !opts.AccessLog, storage, opts.Delete, host, randomSecret(), tlsConf, instanceHeader, r.instance, auth)
-		if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		err = r.Restart()
-		if err == nil {
-			return r
-		}
-		if !errors.Is(err, errAddrInUse) || i == attempts {
-			t.Fatal(err) // the cleanup prints the log
-		}
-		fmt.Fprintf(logFile, "registrytest: %s was taken, trying another port\n", host)
-	}
-}
-
-// startAuthProcess starts the registry binary and waits until it answers
-// GET /v2/ through client, 200 or 401 (authentication required).
-func startAuthProcess(r *Registry, bin, cfgPath string, client *http.Client) error {
-	fmt.Fprintf(r.logFile, "registrytest: starting %s serve %s on %s\n", bin, cfgPath, r.Host)
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Env = registryEnv()
-	cmd.Stdout = r.logFile
-	cmd.Stderr = r.logFile
-	cmd.SysProcAttr = sysProcAttr()
-	exited := make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		defer close(exited)
-		// The process dies with the thread that started it (see
-		// sysProcAttr): hold this thread until the process is gone.
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		<-exited
-		return fmt.Errorf("%s: %w", r.Name, err)
-	}
-	r.stop = func() error {
-		select {
-		case <-exited:
-			return nil
-		default:
-		}
-		if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			return err
-		}
-		<-exited
-		fmt.Fprintf(r.logFile, "registrytest: killed %s\n", r.Name)
-		return nil
-	}
-	err := waitAuthReady(r, client, exited)
-	if err == nil {
-		return nil
-	}
-	r.stopLocked()
-	if strings.Contains(r.Log(), "address already in use") {
-		return fmt.Errorf("%s: %s: %w", r.Name, r.Host, errAddrInUse)
-	}
-	return err
-}
-
-func waitAuthReady(r *Registry, client *http.Client, exited <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(context.Background(), ReadyTimeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL+"/v2/", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			switch {
-			case resp.Header.Get(instanceHeader) != r.instance:
-				err = fmt.Errorf("GET /v2/: %s, from another server", resp.Status)
-			case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized:
-				return nil
-			default:
-				err = fmt.Errorf("GET /v2/: %s", resp.Status)
-			}
-		}
-		last = err
-		select {
-		case <-exited:
-			return fmt.Errorf("%s exited before it was ready", r.Name)
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s after %v: %v", r.Name, r.URL, ReadyTimeout, last)
-		case <-tick.C:
-		}
-	}
+	serveBinary(t, r, bin, dir, opts.Options, c)
+	return r
 }

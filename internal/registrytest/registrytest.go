@@ -81,6 +81,12 @@ type Registry struct {
 	// instance is sent by the registry in an X-Registrytest-Instance header,
 	// so that readiness is never taken from another process on the port.
 	instance string
+	// readyClient, if not nil, is the client readiness is polled with
+	// (one that trusts the registry's CA, for TLS).
+	readyClient *http.Client
+	// readyAuth makes a 401 (authentication required) to GET /v2/ count as
+	// ready, as it does for a registry that requires authentication.
+	readyAuth bool
 
 	mu      sync.Mutex
 	start   func() error // starts the registry on Host, storing in Dir
@@ -166,15 +172,15 @@ func All(t testing.TB) []Factory {
 	return []Factory{
 		{Name: NameDistributionDelete, Delete: true, Start: func(t testing.TB) *Registry {
 			t.Helper()
-			return startBinary(t, NameDistributionDelete, v3, distributionConfig, Options{Delete: true})
+			return startBinary(t, NameDistributionDelete, v3, Options{Delete: true}, configOptions{})
 		}},
 		{Name: NameDistributionNoDelete, Delete: false, Start: func(t testing.TB) *Registry {
 			t.Helper()
-			return startBinary(t, NameDistributionNoDelete, v3, distributionConfig, Options{Delete: false})
+			return startBinary(t, NameDistributionNoDelete, v3, Options{Delete: false}, configOptions{})
 		}},
 		{Name: NameDockerRegistry, Delete: true, Start: func(t testing.TB) *Registry {
 			t.Helper()
-			return startBinary(t, NameDockerRegistry, v2, dockerRegistryConfig, Options{Delete: true})
+			return startBinary(t, NameDockerRegistry, v2, Options{Delete: true}, configOptions{dockerRegistry: true})
 		}},
 		{Name: NameInProcess, Delete: true, Start: func(t testing.TB) *Registry {
 			t.Helper()
@@ -190,7 +196,7 @@ func Distribution(t testing.TB, opts Options) *Registry {
 	if opts.Delete {
 		name = NameDistributionDelete
 	}
-	return startBinary(t, name, distributionBinary(t), distributionConfig, opts)
+	return startBinary(t, name, distributionBinary(t), opts, configOptions{})
 }
 
 // DockerRegistry starts Debian's docker-registry (distribution v2.8).
@@ -200,7 +206,7 @@ func DockerRegistry(t testing.TB, opts Options) *Registry {
 	if !opts.Delete {
 		name += "-nodelete"
 	}
-	return startBinary(t, name, dockerRegistryBinary(t), dockerRegistryConfig, opts)
+	return startBinary(t, name, dockerRegistryBinary(t), opts, configOptions{dockerRegistry: true})
 }
 
 // InProcess starts go-containerregistry's registry (pkg/registry) in this
@@ -287,16 +293,21 @@ func register(t testing.TB, r *Registry) {
 	})
 }
 
-// configFunc writes the configuration of a registry binary that listens
-// on addr, stores in storage and sends instance in the header
-// X-Registrytest-Instance.
-type configFunc func(addr, storage, instance string, opts Options) string
-
 // startBinary starts the registry binary bin with the configuration that
-// config writes.
-func startBinary(t testing.TB, name, bin string, config configFunc, opts Options) *Registry {
+// opts and c make.
+func startBinary(t testing.TB, name, bin string, opts Options, c configOptions) *Registry {
 	t.Helper()
-	dir := t.TempDir()
+	r, dir := newBinaryRegistry(t, name, opts)
+	serveBinary(t, r, bin, dir, opts, c)
+	return r
+}
+
+// newBinaryRegistry makes the Registry of a registry binary, not started,
+// with its storage and log in a new directory dir, stopped at the end of
+// t.
+func newBinaryRegistry(t testing.TB, name string, opts Options) (r *Registry, dir string) {
+	t.Helper()
+	dir = t.TempDir()
 	storage := filepath.Join(dir, "storage")
 	if err := os.Mkdir(storage, 0o755); err != nil {
 		t.Fatal(err)
@@ -306,12 +317,23 @@ func startBinary(t testing.TB, name, bin string, config configFunc, opts Options
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Registry{Name: name, Dir: storage, Delete: opts.Delete, LogPath: logPath, logFile: logFile, instance: randomSecret()}
+	r = &Registry{Name: name, Dir: storage, Delete: opts.Delete, LogPath: logPath, logFile: logFile, instance: randomSecret()}
 	register(t, r)
+	return r, dir
+}
 
+// serveBinary starts bin for r, made by newBinaryRegistry in dir, on a free
+// port of 127.0.0.1 with the configuration that opts and c make, written
+// to dir/config.yml, and returns once it is ready.
+func serveBinary(t testing.TB, r *Registry, bin, dir string, opts Options, c configOptions) {
+	t.Helper()
 	cfgPath := filepath.Join(dir, "config.yml")
 	r.start = func() error {
 		return startProcess(r, bin, cfgPath)
+	}
+	scheme := "http"
+	if c.tlsCert != "" {
+		scheme = "https"
 	}
 
 	// The port is picked by listening on port 0 and closing the listener,
@@ -322,18 +344,18 @@ func startBinary(t testing.TB, name, bin string, config configFunc, opts Options
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Host, r.URL = host, "http://"+host
-		if err := os.WriteFile(cfgPath, []byte(config(host, storage, r.instance, opts)), 0o600); err != nil {
+		r.Host, r.URL = host, scheme+"://"+host
+		if err := os.WriteFile(cfgPath, []byte(registryConfig(host, r.Dir, r.instance, opts, c)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		err = r.Restart()
 		if err == nil {
-			return r
+			return
 		}
 		if !errors.Is(err, errAddrInUse) || i == attempts {
 			t.Fatal(err) // the cleanup prints the log
 		}
-		fmt.Fprintf(logFile, "registrytest: %s was taken, trying another port\n", host)
+		fmt.Fprintf(r.logFile, "registrytest: %s was taken, trying another port\n", host)
 	}
 }
 
@@ -414,12 +436,16 @@ func registryEnv() []string {
 	)
 }
 
-// waitReady polls GET /v2/ until the registry answers 200, for at most
-// ReadyTimeout. exited, if not nil, is closed when the process exits.
+// waitReady polls GET /v2/ until the registry answers 200 (or 401 if
+// r.readyAuth), for at most ReadyTimeout, with r.readyClient if set.
+// exited, if not nil, is closed when the process exits.
 func waitReady(ctx context.Context, r *Registry, exited <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
 	defer cancel()
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	client := r.readyClient
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var last error
@@ -435,6 +461,8 @@ func waitReady(ctx context.Context, r *Registry, exited <-chan struct{}) error {
 			switch {
 			case r.instance != "" && resp.Header.Get(instanceHeader) != r.instance:
 				err = fmt.Errorf("GET /v2/: %s, from another server", resp.Status)
+			case r.readyAuth && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized):
+				return nil
 			case resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Distribution-Api-Version") == "registry/2.0":
 				return nil
 			default:
@@ -470,46 +498,42 @@ func randomSecret() string {
 	return hex.EncodeToString(b)
 }
 
-// distributionConfig configures distribution v3: loopback only, plain
-// HTTP, no debug server, no redirects, no upload purging, warnings only.
-// The in-memory blob descriptor cache is on, as in the project's default
-// configuration.
-func distributionConfig(addr, storage, instance string, opts Options) string {
-	return fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  formatter: text
-  accesslog:
-    disabled: %t
-storage:
-  filesystem:
-    rootdirectory: %q
-  cache:
-    blobdescriptor: inmemory
-  delete:
-    enabled: %t
-  redirect:
-    disable: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %q
-  net: tcp
-  secret: %q
-  relativeurls: false
-  draintimeout: 0s
-  headers:
-    X-Content-Type-Options: [nosniff]
-    %s: [%q]
-`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret(), instanceHeader, instance)
+// configOptions say how a registry's configuration differs from the
+// plain distribution v3 one.
+type configOptions struct {
+	// dockerRegistry leaves out http.relativeurls and http.draintimeout,
+	// for docker-registry v2.8.
+	dockerRegistry bool
+	// logLevel is the log level; "" means warn.
+	logLevel string
+	// tlsCert and tlsKey, if set, are the files of the certificate and key
+	// to serve TLS with.
+	tlsCert, tlsKey string
+	// auth is the auth section, in YAML, if any.
+	auth string
 }
 
-// dockerRegistryConfig configures docker-registry v2.8 like distribution.
-func dockerRegistryConfig(addr, storage, instance string, opts Options) string {
+// registryConfig configures a registry binary that listens on addr,
+// stores in storage and sends instance in the header
+// X-Registrytest-Instance: loopback only, plain HTTP unless c says TLS,
+// no debug server, no redirects, no upload purging, warnings only unless
+// c says another level. The in-memory blob descriptor cache is on, as in
+// the project's default configuration.
+func registryConfig(addr, storage, instance string, opts Options, c configOptions) string {
+	level := c.logLevel
+	if level == "" {
+		level = "warn"
+	}
+	var httpExtra string
+	if !c.dockerRegistry {
+		httpExtra = "  relativeurls: false\n  draintimeout: 0s\n"
+	}
+	if c.tlsCert != "" {
+		httpExtra += fmt.Sprintf("  tls:\n    certificate: %q\n    key: %q\n", c.tlsCert, c.tlsKey)
+	}
 	return fmt.Sprintf(`version: 0.1
 log:
-  level: warn
+  level: %s
   formatter: text
   accesslog:
     disabled: %t
@@ -529,10 +553,15 @@ http:
   addr: %q
   net: tcp
   secret: %q
-  headers:
+%s  headers:
     X-Content-Type-Options: [nosniff]
     %s: [%q]
-`, !opts.AccessLog, storage, opts.Delete, addr, randomSecret(), instanceHeader, instance)
+%s`, level, !opts.AccessLog, storage, opts.Delete, addr, randomSecret(), httpExtra, instanceHeader, instance, c.auth)
+}
+
+// distributionConfig configures distribution v3 (see registryConfig).
+func distributionConfig(addr, storage, instance string, opts Options) string {
+	return registryConfig(addr, storage, instance, opts, configOptions{})
 }
 
 // distributionBinary finds the distribution v3 binary or fails t.

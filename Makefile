@@ -45,7 +45,7 @@ bench: tools guest
 	$(GO) test -run '^$$' -bench . -timeout $(TEST_TIMEOUT) ./...
 
 demo: guest
-	@echo "demo: not written yet"
+	GO="$(GO)" DEMO_SKIP_GUEST=1 sh scripts/demo.sh
 
 # Short fuzz runs of the decoders of what registries and guests hand
 # back; seed corpora are in each package's testdata/fuzz. A failure writes

@@ -1,0 +1,73 @@
+package main_test
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLocationErrors: a store that cannot be used is refused with a clear
+// one-line error and a non-zero exit, before any key is derived.
+func TestLocationErrors(t *testing.T) {
+	t.Parallel()
+	// A port nothing listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	// A web server that is not a registry: 404 on /v2/.
+	web := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(web.Close)
+	notOCI := strings.TrimPrefix(web.URL, "http://")
+
+	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase)
+	for _, tc := range []struct {
+		name string
+		code int
+		want []string
+		args []string
+	}{
+		{"no location", 2, []string{"no store given", "-at", "OCIBACKUP_LOCATION"}, []string{"ls"}},
+		{"no scheme", 1, []string{"localhost:5000/x", "must start with oci://"}, []string{"-at", "localhost:5000/x", "ls"}},
+		{"other scheme", 1, []string{"must start with oci://"}, []string{"-at", "https://localhost:5000/x", "backup", "."}},
+		{"no path", 1, []string{"repository path is required"}, []string{"-at", "oci://" + closed, "ls"}},
+		{"uppercase", 1, []string{"must be lowercase"}, []string{"-at", "oci://" + closed + "/Team", "ls"}},
+		{"unknown option", 1, []string{"unknown key", "colour"}, []string{"-at", "oci://" + closed + "/x", "-o", "colour=blue", "ls"}},
+		{"unreachable", 1, []string{closed, "connection refused"}, []string{"-at", "oci://" + closed + "/x", "ls"}},
+		{"unreachable create", 1, []string{closed, "connection refused"}, []string{"-at", "oci://" + closed + "/x", "create"}},
+		{"not a registry", 1, []string{notOCI, "is it a registry?"}, []string{"-at", "oci://" + notOCI + "/x", "ls"}},
+		{"not a registry create", 1, []string{notOCI, "is it a registry?"}, []string{"-at", "oci://" + notOCI + "/x", "create"}},
+		{"no named store", 1, []string{"no store named", "nobody"}, []string{"-at", "@nobody", "ls"}},
+		{"unknown command", 2, []string{"unknown command", "frob"}, []string{"frob"}},
+		{"bad flag", 2, []string{"backup", "-frob"}, []string{"backup", "-frob", "."}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := *e
+			e.t = t
+			e.fails(tc.code, tc.want, tc.args...)
+		})
+	}
+}
+
+// TestRestoreTarget: a restore target that exists and is not empty is
+// refused before the store is opened.
+func TestRestoreTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://127.0.0.1:1/never/opened")
+	full := t.TempDir()
+	if err := os.WriteFile(filepath.Join(full, "precious"), []byte("do not touch"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.fails(1, []string{"not empty", full, "-force"}, "restore", "1234abcd", full)
+	file := filepath.Join(full, "precious")
+	e.fails(1, []string{"not a directory", file}, "restore", "1234abcd", file)
+	if b, err := os.ReadFile(file); err != nil || string(b) != "do not touch" {
+		t.Errorf("the target was touched: %q, %v", b, err)
+	}
+}

@@ -1,0 +1,188 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/PlakarKorp/kloset/connectors"
+	"github.com/PlakarKorp/kloset/connectors/exporter"
+	"github.com/PlakarKorp/kloset/snapshot"
+)
+
+// RestoreResult describes a restore.
+type RestoreResult struct {
+	Target   string // the directory restored into
+	Files    int64
+	Bytes    int64
+	Duration time.Duration
+	// Errors are the paths that could not be restored (the first
+	// maxErrorsKept of NumErrors).
+	Errors    []string
+	NumErrors int64
+}
+
+// CheckRestoreTarget tells whether dest may receive a restore: it must
+// not exist, or be a directory, empty unless force.
+func CheckRestoreTarget(dest string, force bool) error {
+	fi, err := os.Stat(dest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("the restore target %s is not a directory", dest)
+	}
+	if force {
+		return nil
+	}
+	d, err := os.Open(dest)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if _, err := d.Readdirnames(1); err == io.EOF {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s", ErrTargetNotEmpty, dest)
+}
+
+// Restore writes path p of snapshot ref (see Resolve and Files) into the
+// directory dest with the fs exporter: a directory's content goes
+// straight into dest, a file goes into dest under its name. dest is
+// created if need be; it must be empty unless force, in which case what
+// is in the way is replaced. Every chunk is checked against its MAC as it
+// is read.
+func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error) {
+	dest, err := filepath.Abs(dest)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckRestoreTarget(dest, force); err != nil {
+		return nil, err
+	}
+	snap, err := v.load(ref)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	_, e, abs, err := v.entry(snap, p)
+	if err != nil {
+		return nil, err
+	}
+
+	o := newOp("restore", v.store, false)
+	o.countsFromExporter = true
+	if e.IsDir() {
+		if s := e.Summary; s != nil {
+			o.filesTotal.Store(int64(s.Directory.Files + s.Below.Files))
+			o.bytesTotal.Store(int64(s.Directory.Size + s.Below.Size))
+		}
+	} else {
+		o.filesTotal.Store(1)
+		o.bytesTotal.Store(e.Stat().Size())
+	}
+	o.setPhase("restoring")
+	v.events.begin(o)
+	defer v.events.end(o)
+
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return nil, err
+	}
+	kctx := v.kctx
+	copts := &connectors.Options{
+		Hostname:        kctx.Hostname,
+		OperatingSystem: kctx.OperatingSystem,
+		Architecture:    kctx.Architecture,
+		CWD:             kctx.CWD,
+		MaxConcurrency:  kctx.MaxConcurrency,
+		Stdin:           kctx.Stdin,
+		Stdout:          kctx.Stdout,
+		Stderr:          kctx.Stderr,
+	}
+	exp, err := exporter.NewExporter(kctx, copts, map[string]string{"location": "fs://" + dest})
+	if err != nil {
+		return nil, err
+	}
+	defer exp.Close(kctx)
+	exp = &restoreExporter{Exporter: exp, root: dest, force: force, op: o}
+	if err := snap.Export(exp, abs, &snapshot.ExportOptions{}); err != nil {
+		return nil, fmt.Errorf("restoring %x:%s: %w", snap.Header.Identifier[:4], abs, cause(kctx, err))
+	}
+	if err := kctx.Err(); err != nil {
+		return nil, fmt.Errorf("restoring %x:%s: %w", snap.Header.Identifier[:4], abs, cause(kctx, err))
+	}
+	v.events.sync(v.kctx, v.repo.Configuration().RepositoryID)
+	p2 := o.progress(v.store)
+	r := &RestoreResult{Target: dest, Files: p2.FilesDone, Bytes: p2.BytesDone, Duration: time.Since(o.started)}
+	r.Errors, r.NumErrors = o.Errors()
+	return r, nil
+}
+
+// restoreExporter wraps the exporter of a restore: it counts what the
+// exporter reports as it reports it (Kloset emits its own events about it
+// from a goroutine that may outlive Export), and, with force, removes what
+// stands where a file, a symlink or a hard link is about to be restored:
+// the fs exporter replaces regular files, but creating a symlink or a link
+// fails when the name is taken. Directories are left alone (the exporter
+// reuses them).
+type restoreExporter struct {
+	exporter.Exporter
+	root  string
+	force bool
+	op    *op
+}
+
+func (r *restoreExporter) Export(ctx context.Context, records <-chan *connectors.Record, results chan<- *connectors.Result) error {
+	in := records
+	if r.force {
+		out := make(chan *connectors.Record, cap(records))
+		go func() {
+			defer close(out)
+			for rec := range records {
+				if rec.Err == nil && !rec.IsXattr && !rec.FileInfo.IsDir() {
+					p := filepath.Join(r.root, filepath.FromSlash(rec.Pathname))
+					if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
+						os.Remove(p)
+					}
+				}
+				select {
+				case out <- rec:
+				case <-ctx.Done():
+					// Keep draining, so that the producer is not stuck.
+				}
+			}
+		}()
+		in = out
+	}
+	// The exporter closes the channel it reports to; so does this.
+	acks := make(chan *connectors.Result, cap(results))
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		defer close(results)
+		for ack := range acks {
+			rec := ack.Record
+			switch {
+			case ack.Err != nil:
+				r.op.addError(rec.Pathname, fmt.Sprintf("%s: %v", rec.Pathname, ack.Err))
+			case !rec.IsXattr && rec.FileInfo.Mode().IsRegular():
+				r.op.filesDone.Add(1)
+				r.op.bytesDone.Add(rec.FileInfo.Size())
+			}
+			results <- ack
+		}
+	}()
+	err := r.Exporter.Export(ctx, in, acks)
+	<-forwarded
+	return err
+}

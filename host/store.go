@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/location"
@@ -34,6 +35,9 @@ type Store struct {
 	env    *session.Env
 	pool   *pool
 	opts   storeOptions
+	// mode is the answer of the guest's mode, once it gave one: Kloset asks
+	// for every file it opens, and the answer does not change.
+	mode atomic.Uint32
 }
 
 var _ storage.Store = (*Store)(nil)
@@ -128,6 +132,9 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 func (s *Store) Mode(ctx context.Context) (storage.Mode, error) {
+	if m := s.mode.Load(); m != 0 {
+		return storage.Mode(m), nil
+	}
 	var mode storage.Mode
 	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
 		return inst.call(ctx, sess, abi.ExportMode, func(area, mem []byte) error {
@@ -144,6 +151,9 @@ func (s *Store) Mode(ctx context.Context) (storage.Mode, error) {
 			return nil
 		})
 	})
+	if err == nil {
+		s.mode.Store(uint32(mode))
+	}
 	return mode, err
 }
 

@@ -1,8 +1,11 @@
 package host_test
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,8 +18,11 @@ import (
 	"github.com/PlakarKorp/kloset/objects"
 	"github.com/PlakarKorp/kloset/repository"
 
-	_ "github.com/plakar-oci/ocistore/host" // registers the "oci" store
+	// Kloset's fs store, the reference of TestKlosetEndToEndFSReference.
+	_ "github.com/PlakarKorp/integrations/fs/storage"
+
 	"github.com/plakar-oci/ocistore/internal/registrytest"
+	"github.com/plakar-oci/ocistore/vault"
 )
 
 // The generated part of the source: e2eFiles files of random sizes up to
@@ -29,10 +35,10 @@ const (
 )
 
 // TestKlosetEndToEnd drives Kloset itself over the oci store, on a real
-// registry (distribution v3 with deletes enabled), as the plakar CLI would:
-// create an encrypted repository, back up, list, restore, back up again
-// and see deduplication, reopen from scratch, and refuse a wrong
-// passphrase.
+// registry (distribution v3 with deletes enabled), through package vault
+// (as ocibackup does, the way the plakar CLI would): create an encrypted
+// repository, back up, list, restore, back up again and see
+// deduplication, reopen from scratch, and refuse a wrong passphrase.
 func TestKlosetEndToEnd(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
 	testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
@@ -43,29 +49,29 @@ func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 	step := func(format string, args ...any) {
 		t.Logf("[%5.1fs] %s", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
+	ctx := context.Background()
 	passphrase := []byte("correct horse battery staple, for the e2e test")
 
-	// The source: the fixture tree in testdata/e2e (a text file, an empty
-	// file, a binary file, an executable, nested directories, symlinks to a
-	// file and to a directory) and generated files, as one snapshot.
-	fixture, err := filepath.Abs(filepath.Join("testdata", "e2e"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The source, as one snapshot: generated files, and a copy of the
+	// fixture tree in testdata/e2e (a text file, an empty file, a binary
+	// file, an executable, nested directories, symlinks to a file and to a
+	// directory).
 	gen := t.TempDir()
-	randBytes, err := klosetGenerateFiles(gen, e2eSeed, e2eFiles, e2eMaxSize, e2eBigSize)
+	randBytes, err := generateFiles(gen, e2eSeed, e2eFiles, e2eMaxSize, e2eBigSize)
 	if err != nil {
 		t.Fatalf("generating the source files: %v", err)
 	}
-	src := &klosetSource{roots: []string{fixture, gen}, randBytes: randBytes}
-	if src.entries, err = klosetScanTree(src.roots...); err != nil {
+	if err := copyFixture(filepath.Join("testdata", "e2e"), filepath.Join(gen, "fixture")); err != nil {
+		t.Fatalf("copying the fixture: %v", err)
+	}
+	src, err := newSourceTree(gen, randBytes)
+	if err != nil {
 		t.Fatalf("scanning the source: %v", err)
 	}
 	step("source: %d paths, %d bytes generated in %s", len(src.entries), randBytes, gen)
 
 	// Create the repository, as `plakar create` does.
-	env := newKlosetEnv(t)
-	created, err := klosetCreate(env.kctx, storeConfig, passphrase)
+	created, err := vault.Create(ctx, storeConfig, passphrase, nil)
 	if err != nil {
 		t.Fatalf("plakar create: %v", err)
 	}
@@ -76,98 +82,74 @@ func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 
 	// A second create at the same location must fail, and leave the first
 	// repository as it was (checked when it is opened below).
-	if _, err := klosetCreate(env.kctx, storeConfig, []byte("another passphrase")); err == nil {
-		t.Errorf("creating a repository again at %s succeeded; it must fail", storeConfig["location"])
+	if _, err := vault.Create(ctx, storeConfig, []byte("another passphrase"), nil); !errors.Is(err, vault.ErrStoreExists) {
+		t.Errorf("creating a repository again at %s: %v, want %v", storeConfig["location"], err, vault.ErrStoreExists)
 	} else {
 		step("creating again fails as it must: %v", err)
 	}
-	env.checkClean(t, "create")
 
-	// Open it through a store that counts what it receives.
-	var counter *klosetCountingStore
-	repo, err := klosetOpen(env.kctx, storeConfig, passphrase, func(s storage.Store) storage.Store {
-		counter = newKlosetCountingStore(s)
-		return counter
-	})
-	if err != nil {
-		t.Fatalf("opening the repository: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := repo.Store().Close(env.kctx); err != nil {
-			t.Errorf("closing the store: %v", err)
-		}
-	})
-	if got := repo.Configuration().RepositoryID; got != created.RepositoryID {
+	// Open it: the vault's store counts what it receives.
+	v := openVault(t, storeConfig, passphrase, nil)
+	counter := v.Store()
+	if got := v.Configuration().RepositoryID; got != created.RepositoryID {
 		t.Fatalf("the opened repository is %s, want %s", got, created.RepositoryID)
 	}
-	if repo.Configuration().Encryption == nil {
+	if v.Configuration().Encryption == nil {
 		t.Fatal("the opened repository is not encrypted")
 	}
-	env.checkClean(t, "open")
+	v.checkClean(t, "open")
 
 	// First backup.
 	before, packfiles := counter.Stats(), len(counter.PackfilesPut())
-	id1, err := klosetBackup(env.kctx, repo, t.TempDir(), src.roots...)
+	id1, err := v.backup(src)
 	if err != nil {
 		t.Fatalf("first backup: %v", err)
 	}
-	first, firstPackfiles := counter.Stats().since(before), counter.PackfilesPut()[packfiles:]
-	env.checkClean(t, "first backup")
+	first, firstPackfiles := counter.Stats().Since(before), counter.PackfilesPut()[packfiles:]
+	v.checkClean(t, "first backup")
 	step("first backup %x: %s", id1[:4], first)
-	if first.Calls[klosetStoreOp{"Put", storage.StorageResourcePackfile}] == 0 || first.Calls[klosetStoreOp{"Put", storage.StorageResourceState}] == 0 {
+	if first.Calls[vault.StoreOp{Method: "Put", Resource: storage.StorageResourcePackfile}] == 0 || first.Calls[vault.StoreOp{Method: "Put", Resource: storage.StorageResourceState}] == 0 {
 		t.Fatalf("the first backup put no packfile or no state: %s", first)
 	}
 	if n := first.PutBytes[storage.StorageResourcePackfile]; n < src.randBytes {
 		t.Errorf("the first backup uploaded %d bytes of packfiles, less than the %d bytes of random content", n, src.randBytes)
 	}
 
-	// plakar ls: one snapshot, holding every path of the source.
-	ids, err := klosetListSnapshots(repo)
-	if err != nil {
-		t.Fatalf("listing the snapshots: %v", err)
-	}
-	if !slices.Equal(ids, []objects.MAC{id1}) {
+	// plakar ls: one snapshot, holding every path of the source. The
+	// listing has every path below /; the restore below checks / too.
+	want := maps.Clone(src.entries)
+	delete(want, "/")
+	if ids := v.snapshotIDs(t); !slices.Equal(ids, []objects.MAC{id1}) {
 		t.Fatalf("snapshots after the first backup: %x, want [%x]", ids, id1)
 	}
-	files, err := klosetListFiles(repo, id1)
+	files, err := v.listFiles(id1)
 	if err != nil {
 		t.Fatalf("listing the files of %x: %v", id1, err)
 	}
-	if diffs := klosetCompareEntries(src.entries, files); len(diffs) > 0 {
-		t.Fatalf("the snapshot differs from the source:\n%s", klosetDiffReport(diffs))
+	if diffs := compareEntries(want, files); len(diffs) > 0 {
+		t.Fatalf("the snapshot differs from the source:\n%s", diffReport(diffs))
 	}
-	env.checkClean(t, "ls")
+	v.checkClean(t, "ls")
 	step("ls: 1 snapshot, %d paths as in the source", len(files))
 
 	// plakar restore into a new directory: the same tree, byte for byte.
-	dest := t.TempDir()
 	before = counter.Stats()
-	if err := klosetRestore(env.kctx, repo, id1, dest); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	env.checkClean(t, "restore")
-	diffs, err := klosetCompareRestored(src, dest)
-	if err != nil {
-		t.Fatalf("comparing the restored tree: %v", err)
-	}
-	if len(diffs) > 0 {
-		t.Fatalf("the restored tree differs from the source:\n%s", klosetDiffReport(diffs))
-	}
-	step("restore: identical; %s", counter.Stats().since(before))
+	v.restoreSame(t, id1, src)
+	step("restore: identical; %s", counter.Stats().Since(before))
 
 	// Second backup of the unchanged source: (almost) nothing to upload.
 	before, packfiles = counter.Stats(), len(counter.PackfilesPut())
-	id2, err := klosetBackup(env.kctx, repo, t.TempDir(), src.roots...)
+	id2, err := v.backup(src)
 	if err != nil {
 		t.Fatalf("second backup: %v", err)
 	}
-	second, secondPackfiles := counter.Stats().since(before), counter.PackfilesPut()[packfiles:]
-	env.checkClean(t, "second backup")
+	second, secondPackfiles := counter.Stats().Since(before), counter.PackfilesPut()[packfiles:]
+	v.checkClean(t, "second backup")
 	step("second backup %x: %s", id2[:4], second)
 
 	// Each backup took a lock, which Kloset deletes in the background once
 	// the snapshot is closed.
-	deleteLock := klosetStoreOp{"Delete", storage.StorageResourceLock}
+	deleteLock := vault.StoreOp{Method: "Delete", Resource: storage.StorageResourceLock}
 	if !counter.WaitCalls(deleteLock, 2, 10*time.Second) {
 		t.Errorf("Kloset did not delete the locks of the two backups: %s", counter.Stats())
 	}
@@ -178,17 +160,18 @@ func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 	// Deduplication, measured on the bytes the store received for
 	// packfiles. Kloset pads every packfile with up to 2×512 KiB of random
 	// bytes, and the second backup still writes a packfile or two (the
-	// snapshot's header, and the directory entries of the roots' ancestors,
-	// whose times move): padding is left out, or it alone could reach 1%.
-	pad1, err := klosetPadding(repo, firstPackfiles)
+	// snapshot's header, and the directory entries of the root's
+	// ancestors, whose times move): padding is left out, or it alone could
+	// reach 1%.
+	pad1, err := packfilePadding(v.Repository(), firstPackfiles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pad2, err := klosetPadding(repo, secondPackfiles)
+	pad2, err := packfilePadding(v.Repository(), secondPackfiles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	env.checkClean(t, "reading the packfiles back")
+	v.checkClean(t, "reading the packfiles back")
 	p1, p2 := first.PutBytes[storage.StorageResourcePackfile], second.PutBytes[storage.StorageResourcePackfile]
 	net1, net2 := p1-pad1, p2-pad2
 	step("deduplication: packfiles of the first backup %d bytes (%d of padding), of the second %d bytes (%d of padding)", p1, pad1, p2, pad2)
@@ -198,95 +181,78 @@ func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 		step("deduplication: the second backup uploaded %.3f%% of what the first did, padding aside (%.3f%% with it)",
 			100*float64(net2)/float64(net1), 100*float64(p2)/float64(p1))
 	}
-	ids, err = klosetListSnapshots(repo)
-	if err != nil {
-		t.Fatalf("listing the snapshots: %v", err)
+	both := sortedMACs(id1, id2)
+	if ids := v.snapshotIDs(t); !slices.Equal(ids, both) {
+		t.Fatalf("snapshots after the second backup: %x, want %x", ids, both)
 	}
-	want := klosetSortedMACs(id1, id2)
-	if !slices.Equal(ids, want) {
-		t.Fatalf("snapshots after the second backup: %x, want %x", ids, want)
-	}
-	files2, err := klosetListFiles(repo, id2)
+	files2, err := v.listFiles(id2)
 	if err != nil {
 		t.Fatalf("listing the files of %x: %v", id2, err)
 	}
-	if diffs := klosetCompareEntries(src.entries, files2); len(diffs) > 0 {
-		t.Fatalf("the second snapshot differs from the source:\n%s", klosetDiffReport(diffs))
+	if diffs := compareEntries(want, files2); len(diffs) > 0 {
+		t.Fatalf("the second snapshot differs from the source:\n%s", diffReport(diffs))
 	}
-	env.checkClean(t, "ls after the second backup")
+	v.checkClean(t, "ls after the second backup")
 
-	// Reopen from scratch: a new KContext with an empty cache, a new store
+	// Reopen from scratch: a new vault with an empty cache, a new store
 	// instance, the passphrase. The configuration and both snapshots come
 	// back from the store alone.
-	env2 := newKlosetEnv(t)
-	repo2, err := klosetOpen(env2.kctx, storeConfig, passphrase, nil)
-	if err != nil {
-		t.Fatalf("reopening the repository: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := repo2.Store().Close(env2.kctx); err != nil {
-			t.Errorf("closing the second store: %v", err)
-		}
-	})
-	if got := repo2.Configuration().RepositoryID; got != created.RepositoryID {
+	v2 := openVault(t, storeConfig, passphrase, nil)
+	if got := v2.Configuration().RepositoryID; got != created.RepositoryID {
 		t.Fatalf("the reopened repository is %s, want %s", got, created.RepositoryID)
 	}
-	ids, err = klosetListSnapshots(repo2)
-	if err != nil {
-		t.Fatalf("listing the snapshots of the reopened repository: %v", err)
+	ids := v2.snapshotIDs(t)
+	if !slices.Equal(ids, both) {
+		t.Fatalf("snapshots of the reopened repository: %x, want %x", ids, both)
 	}
-	if !slices.Equal(ids, want) {
-		t.Fatalf("snapshots of the reopened repository: %x, want %x", ids, want)
-	}
-	locks, err := repo2.GetLocks()
+	locks, err := v2.Repository().GetLocks()
 	if err != nil {
 		t.Fatalf("listing the locks: %v", err)
 	}
 	if len(locks) != 0 {
 		t.Errorf("locks left after both backups: %x", locks)
 	}
-	files2, err = klosetListFiles(repo2, id2)
+	files2, err = v2.listFiles(id2)
 	if err != nil {
 		t.Fatalf("listing the files of %x in the reopened repository: %v", id2, err)
 	}
-	if diffs := klosetCompareEntries(src.entries, files2); len(diffs) > 0 {
-		t.Fatalf("the second snapshot, reopened, differs from the source:\n%s", klosetDiffReport(diffs))
+	if diffs := compareEntries(want, files2); len(diffs) > 0 {
+		t.Fatalf("the second snapshot, reopened, differs from the source:\n%s", diffReport(diffs))
 	}
 	big := filepath.Join(gen, "big", "big.bin")
-	got, err := klosetReadFile(repo2, id2, filepath.ToSlash(big))
-	if err != nil {
+	var got bytes.Buffer
+	if _, err := v2.Cat(ref(id2), filepath.ToSlash(big), &got); err != nil {
 		t.Fatalf("reading %s from the reopened repository: %v", big, err)
 	}
 	wantBig, err := os.ReadFile(big)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, wantBig) {
-		t.Fatalf("%s read from the reopened repository differs from the source (%d bytes, want %d)", big, len(got), len(wantBig))
+	if !bytes.Equal(got.Bytes(), wantBig) {
+		t.Fatalf("%s read from the reopened repository differs from the source (%d bytes, want %d)", big, got.Len(), len(wantBig))
 	}
-	env2.checkClean(t, "reopen")
+	v2.checkClean(t, "reopen")
 	step("reopened from scratch: %d snapshots, %s read back identical", len(ids), big)
 
 	// A wrong passphrase is refused when the repository is opened, with an
 	// error that says so.
-	_, err = klosetOpen(env2.kctx, storeConfig, []byte("not the passphrase"), nil)
-	if !errors.Is(err, errKlosetWrongPassphrase) {
-		t.Fatalf("opening with a wrong passphrase: %v, want %v", err, errKlosetWrongPassphrase)
+	_, err = vault.Open(ctx, storeConfig, []byte("not the passphrase"), nil)
+	if !errors.Is(err, vault.ErrWrongPassphrase) {
+		t.Fatalf("opening with a wrong passphrase: %v, want %v", err, vault.ErrWrongPassphrase)
 	}
 	if !strings.Contains(err.Error(), "wrong passphrase") || !strings.Contains(err.Error(), storeConfig["location"]) {
 		t.Errorf("the error for a wrong passphrase does not say what is wrong where: %q", err)
 	}
 	step("wrong passphrase: %v", err)
-	if _, err := klosetOpen(env2.kctx, storeConfig, nil, nil); !errors.Is(err, errKlosetNeedsPassphrase) {
-		t.Errorf("opening without a passphrase: %v, want %v", err, errKlosetNeedsPassphrase)
+	if _, err := vault.Open(ctx, storeConfig, nil, nil); !errors.Is(err, vault.ErrNeedPassphrase) {
+		t.Errorf("opening without a passphrase: %v, want %v", err, vault.ErrNeedPassphrase)
 	}
 	// Past the canary, Kloset itself refuses a wrong key: the stored
 	// configuration is authenticated with the key.
-	store, wrapped, err := storage.Open(env2.kctx, map[string]string{"location": storeConfig["location"]})
+	wrapped, err := v2.Store().Open(ctx)
 	if err != nil {
-		t.Fatalf("opening the store: %v", err)
+		t.Fatalf("reading the configuration: %v", err)
 	}
-	defer store.Close(env2.kctx)
 	config, err := storage.NewConfigurationFromWrappedBytes(wrapped)
 	if err != nil {
 		t.Fatal(err)
@@ -295,18 +261,12 @@ func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := repository.New(env2.kctx, wrongKey, store, wrapped); err == nil {
+	if _, err := repository.New(v2.Repository().AppContext(), wrongKey, v2.Store(), wrapped); err == nil {
 		t.Error("repository.New accepted a key derived from a wrong passphrase")
 	} else {
 		step("repository.New with a wrong key: %v", err)
 	}
-	env2.checkClean(t, "wrong passphrase")
-}
-
-func klosetSortedMACs(macs ...objects.MAC) []objects.MAC {
-	s := slices.Clone(macs)
-	slices.SortFunc(s, func(a, b objects.MAC) int { return strings.Compare(string(a[:]), string(b[:])) })
-	return s
+	v2.checkClean(t, "wrong passphrase")
 }
 
 // TestKlosetEndToEndFSReference runs the same scenario on Kloset's own fs

@@ -16,6 +16,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,12 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/PlakarKorp/kloset/caching"
-	"github.com/PlakarKorp/kloset/caching/pebble"
 	"github.com/PlakarKorp/kloset/connectors/storage"
-	"github.com/PlakarKorp/kloset/events"
-	"github.com/PlakarKorp/kloset/kcontext"
-	"github.com/PlakarKorp/kloset/logging"
 	"github.com/PlakarKorp/kloset/objects"
 	"github.com/PlakarKorp/kloset/repository"
 	kresources "github.com/PlakarKorp/kloset/resources"
@@ -41,6 +37,7 @@ import (
 	"github.com/plakar-oci/ocistore/host"
 	"github.com/plakar-oci/ocistore/internal/faultproxy"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
+	"github.com/plakar-oci/ocistore/vault"
 )
 
 // TestMain runs a child process of TestReliabilityConcurrentBackups (see
@@ -706,58 +703,25 @@ var reliabilityPassphrase = []byte("reliability passphrase, for the tests")
 
 // reliabilitySource generates a small source tree (n files up to 128 KiB
 // and one of 1 MiB, from seed) and describes it as a snapshot must hold it.
-func reliabilitySource(t *testing.T, seed uint64, n int) *klosetSource {
+func reliabilitySource(t *testing.T, seed uint64, n int) *sourceTree {
 	t.Helper()
 	dir := t.TempDir()
-	randBytes, err := klosetGenerateFiles(dir, seed, n, 128<<10, 1<<20)
+	randBytes, err := generateFiles(dir, seed, n, 128<<10, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &klosetSource{roots: []string{dir}, randBytes: randBytes}
-	if src.entries, err = klosetScanTree(dir); err != nil {
+	src, err := newSourceTree(dir, randBytes)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return src
 }
 
-// klosetCheck is `plakar check` of every snapshot in ids: every chunk of
-// every file is read back and checked against its MAC.
-func klosetCheck(t *testing.T, env *klosetEnv, repo *repository.Repository, ids ...objects.MAC) {
+// createStore creates an encrypted store at cfg.
+func createStore(t *testing.T, cfg map[string]string) {
 	t.Helper()
-	for _, id := range ids {
-		snap, err := snapshot.Load(repo, id)
-		if err != nil {
-			t.Fatalf("loading the snapshot %x to check it: %v", id[:4], err)
-		}
-		cache, err := env.kctx.GetCache().Check()
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap.SetCheckCache(cache)
-		err = snap.Check("/", &snapshot.CheckOptions{})
-		cache.Close()
-		snap.Close()
-		if err != nil {
-			t.Fatalf("check of the snapshot %x: %v", id[:4], err)
-		}
-	}
-	env.checkClean(t, "check")
-}
-
-// klosetRestoreSame restores id and fails t unless it is src, byte for byte.
-func klosetRestoreSame(t *testing.T, env *klosetEnv, repo *repository.Repository, id objects.MAC, src *klosetSource) {
-	t.Helper()
-	dest := t.TempDir()
-	if err := klosetRestore(env.kctx, repo, id, dest); err != nil {
-		t.Fatalf("restoring %x: %v", id[:4], err)
-	}
-	env.checkClean(t, "restore")
-	diffs, err := klosetCompareRestored(src, dest)
-	if err != nil {
+	if _, err := vault.Create(context.Background(), cfg, reliabilityPassphrase, nil); err != nil {
 		t.Fatal(err)
-	}
-	if len(diffs) > 0 {
-		t.Fatalf("the restore of %x differs from its source:\n%s", id[:4], strings.Join(diffs, "\n"))
 	}
 }
 
@@ -819,23 +783,16 @@ func (k *killingStore) Put(ctx context.Context, res storage.StorageResource, mac
 func TestReliabilityRegistryRestart(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
 	cfg := map[string]string{"location": "oci://" + reg.Host + "/reliability/restart"}
-	env := newKlosetEnv(t)
-	if _, err := klosetCreate(env.kctx, cfg, reliabilityPassphrase); err != nil {
-		t.Fatal(err)
-	}
+	createStore(t, cfg)
 	src := reliabilitySource(t, 7, 25)
 
 	killer := &killingStore{t: t, reg: reg, err: make(chan error, 1)}
-	repo, err := klosetOpen(env.kctx, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
+	v := openVault(t, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
 		killer.Store = s
 		return killer
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Store().Close(context.Background())
 	start := time.Now()
-	_, err = klosetBackup(env.kctx, repo, t.TempDir(), src.roots...)
+	_, err := v.backup(src)
 	if err == nil {
 		t.Fatal("the backup succeeded with the registry killed in the middle")
 	}
@@ -856,26 +813,17 @@ func TestReliabilityRegistryRestart(t *testing.T) {
 	}
 
 	// The next backup, as a new plakar process would run it.
-	env2 := newKlosetEnv(t)
-	repo2, err := klosetOpen(env2.kctx, cfg, reliabilityPassphrase, nil)
-	if err != nil {
-		t.Fatalf("opening the repository after the failed backup: %v", err)
-	}
-	defer repo2.Store().Close(context.Background())
-	id, err := klosetBackup(env2.kctx, repo2, t.TempDir(), src.roots...)
+	v2 := openVault(t, cfg, reliabilityPassphrase, nil)
+	id, err := v2.backup(src)
 	if err != nil {
 		t.Fatalf("the backup after the restart: %v", err)
 	}
-	env2.checkClean(t, "backup after the restart")
-	ids, err := klosetListSnapshots(repo2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ids) != 1 || ids[0] != id {
+	v2.checkClean(t, "backup after the restart")
+	if ids := v2.snapshotIDs(t); len(ids) != 1 || ids[0] != id {
 		t.Fatalf("snapshots: %x, want only %x: the failed backup left one", ids, id)
 	}
-	klosetCheck(t, env2, repo2, id)
-	klosetRestoreSame(t, env2, repo2, id, src)
+	v2.check(t, id)
+	v2.restoreSame(t, id, src)
 }
 
 // Child processes: TestReliabilityConcurrentBackups starts the test binary
@@ -931,67 +879,55 @@ func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac
 	return b.Store.Put(ctx, res, mac, rd)
 }
 
-func childBackup() (objects.MAC, error) {
-	kctx := kcontext.NewKContext()
-	kctx.CacheDir = os.Getenv(childCache)
-	kctx.MaxConcurrency = max(2*runtime.NumCPU(), 4)
-	kctx.Client = "ocistore-reliability-child"
-	kctx.Hostname, _ = os.Hostname()
-	kctx.OperatingSystem, kctx.Architecture = runtime.GOOS, runtime.GOARCH
-	kctx.ProcessID = os.Getpid()
-	kctx.CWD, _ = os.Getwd()
-	kctx.Stdin = strings.NewReader("")
-	kctx.Stdout, kctx.Stderr = os.Stderr, os.Stderr
-	kctx.SetLogger(logging.NewLogger(os.Stderr, os.Stderr))
-	cache := caching.NewManager(pebble.Constructor(kctx.CacheDir))
-	kctx.SetCache(cache)
-	var errEvents []string
-	bus := kctx.Events().Listen()
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		for ev := range bus {
-			if ev.Level == events.Error {
-				errEvents = append(errEvents, klosetFormatEvent(ev))
-			}
-		}
-	}()
-	defer func() {
-		cache.Close()
-		kctx.Close()
-		<-drained
-	}()
-
+func childBackup() (id objects.MAC, err error) {
 	var peers int
 	fmt.Sscan(os.Getenv(childPeers), &peers)
-	var counter *klosetCountingStore
+	var (
+		mu        sync.Mutex
+		errEvents []string
+	)
 	cfg := map[string]string{"location": os.Getenv(childLocation)}
-	repo, err := klosetOpen(kctx, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
-		counter = newKlosetCountingStore(&barrierStore{Store: s, peers: peers})
-		return counter
+	v, err := vault.Open(context.Background(), cfg, reliabilityPassphrase, &vault.Options{
+		CacheDir: os.Getenv(childCache),
+		Client:   "ocistore-reliability-child",
+		Log:      os.Stderr,
+		Events: func(e vault.Event) {
+			if e.Level == "error" {
+				mu.Lock()
+				errEvents = append(errEvents, formatEvent(e))
+				mu.Unlock()
+			}
+		},
+		WrapStore: func(s storage.Store) storage.Store { return &barrierStore{Store: s, peers: peers} },
 	})
 	if err != nil {
 		return objects.NilMac, err
 	}
-	defer repo.Store().Close(context.Background())
-	tmp, err := os.MkdirTemp(kctx.CacheDir, "packfiles")
+	defer func() {
+		if cerr := v.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	r, err := v.Backup(os.Getenv(childRoot), nil)
 	if err != nil {
 		return objects.NilMac, err
 	}
-	id, err := klosetBackup(kctx, repo, tmp, os.Getenv(childRoot))
-	if err != nil {
-		return objects.NilMac, err
+	if r.NumErrors > 0 {
+		return objects.NilMac, fmt.Errorf("the snapshot %x records %d errors: %s", r.ID[:4], r.NumErrors, strings.Join(r.Errors, "; "))
 	}
 	// Kloset deletes the lock in the background: wait for it, or the
 	// process would leave it behind.
-	deleteLock := klosetStoreOp{"Delete", storage.StorageResourceLock}
+	counter := v.Store()
+	deleteLock := vault.StoreOp{Method: "Delete", Resource: storage.StorageResourceLock}
 	if !counter.WaitCalls(deleteLock, 1, 30*time.Second) || counter.Stats().Errors[deleteLock] > 0 {
 		return objects.NilMac, fmt.Errorf("the lock was not deleted: %s", counter.Stats())
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if len(errEvents) > 0 {
 		return objects.NilMac, fmt.Errorf("error events: %s", strings.Join(errEvents, "; "))
 	}
-	return id, nil
+	return r.ID, nil
 }
 
 // TestReliabilityConcurrentBackups runs two backups at once, from two
@@ -1003,11 +939,8 @@ func childBackup() (objects.MAC, error) {
 func TestReliabilityConcurrentBackups(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: false})
 	cfg := map[string]string{"location": "oci://" + reg.Host + "/reliability/concurrent"}
-	env := newKlosetEnv(t)
-	if _, err := klosetCreate(env.kctx, cfg, reliabilityPassphrase); err != nil {
-		t.Fatal(err)
-	}
-	srcs := []*klosetSource{reliabilitySource(t, 11, 20), reliabilitySource(t, 12, 20)}
+	createStore(t, cfg)
+	srcs := []*sourceTree{reliabilitySource(t, 11, 20), reliabilitySource(t, 12, 20)}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -1024,7 +957,7 @@ func TestReliabilityConcurrentBackups(t *testing.T) {
 		cmd.Env = append(os.Environ(),
 			childEnv+"=backup",
 			childLocation+"="+cfg["location"],
-			childRoot+"="+src.roots[0],
+			childRoot+"="+src.root,
 			childCache+"="+t.TempDir(),
 			childPeers+"="+fmt.Sprint(len(srcs)),
 		)
@@ -1053,25 +986,16 @@ func TestReliabilityConcurrentBackups(t *testing.T) {
 	}
 
 	// Another process opens the repository: both snapshots, no lock.
-	env2 := newKlosetEnv(t)
-	repo, err := klosetOpen(env2.kctx, cfg, reliabilityPassphrase, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Store().Close(context.Background())
-	got, err := klosetListSnapshots(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := klosetSortedMACs(ids...); !slices.Equal(got, want) {
+	v := openVault(t, cfg, reliabilityPassphrase, nil)
+	if got, want := v.snapshotIDs(t), sortedMACs(ids...); !slices.Equal(got, want) {
 		t.Fatalf("snapshots: %x, want %x", got, want)
 	}
-	if locks, err := repo.GetLocks(); err != nil || len(locks) != 0 {
+	if locks, err := v.Repository().GetLocks(); err != nil || len(locks) != 0 {
 		t.Fatalf("locks after both backups: %x, %v", locks, err)
 	}
-	klosetCheck(t, env2, repo, ids...)
+	v.check(t, ids...)
 	for i, id := range ids {
-		klosetRestoreSame(t, env2, repo, id, srcs[i])
+		v.restoreSame(t, id, srcs[i])
 	}
 }
 
@@ -1094,11 +1018,12 @@ func (g *gateStore) Put(ctx context.Context, res storage.StorageResource, mac ob
 	return g.Store.Put(ctx, res, mac, rd)
 }
 
-var errKlosetLocked = errors.New("the repository is locked")
+// errLocked: maintenance found another lock.
+var errLocked = errors.New("the repository is locked")
 
-// klosetExclusiveLock takes the exclusive lock `plakar maintenance` takes:
-// put it, then give up if any other lock that is not stale is there.
-func klosetExclusiveLock(repo *repository.Repository, id objects.MAC) (release func(), err error) {
+// exclusiveLock takes the exclusive lock `plakar maintenance` takes: put
+// it, then give up if any other lock that is not stale is there.
+func exclusiveLock(repo *repository.Repository, id objects.MAC) (release func(), err error) {
 	var buf bytes.Buffer
 	if err := repository.NewExclusiveLock(repo.AppContext().Hostname).SerializeToStream(&buf); err != nil {
 		return nil, err
@@ -1132,18 +1057,19 @@ func klosetExclusiveLock(repo *repository.Repository, id objects.MAC) (release f
 		if err := repo.DeleteLock(id); err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w by %s", errKlosetLocked, lock.Hostname)
+		return nil, fmt.Errorf("%w by %s", errLocked, lock.Hostname)
 	}
 	return func() { repo.DeleteLock(id) }, nil
 }
 
-// klosetMaintain is `plakar maintenance` with no grace period, for Kloset
-// v1.1.4: under the exclusive lock, the packfiles no snapshot uses are
-// coloured and removed from the state, so are the blobs that lived in
-// them, and then deleted from the store. It returns them.
-func klosetMaintain(kctx *kcontext.KContext, repo *repository.Repository) ([]objects.MAC, error) {
+// maintain is `plakar maintenance` with no grace period, for Kloset
+// v1.1.4 (package vault does not do it): under the exclusive lock, the
+// packfiles no snapshot uses are coloured and removed from the state, so
+// are the blobs that lived in them, and then deleted from the store. It
+// returns them.
+func maintain(repo *repository.Repository) ([]objects.MAC, error) {
 	id := objects.RandomMAC()
-	release, err := klosetExclusiveLock(repo, id)
+	release, err := exclusiveLock(repo, id)
 	if err != nil {
 		return nil, err
 	}
@@ -1156,21 +1082,11 @@ func klosetMaintain(kctx *kcontext.KContext, repo *repository.Repository) ([]obj
 		if err != nil {
 			return nil, err
 		}
-		snap, err := snapshot.Load(repo, snapID)
+		packfiles, err := snapshotPackfiles(repo, snapID)
 		if err != nil {
 			return nil, err
 		}
-		packfiles, err := snap.ListPackfiles()
-		if err != nil {
-			return nil, err
-		}
-		for p, err := range packfiles {
-			if err != nil {
-				return nil, err
-			}
-			used[p] = true
-		}
-		snap.Close()
+		maps.Copy(used, packfiles)
 	}
 	var unused []objects.MAC
 	for p := range repo.ListPackfiles() {
@@ -1185,7 +1101,7 @@ func klosetMaintain(kctx *kcontext.KContext, repo *repository.Repository) ([]obj
 	// against their blobs.
 	commit := func(edit func(w *repository.RepositoryWriter) error) error {
 		stateID := objects.RandomMAC()
-		sc, err := kctx.GetCache().Scan(stateID)
+		sc, err := repo.AppContext().GetCache().Scan(stateID)
 		if err != nil {
 			return err
 		}
@@ -1236,6 +1152,27 @@ func klosetMaintain(kctx *kcontext.KContext, repo *repository.Repository) ([]obj
 	return unused, nil
 }
 
+// snapshotPackfiles returns the packfiles snapshot id uses.
+func snapshotPackfiles(repo *repository.Repository, id objects.MAC) (map[objects.MAC]bool, error) {
+	snap, err := snapshot.Load(repo, id)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	packfiles, err := snap.ListPackfiles()
+	if err != nil {
+		return nil, err
+	}
+	out := map[objects.MAC]bool{}
+	for p, err := range packfiles {
+		if err != nil {
+			return nil, err
+		}
+		out[p] = true
+	}
+	return out, nil
+}
+
 // TestReliabilityMaintenance runs a backup alongside the removal of a
 // snapshot and maintenance, on a registry that refuses DELETE (locks and
 // packfiles are deleted with tombstones). Kloset's locks keep them apart:
@@ -1248,47 +1185,39 @@ func klosetMaintain(kctx *kcontext.KContext, repo *repository.Repository) ([]obj
 func TestReliabilityMaintenance(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: false})
 	cfg := map[string]string{"location": "oci://" + reg.Host + "/reliability/maintenance"}
-	env := newKlosetEnv(t)
-	if _, err := klosetCreate(env.kctx, cfg, reliabilityPassphrase); err != nil {
-		t.Fatal(err)
-	}
+	createStore(t, cfg)
 	srcA, srcB, srcC := reliabilitySource(t, 21, 15), reliabilitySource(t, 22, 15), reliabilitySource(t, 23, 15)
 
-	repo, err := klosetOpen(env.kctx, cfg, reliabilityPassphrase, nil)
+	v := openVault(t, cfg, reliabilityPassphrase, nil)
+	repo := v.Repository()
+	idA, err := v.backup(srcA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer repo.Store().Close(context.Background())
-	idA, err := klosetBackup(env.kctx, repo, t.TempDir(), srcA.roots...)
+	idB, err := v.backup(srcB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	idB, err := klosetBackup(env.kctx, repo, t.TempDir(), srcB.roots...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.checkClean(t, "backups A and B")
+	v.checkClean(t, "backups A and B")
 	waitNoLocks(t, repo)
-	packfilesA := snapshotPackfiles(t, repo, idA)
+	packfilesA, err := snapshotPackfiles(repo, idA)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	// Backup C, from another repository handle as another plakar process
-	// would hold (in this process, so that it can be held in the middle),
-	// stops at its first packfile, holding its lock.
-	envC := newKlosetEnv(t)
+	// Backup C, from another vault as another plakar process would hold
+	// (in this process, so that it can be held in the middle), stops at
+	// its first packfile, holding its lock.
 	gate := &gateStore{reached: make(chan struct{}), release: make(chan struct{})}
-	repoC, err := klosetOpen(envC.kctx, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
+	vC := openVault(t, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
 		gate.Store = s
 		return gate
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repoC.Store().Close(context.Background())
 	var idC objects.MAC
 	doneC := make(chan error, 1)
 	go func() {
 		var err error
-		idC, err = klosetBackup(envC.kctx, repoC, t.TempDir(), srcC.roots...)
+		idC, err = vC.backup(srcC)
 		doneC <- err
 	}()
 	released := false
@@ -1307,11 +1236,11 @@ func TestReliabilityMaintenance(t *testing.T) {
 	}
 
 	// plakar rm of A meanwhile, then maintenance, which must refuse.
-	if err := repo.DeleteSnapshot(idA); err != nil {
+	if _, err := v.Remove(ref(idA)); err != nil {
 		t.Fatalf("removing snapshot A: %v", err)
 	}
-	if _, err := klosetMaintain(env.kctx, repo); !errors.Is(err, errKlosetLocked) {
-		t.Fatalf("maintenance during backup C: %v, want %v", err, errKlosetLocked)
+	if _, err := maintain(repo); !errors.Is(err, errLocked) {
+		t.Fatalf("maintenance during backup C: %v, want %v", err, errLocked)
 	} else {
 		t.Logf("maintenance during backup C: %v", err)
 	}
@@ -1321,15 +1250,15 @@ func TestReliabilityMaintenance(t *testing.T) {
 	if err := <-doneC; err != nil {
 		t.Fatalf("backup C: %v", err)
 	}
-	envC.checkClean(t, "backup C")
+	vC.checkClean(t, "backup C")
 	waitNoLocks(t, repo)
 
 	// Under maintenance's exclusive lock, a backup refuses to start.
-	release, err := klosetExclusiveLock(repo, objects.RandomMAC())
+	release, err := exclusiveLock(repo, objects.RandomMAC())
 	if err != nil {
 		t.Fatalf("taking the exclusive lock: %v", err)
 	}
-	_, err = klosetBackup(envC.kctx, repoC, t.TempDir(), srcC.roots...)
+	_, err = vC.backup(srcC)
 	release()
 	if err == nil || !strings.Contains(err.Error(), "locked by maintenance") {
 		t.Fatalf("backup under the exclusive lock: %v, want a refusal", err)
@@ -1338,11 +1267,11 @@ func TestReliabilityMaintenance(t *testing.T) {
 	waitNoLocks(t, repo)
 
 	// Now maintenance runs and removes what only A used.
-	removed, err := klosetMaintain(env.kctx, repo)
+	removed, err := maintain(repo)
 	if err != nil {
 		t.Fatalf("maintenance: %v", err)
 	}
-	env.checkClean(t, "maintenance")
+	v.checkClean(t, "maintenance")
 	if len(removed) == 0 {
 		t.Fatal("maintenance removed no packfile after snapshot A was removed")
 	}
@@ -1352,7 +1281,7 @@ func TestReliabilityMaintenance(t *testing.T) {
 			t.Errorf("maintenance removed the packfile %x, which snapshot A did not use", p[:4])
 		}
 	}
-	stored := list(t, repo.Store(), storage.StorageResourcePackfile)
+	stored := list(t, v.Store(), storage.StorageResourcePackfile)
 	for _, p := range removed {
 		if containsMAC(stored, p) {
 			t.Errorf("the removed packfile %x is still listed", p[:4])
@@ -1360,53 +1289,22 @@ func TestReliabilityMaintenance(t *testing.T) {
 	}
 
 	// A fresh process sees B and C, whole.
-	env2 := newKlosetEnv(t)
-	repo2, err := klosetOpen(env2.kctx, cfg, reliabilityPassphrase, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo2.Store().Close(context.Background())
-	ids, err := klosetListSnapshots(repo2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := klosetSortedMACs(idB, idC); !slices.Equal(ids, want) {
+	v2 := openVault(t, cfg, reliabilityPassphrase, nil)
+	if ids, want := v2.snapshotIDs(t), sortedMACs(idB, idC); !slices.Equal(ids, want) {
 		t.Fatalf("snapshots after maintenance: %x, want B and C %x", ids, want)
 	}
-	klosetCheck(t, env2, repo2, idB, idC)
-	klosetRestoreSame(t, env2, repo2, idB, srcB)
-	klosetRestoreSame(t, env2, repo2, idC, srcC)
+	v2.check(t, idB, idC)
+	v2.restoreSame(t, idB, srcB)
+	v2.restoreSame(t, idC, srcC)
 
 	// A's source again: whole, though its old packfiles are gone.
-	idA2, err := klosetBackup(env2.kctx, repo2, t.TempDir(), srcA.roots...)
+	idA2, err := v2.backup(srcA)
 	if err != nil {
 		t.Fatalf("backing A up again: %v", err)
 	}
-	env2.checkClean(t, "backup A again")
-	klosetCheck(t, env2, repo2, idA2)
-	klosetRestoreSame(t, env2, repo2, idA2, srcA)
-}
-
-// snapshotPackfiles returns the packfiles snapshot id uses.
-func snapshotPackfiles(t *testing.T, repo *repository.Repository, id objects.MAC) map[objects.MAC]bool {
-	t.Helper()
-	snap, err := snapshot.Load(repo, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snap.Close()
-	packfiles, err := snap.ListPackfiles()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[objects.MAC]bool{}
-	for p, err := range packfiles {
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[p] = true
-	}
-	return out
+	v2.checkClean(t, "backup A again")
+	v2.check(t, idA2)
+	v2.restoreSame(t, idA2, srcA)
 }
 
 // --- Registry quirks (docs/registry-quirks.md) ---

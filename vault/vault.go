@@ -96,6 +96,10 @@ type Options struct {
 	// Events, if not nil, is called for every Kloset event, in order, from
 	// one goroutine. It must return quickly.
 	Events func(Event)
+	// WrapStore, if not nil, wraps the store Kloset uses (under the
+	// vault's CountingStore), to observe its calls or to fail or hold
+	// some of them: tests do.
+	WrapStore func(storage.Store) storage.Store
 }
 
 // Event is a Kloset event, reduced to what a program may show.
@@ -277,6 +281,9 @@ func Open(ctx context.Context, storeConfig map[string]string, passphrase []byte,
 	inner, err := newStore(v.kctx, storeConfig)
 	if err != nil {
 		return fail(err)
+	}
+	if opts.WrapStore != nil {
+		inner = opts.WrapStore(inner)
 	}
 	v.store = NewCountingStore(inner)
 	// A registry that is not there, or not a registry, is told apart

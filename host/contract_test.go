@@ -37,21 +37,27 @@ func TestContract(t *testing.T) {
 	for _, reg := range registrytest.All(t) {
 		t.Run(reg.Name, func(t *testing.T) {
 			r := reg.Start(t)
-			newStore := func(t *testing.T, repo string) *host.Store {
+			testContract(t, func(t *testing.T, repo string) storage.Store {
 				return openStore(t, map[string]string{"location": "oci://" + r.Host + "/" + repo})
-			}
-			t.Run("lifecycle", func(t *testing.T) { testLifecycle(t, newStore) })
-			t.Run("objects", func(t *testing.T) { testObjects(t, newStore) })
-			t.Run("ranges", func(t *testing.T) { testRanges(t, newStore) })
-			t.Run("pagination", func(t *testing.T) { testPagination(t, newStore) })
-			t.Run("sizes", func(t *testing.T) { testSizes(t, newStore) })
-			t.Run("concurrency", func(t *testing.T) { testConcurrency(t, newStore) })
-			t.Run("shared content", func(t *testing.T) { testSharedContent(t, newStore) })
+			})
 		})
 	}
 }
 
-type storeMaker func(t *testing.T, repo string) *host.Store
+// testContract runs the contract against the stores newStore makes.
+func testContract(t *testing.T, newStore storeMaker) {
+	t.Run("lifecycle", func(t *testing.T) { testLifecycle(t, newStore) })
+	t.Run("objects", func(t *testing.T) { testObjects(t, newStore) })
+	t.Run("ranges", func(t *testing.T) { testRanges(t, newStore) })
+	t.Run("pagination", func(t *testing.T) { testPagination(t, newStore) })
+	t.Run("sizes", func(t *testing.T) { testSizes(t, newStore) })
+	t.Run("concurrency", func(t *testing.T) { testConcurrency(t, newStore) })
+	t.Run("shared content", func(t *testing.T) { testSharedContent(t, newStore) })
+}
+
+// storeMaker makes a store on repository repo of the registry under test:
+// sandboxed (openStore) or native (native_test.go).
+type storeMaker func(t *testing.T, repo string) storage.Store
 
 var (
 	pluginOnce sync.Once

@@ -64,6 +64,16 @@
 // and reads every object's manifest it has not cached: it is slow on big
 // stores and meant for occasional reporting.
 //
+// # Failures
+//
+// Requests whose failure may be passing (no answer, 408, 429, 5xx, a body
+// that breaks off or does not match its digest) are made again with a
+// capped, jittered backoff when that cannot do harm: see retry.go for what
+// is replayed, and why a streamed put body is only while not one byte of
+// it went out. A put writes its tag last, so a failed put never leaves a
+// tag on a partial object. Downloads are verified against their digest:
+// corrupted bytes come back as a read error, never as the object.
+//
 // The host's cache (shared by every instance in one host process) maps
 // "<registry>/<repository>:<tag>" to the object's blob digest and size.
 // Locks are not cached: they are put again under the same MAC with other

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -82,5 +84,32 @@ func TestParseManifest(t *testing.T) {
 		if ok != tt.ok || (err != nil) != tt.hasErr {
 			t.Errorf("%s: parseManifest = %v, %v", tt.name, ok, err)
 		}
+	}
+}
+
+// Registries may refuse manifests over 4 MiB (the OCI distribution spec's
+// limit, maxManifest here); the store's are a few hundred bytes whatever
+// the kind, MAC and blob size, far below it.
+func TestManifestSizeBound(t *testing.T) {
+	const bound = 1 << 10
+	var mac abi.MAC
+	for i := range mac {
+		mac[i] = 0xff
+	}
+	blob := descriptor{Digest: "sha256:" + strings.Repeat("f", 64), Size: math.MaxInt64}
+	sizes := map[string]int{
+		"config":    len(configManifest(blob).encode()),
+		"tombstone": len(tombstone),
+	}
+	for _, k := range abi.Kinds() {
+		sizes[k.String()] = len(objectManifest(k, mac, blob).encode())
+	}
+	for what, n := range sizes {
+		if n > bound || n > maxManifest {
+			t.Errorf("the %s manifest is %d bytes, more than %d", what, n, bound)
+		}
+	}
+	if maxManifest != 4<<20 {
+		t.Errorf("maxManifest = %d, want the spec's 4 MiB", maxManifest)
 	}
 }

@@ -33,7 +33,7 @@ type Store struct {
 	// forward, so each failed way is tried once per Store.
 	deleteMode atomic.Int32
 
-	// sleep and now are time.Sleep and time.Now, but in tests.
+	// sleep and now are sliceSleep and time.Now, but in tests.
 	sleep func(time.Duration)
 	now   func() time.Time
 }
@@ -59,7 +59,7 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 	if err != nil {
 		return nil, errorf(abi.ErrInvalidConfig, "%v", err)
 	}
-	return &Store{h: h, loc: loc, pageSize: defaultPageSize, sleep: time.Sleep, now: time.Now}, nil
+	return &Store{h: h, loc: loc, pageSize: defaultPageSize, sleep: sliceSleep, now: time.Now}, nil
 }
 
 // Location is the store's parsed location.

@@ -51,6 +51,9 @@ func (c *call) cancelUpload(loc string) {
 // starts over after a transient failure as long as not one byte of body
 // was read (see retry.go).
 func (c *call) uploadStream(body abi.Stream) (descriptor, error) {
+	if c.readAhead(body) {
+		return c.uploadWhole(body) // see upload_whole.go
+	}
 	for attempt := 1; ; attempt++ {
 		blob, err := c.uploadStreamOnce(body)
 		if err == nil {
@@ -180,8 +183,9 @@ func (c *call) uploadBytes(data []byte) (descriptor, error) {
 // commitUpload closes upload loc with its last bytes (none for a streamed
 // upload); the registry checks the digest before it accepts the blob. A
 // commit whose answer was lost is made again; when the registry then no
-// longer knows the session (404), the blob itself tells whether the lost
-// commit went through.
+// longer knows the session (404 BLOB_UPLOAD_UNKNOWN, or 400 from
+// registries that take it for an empty upload of the wrong digest), the
+// blob itself tells whether the lost commit went through.
 func (c *call) commitUpload(loc string, blob descriptor, data []byte) error {
 	s := c.s
 	req := &abi.Request{Method: "PUT", URL: withDigest(loc, blob.Digest), Header: []abi.Header{{"Content-Type", mediaTypeBlob}}}
@@ -199,7 +203,7 @@ func (c *call) commitUpload(loc string, blob descriptor, data []byte) error {
 	}
 	lost := c.retried
 	err = s.fail(c.action, resp)
-	if resp.Status == 404 && lost && c.blobExists(blob) {
+	if (resp.Status == 404 || resp.Status == 400) && lost && c.blobExists(blob) {
 		return nil
 	}
 	return err

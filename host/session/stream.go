@@ -40,6 +40,10 @@ type stream struct {
 
 	err    error // sticky: a failed verification, or closed
 	closed bool
+
+	// pre: every byte was counted and hashed when the stream was made (a
+	// put body read ahead, see ReadAhead), so reads do not count them again.
+	pre bool
 }
 
 func newStream(r io.Reader) *stream {
@@ -57,8 +61,10 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	n, err := s.r.Read(p)
 	if n > 0 {
-		s.h.Write(p[:n])
-		s.n += uint64(n)
+		if !s.pre {
+			s.h.Write(p[:n])
+			s.n += uint64(n)
+		}
 		if s.hint >= 0 {
 			s.hint = max(s.hint-int64(n), 0)
 		}

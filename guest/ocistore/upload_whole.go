@@ -1,0 +1,67 @@
+package ocistore
+
+import (
+	"strconv"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// readAhead tells whether the host read body ahead: a host that does
+// reads all of it (see streams.digest in wit/storage.wit), so a body that
+// reports bytes before the guest sent any is whole and measured.
+func (c *call) readAhead(body abi.Stream) bool {
+	_, n := c.s.h.Digest(body)
+	return n > 0
+}
+
+// uploadWhole uploads a body the host read ahead, whose digest is known
+// before a byte is sent: the registry gets it in one PUT whose URL names
+// the digest, the monolithic upload of the OCI distribution spec (POST,
+// then PUT with the bytes). A put is then three requests (POST, PUT,
+// manifest) instead of four: see RATIONALE.md.
+//
+// The PUT is not made again after a failure: the body is the host's
+// stream, which cannot be rewound, and the guest cannot tell whether any
+// of it was sent. An answer lost after the registry took every byte is
+// recovered: the blob, which the registry checked against its digest, is
+// there.
+func (c *call) uploadWhole(body abi.Stream) (descriptor, error) {
+	s := c.s
+	blob, err := c.measured(body)
+	if err != nil {
+		return descriptor{}, err
+	}
+	loc, err := c.startUpload()
+	if err != nil {
+		return descriptor{}, err
+	}
+	resp, err := s.send(c.action, &abi.Request{
+		Method: "PUT",
+		URL:    withDigest(loc, blob.Digest),
+		// The length is known: registries that refuse chunked bodies
+		// take it, and the host sends no more than it announces.
+		Header:   []abi.Header{{"Content-Type", mediaTypeBlob}, {"Content-Length", strconv.FormatInt(blob.Size, 10)}},
+		BodyKind: abi.BodyStreamed,
+		Stream:   body,
+	})
+	if err != nil {
+		if c.blobExists(blob) {
+			return blob, nil
+		}
+		c.cancelUpload(loc)
+		return descriptor{}, err
+	}
+	if !ok2xx(resp.Status) {
+		err := s.fail(c.action, resp)
+		c.cancelUpload(loc)
+		return descriptor{}, err
+	}
+	s.discard(resp)
+	// A host that had read only part of the body ahead would have had the
+	// blob cut to that part: refuse to tag it.
+	if rest, err := s.h.Read(body, 1); err != nil || len(rest) > 0 {
+		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured %d bytes of the body ahead, but the body is longer: the host breaks the contract of streams.digest",
+			c.action, blob.Size)
+	}
+	return blob, nil
+}

@@ -1,0 +1,173 @@
+package host_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/objects"
+
+	"github.com/plakar-oci/ocistore/host"
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+// Benchmarks of the store against distribution v3, the store compiled for
+// the host (native) beside the store in its sandbox (wasm): the same calls
+// over the same host services, so that the difference is the sandbox's.
+// `go run ./bench` is the full comparison, with the registry's own
+// ceiling and Kloset.
+//
+//	go test -run '^$' -bench . ./host/
+
+const benchObject = 16 << 20
+
+type benchStore struct {
+	name     string
+	s        storage.Store
+	requests *atomic.Int64
+}
+
+// benchStores makes a native and a sandboxed store on their own
+// repositories of r, counting their requests.
+func benchStores(b *testing.B, r *registrytest.Registry, repo string) []benchStore {
+	b.Helper()
+	ctx := context.Background()
+	p, err := host.Load(ctx, host.EmbeddedGuest(), host.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close(ctx) })
+	var stores []benchStore
+	for _, name := range []string{"native", "wasm"} {
+		n := new(atomic.Int64)
+		count := host.WithTransport(func(next http.RoundTripper) http.RoundTripper {
+			return benchTransport{next, n}
+		})
+		config := map[string]string{"location": "oci://" + r.Host + "/" + repo + "-" + name}
+		var s storage.Store
+		if name == "native" {
+			s, err = host.NewNativeStore(ctx, config, count)
+		} else {
+			s, err = host.NewStore(ctx, p, config, count)
+		}
+		if err == nil {
+			err = s.Create(ctx, []byte("{}"))
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close(ctx) })
+		stores = append(stores, benchStore{name, s, n})
+	}
+	return stores
+}
+
+type benchTransport struct {
+	next http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (t benchTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.n.Add(1)
+	return t.next.RoundTrip(req)
+}
+
+// benchMAC names object i of a benchmark.
+func benchMAC(name string, i int) objects.MAC {
+	return objects.MAC(sha256.Sum256(fmt.Appendf(nil, "%s/%d", name, i)))
+}
+
+// streamOnly hides everything but Read, as Kloset's readers do.
+type streamOnly struct{ io.Reader }
+
+func benchData() []byte {
+	data := make([]byte, benchObject)
+	rand.NewChaCha8([32]byte{}).Read(data)
+	return data
+}
+
+func BenchmarkPut16MiB(b *testing.B) {
+	r := registrytest.Distribution(b, registrytest.Options{})
+	data := benchData()
+	for _, st := range benchStores(b, r, "bench/put") {
+		b.Run(st.name, func(b *testing.B) {
+			b.SetBytes(benchObject)
+			before, i := st.requests.Load(), 0
+			for b.Loop() {
+				mac := benchMAC(b.Name(), i)
+				copy(data, mac[:]) // unique content
+				i++
+				if _, err := st.s.Put(context.Background(), storage.StorageResourcePackfile, mac, streamOnly{bytes.NewReader(data)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(st.requests.Load()-before)/float64(i), "req/op")
+		})
+	}
+}
+
+func BenchmarkGet16MiB(b *testing.B) {
+	r := registrytest.Distribution(b, registrytest.Options{})
+	data := benchData()
+	buf := make([]byte, 256<<10)
+	for _, st := range benchStores(b, r, "bench/get") {
+		mac := benchMAC(st.name, 0)
+		if _, err := st.s.Put(context.Background(), storage.StorageResourcePackfile, mac, bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(st.name, func(b *testing.B) {
+			b.SetBytes(benchObject)
+			before, n := st.requests.Load(), 0
+			for b.Loop() {
+				n++
+				rd, err := st.s.Get(context.Background(), storage.StorageResourcePackfile, mac, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.CopyBuffer(io.Discard, streamOnly{rd}, buf); err != nil {
+					b.Fatal(err)
+				}
+				rd.Close()
+			}
+			b.ReportMetric(float64(st.requests.Load()-before)/float64(n), "req/op")
+		})
+	}
+}
+
+// BenchmarkGetRange4KiB is the cost of a call rather than of bytes: the
+// sandbox's overhead shows most here.
+func BenchmarkGetRange4KiB(b *testing.B) {
+	r := registrytest.Distribution(b, registrytest.Options{})
+	data := benchData()
+	buf := make([]byte, 4096)
+	for _, st := range benchStores(b, r, "bench/range") {
+		mac := benchMAC(st.name, 0)
+		if _, err := st.s.Put(context.Background(), storage.StorageResourcePackfile, mac, bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(st.name, func(b *testing.B) {
+			b.SetBytes(int64(len(buf)))
+			before, n := st.requests.Load(), 0
+			for b.Loop() {
+				off := uint64(n*len(buf)) % (benchObject - uint64(len(buf)))
+				n++
+				rd, err := st.s.Get(context.Background(), storage.StorageResourcePackfile, mac, &storage.Range{Offset: off, Length: uint32(len(buf))})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(rd, buf); err != nil {
+					b.Fatal(err)
+				}
+				rd.Close()
+			}
+			b.ReportMetric(float64(st.requests.Load()-before)/float64(n), "req/op")
+		})
+	}
+}

@@ -41,8 +41,12 @@ guest:
 test: tools guest
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+# The benchmark program: raw registry vs native store vs sandboxed store,
+# one local registry, table on stdout and in build/bench.md, JSON in
+# build/bench.json (docs/benchmarks.md). BENCHFLAGS=-scale=0.1 for a quick run.
+BENCHFLAGS =
 bench: tools guest
-	$(GO) test -run '^$$' -bench . -timeout $(TEST_TIMEOUT) ./...
+	$(GO) run ./bench -md build/bench.md $(BENCHFLAGS)
 
 demo: guest
 	GO="$(GO)" DEMO_SKIP_GUEST=1 sh scripts/demo.sh

@@ -314,15 +314,16 @@ func parallel(ctx context.Context, n, conc int, op func(ctx context.Context, i, 
 func (b *bench) slice(workload, v string, t target, ops int, f func() (int64, error)) error {
 	resetPeakRSS()
 	before := t.requests()
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime()
 	n, err := f()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpu
 	if err != nil {
 		return fmt.Errorf("%s, %s: %w", workload, v, err)
 	}
 	mem, instances := t.guestMemory()
 	b.rep.add(workload, v, ops, run1{
 		Seconds:        elapsed.Seconds(),
+		CPUSeconds:     cpu.Seconds(),
 		Bytes:          n,
 		Requests:       t.requests().since(before),
 		PeakRSS:        peakRSS(),
@@ -339,8 +340,8 @@ func (b *bench) summary(workload string, vs []string) {
 		if res == nil {
 			continue
 		}
-		fmt.Printf("  %-14s %-6s %8.2fs %s %6.2f req/op  rss %s%s\n", workload, v, res.Total.Seconds,
-			rate(res.unit, res.Total.Bytes, res.Ops, res.Total.Seconds), res.ReqPerOp, mib(res.PeakRSS), guestNote(res.GuestMemory))
+		fmt.Printf("  %-14s %-6s %8.2fs %s %6.2f req/op  cpu %7.2fs  rss %s%s\n", workload, v, res.Total.Seconds,
+			rate(res.unit, res.Total.Bytes, res.Ops, res.Total.Seconds), res.ReqPerOp, res.Total.CPUSeconds, mib(res.PeakRSS), guestNote(res.GuestMemory))
 	}
 }
 

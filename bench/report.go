@@ -15,7 +15,9 @@ import (
 // The report: every phase measured, the best run of each, the targets.
 
 type run1 struct {
-	Seconds        float64 `json:"seconds"`
+	Seconds float64 `json:"seconds"`
+	// CPUSeconds is this process's CPU time (the registry's is not in it).
+	CPUSeconds     float64 `json:"cpu_seconds"`
 	Bytes          int64   `json:"bytes"`
 	Requests       counts  `json:"requests"`
 	PeakRSS        int64   `json:"peak_rss_bytes"`
@@ -133,6 +135,7 @@ func (r *report) add(workload, v string, ops int, x run1) *result {
 	res.Ops += ops
 	t := &res.Total
 	t.Seconds += x.Seconds
+	t.CPUSeconds += x.CPUSeconds
 	t.Bytes += x.Bytes
 	t.Requests = t.Requests.plus(x.Requests)
 	t.PeakRSS = max(t.PeakRSS, x.PeakRSS)
@@ -219,8 +222,8 @@ func (r *report) markdown() string {
 	if r.Tree != "" {
 		fmt.Fprintf(&b, "Kloset tree: %s.\n\n", r.Tree)
 	}
-	fmt.Fprintln(&b, "| workload | raw | native | wasm | wasm/native | native/raw | requests/op (raw, native, wasm) | peak RSS (native, wasm) | guest memory |")
-	fmt.Fprintln(&b, "|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(&b, "| workload | raw | native | wasm | wasm/native | native/raw | requests/op (raw, native, wasm) | client CPU/op (native, wasm) | peak RSS (native, wasm) | guest memory |")
+	fmt.Fprintln(&b, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, w := range r.order {
 		x, n, s := r.get(w, raw), r.get(w, native), r.get(w, wasm)
 		cell := func(res *result) string {
@@ -250,12 +253,25 @@ func (r *report) markdown() string {
 			}
 			return mib(res.PeakRSS)
 		}
+		cpu := func(res *result) string {
+			if res == nil {
+				return "–"
+			}
+			d := time.Duration(res.Total.CPUSeconds / float64(res.Ops) * float64(time.Second))
+			switch {
+			case d >= time.Second:
+				return fmt.Sprintf("%.2f s", d.Seconds())
+			case d >= time.Millisecond:
+				return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+			}
+			return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+		}
 		guest := "–"
 		if s != nil && s.GuestMemory > 0 {
 			guest = mib(int64(s.GuestMemory))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s, %s, %s | %s, %s | %s |\n", w, cell(x), cell(n), cell(s),
-			ratio(s, n), ratio(n, x), req(x), req(n), req(s), rss(n), rss(s), guest)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s, %s, %s | %s, %s | %s, %s | %s |\n", w, cell(x), cell(n), cell(s),
+			ratio(s, n), ratio(n, x), req(x), req(n), req(s), cpu(n), cpu(s), rss(n), rss(s), guest)
 	}
 	if len(r.Start) > 0 {
 		fmt.Fprintln(&b)

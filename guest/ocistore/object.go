@@ -30,7 +30,7 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := c.putManifest(tag, objectManifest(k, mac, blob).encode()); err != nil {
+	if err := c.putManifest(tag, encodeObjectManifest(k, mac, blob)); err != nil {
 		return 0, err
 	}
 	if cacheable(k) {

@@ -54,6 +54,8 @@ func (p *Plugin) newInstance(ctx context.Context, sess *session.Session, options
 
 func (inst *instance) close(ctx context.Context) { _ = inst.mod.Close(ctx) }
 
+func (inst *instance) isBroken() bool { return inst.broken }
+
 // call invokes an export with sess as the host side of the call, and hands
 // its return area, with a view of the guest's memory, to read before the
 // post-return function releases them.

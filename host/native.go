@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/location"
@@ -30,10 +29,7 @@ type NativeStore struct {
 	env    *session.Env
 	opts   storeOptions
 
-	slots  chan struct{}
-	mu     sync.Mutex
-	idle   []*nativeInstance
-	closed bool
+	pool *pool[*nativeInstance]
 }
 
 var _ storage.Store = (*NativeStore)(nil)
@@ -58,8 +54,13 @@ func NewNativeStore(ctx context.Context, config map[string]string, opts ...Store
 	if err != nil {
 		return nil, err
 	}
-	return &NativeStore{config: c, env: env, opts: o, slots: make(chan struct{}, c.Concurrency)}, nil
+	s := &NativeStore{config: c, env: env, opts: o}
+	s.pool = newPool(c.Concurrency, func(context.Context) (*nativeInstance, error) { return s.newInstance() })
+	return s, nil
 }
+
+func (inst *nativeInstance) isBroken() bool        { return inst.broken }
+func (inst *nativeInstance) close(context.Context) {}
 
 func (s *NativeStore) newInstance() (*nativeInstance, error) {
 	options := make(map[string]string, len(s.config.guestOptions))
@@ -74,43 +75,11 @@ func (s *NativeStore) newInstance() (*nativeInstance, error) {
 	return &nativeInstance{store: st, host: h}, nil
 }
 
-// get waits for a slot and returns an idle instance or a new one.
-func (s *NativeStore) get(ctx context.Context) (*nativeInstance, error) {
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	s.mu.Lock()
-	if n := len(s.idle); n > 0 {
-		inst := s.idle[n-1]
-		s.idle = s.idle[:n-1]
-		s.mu.Unlock()
-		return inst, nil
-	}
-	s.mu.Unlock()
-	inst, err := s.newInstance()
-	if err != nil {
-		<-s.slots
-		return nil, err
-	}
-	return inst, nil
-}
-
-func (s *NativeStore) put(inst *nativeInstance) {
-	s.mu.Lock()
-	if !inst.broken && !s.closed {
-		s.idle = append(s.idle, inst)
-	}
-	s.mu.Unlock()
-	<-s.slots
-}
-
 // do runs one call on a pooled instance with a fresh session, as Store.do
 // runs an export. A panic of the store logic fails the call and drops the
 // instance, as a trap does in the sandbox.
 func (s *NativeStore) do(ctx context.Context, res storage.StorageResource, f func(*ocistore.Store, *session.Session) error) (err error) {
-	inst, err := s.get(ctx)
+	inst, err := s.pool.get(ctx)
 	if err != nil {
 		return err
 	}
@@ -123,7 +92,7 @@ func (s *NativeStore) do(ctx context.Context, res storage.StorageResource, f fun
 		}
 		inst.host.Session = nil
 		sess.CloseAll()
-		s.put(inst)
+		s.pool.put(inst)
 		if ctxErr := ctx.Err(); err != nil && ctxErr != nil {
 			err = ctxErr
 		}
@@ -259,8 +228,6 @@ func (s *NativeStore) Close(ctx context.Context) error {
 	err := s.do(ctx, storage.StorageResourceUndefined, func(st *ocistore.Store, _ *session.Session) error {
 		return st.Close()
 	})
-	s.mu.Lock()
-	s.idle, s.closed = nil, true
-	s.mu.Unlock()
+	s.pool.close(ctx)
 	return err
 }

@@ -33,7 +33,7 @@ var defaultPlugin = sync.OnceValues(func() (*Plugin, error) {
 type Store struct {
 	config *Config
 	env    *session.Env
-	pool   *pool
+	pool   *pool[*instance]
 	opts   storeOptions
 	// mode is the answer of the guest's mode, once it gave one: Kloset asks
 	// for every file it opens, and the answer does not change.

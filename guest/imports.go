@@ -90,17 +90,34 @@ func (host) RoundTrip(req *abi.Request) (*abi.Response, error) {
 		return nil, errors.New(takeString(le.Uint32(b[4:]), le.Uint32(b[8:])))
 	}
 	resp := &abi.Response{Status: int(le.Uint16(b[4:])), Body: abi.Stream(le.Uint32(b[16:]))}
-	n := le.Uint32(b[12:])
-	list := take(le.Uint32(b[8:]), n*16)
-	resp.Header = make([]abi.Header, n)
-	for i := range resp.Header {
-		e := list[i*16:]
-		resp.Header[i] = abi.Header{
-			takeString(le.Uint32(e[0:]), le.Uint32(e[4:])),
-			takeString(le.Uint32(e[8:]), le.Uint32(e[12:])),
+	resp.Header = takeHeaders(le.Uint32(b[8:]), le.Uint32(b[12:]))
+	return resp, nil
+}
+
+// takeHeaders copies a list<tuple<string, string>> out of host memory. All
+// its strings go into one allocation: an answer has a dozen headers, and
+// two allocations each were a good part of what lifting it cost.
+func takeHeaders(ptr, n uint32) []abi.Header {
+	list := view(ptr, n*16)
+	size := 0
+	for i := uint32(0); i < 2*n; i++ {
+		size += int(le.Uint32(list[i*8+4:]))
+	}
+	buf := make([]byte, 0, size)
+	for i := uint32(0); i < 2*n; i++ {
+		buf = append(buf, view(le.Uint32(list[i*8:]), le.Uint32(list[i*8+4:]))...)
+	}
+	all := unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
+	headers := make([]abi.Header, n)
+	off := 0
+	for i := range headers {
+		for j := range 2 {
+			l := int(le.Uint32(list[(2*i+j)*8+4:]))
+			headers[i][j] = all[off : off+l]
+			off += l
 		}
 	}
-	return resp, nil
+	return headers
 }
 
 func (host) Read(s abi.Stream, max uint32) ([]byte, error) {

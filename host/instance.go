@@ -11,6 +11,7 @@ import (
 	"github.com/tetratelabs/wazero/experimental"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/internal/meter"
 	"github.com/plakar-oci/ocistore/host/internal/mmap"
 	"github.com/plakar-oci/ocistore/host/session"
 )
@@ -24,6 +25,9 @@ type instance struct {
 	realloc api.Function
 	exports map[string]api.Function
 	posts   map[string]api.Function
+	// fuel is the metering counter (host/internal/meter): set to 0, the
+	// guest yields at its next check, where a done context stops it.
+	fuel *meter.Fuel
 	// broken is set when a call trapped, exited or was cancelled: the
 	// instance's state is unknown and the pool drops it.
 	broken bool
@@ -35,11 +39,17 @@ func (p *Plugin) newInstance(ctx context.Context, sess *session.Session, options
 	if err != nil {
 		return nil, fmt.Errorf("oci plugin: cannot start an instance: %w", err)
 	}
+	fuel, err := meter.FuelOf(mod)
+	if err != nil {
+		_ = mod.Close(ctx)
+		return nil, fmt.Errorf("oci plugin: %w", err)
+	}
 	inst := &instance{
 		mod:     mod,
 		realloc: mod.ExportedFunction(abi.Realloc),
 		exports: map[string]api.Function{},
 		posts:   map[string]api.Function{},
+		fuel:    fuel,
 	}
 	for _, name := range abi.Exports {
 		inst.exports[name] = mod.ExportedFunction(name)
@@ -60,7 +70,7 @@ func (inst *instance) isBroken() bool { return inst.broken }
 // its return area, with a view of the guest's memory, to read before the
 // post-return function releases them.
 func (inst *instance) call(ctx context.Context, sess *session.Session, name string, read func(area, mem []byte) error, params ...uint64) error {
-	res, err := inst.exports[name].Call(withCall(ctx, inst, sess), params...)
+	res, err := inst.run(withCall(ctx, inst, sess), inst.exports[name], params...)
 	if err != nil {
 		inst.broken = true
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -77,11 +87,22 @@ func (inst *instance) call(ctx context.Context, sess *session.Session, name stri
 	}
 	err = read(area, mem)
 	if post := inst.posts[name]; post != nil {
-		if _, perr := post.Call(ctx, uint64(ptr)); perr != nil {
+		if _, perr := inst.run(ctx, post, uint64(ptr)); perr != nil {
 			inst.broken = true
 		}
 	}
 	return err
+}
+
+// run calls f, a function of the guest, so that it stops soon after ctx
+// is done, even if it is blocked in a host function that does not watch
+// ctx at the time (a sleep): then its fuel goes to 0, and its next check
+// yields to the host, which sees ctx done and stops it (meter.Fuel.Watch).
+// A guest that is running stops at its next yield anyway.
+func (inst *instance) run(ctx context.Context, f api.Function, params ...uint64) ([]uint64, error) {
+	stop := inst.fuel.Watch(ctx)
+	defer stop()
+	return f.Call(ctx, params...)
 }
 
 // memory is a view of the instance's whole linear memory, valid until the
@@ -105,7 +126,7 @@ func (inst *instance) lower(ctx context.Context, b []byte) (uint32, error) {
 }
 
 func (inst *instance) alloc(ctx context.Context, n uint32) (uint32, error) {
-	res, err := inst.realloc.Call(ctx, 0, 0, 8, uint64(n))
+	res, err := inst.run(ctx, inst.realloc, 0, 0, 8, uint64(n))
 	if err != nil {
 		inst.broken = true
 		return 0, fmt.Errorf("oci plugin: cabi_realloc: %w", err)

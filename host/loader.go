@@ -20,6 +20,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/internal/meter"
 )
 
 // embeddedGuest is build/guest.wasm, copied here by `make guest`.
@@ -61,8 +62,15 @@ func Load(ctx context.Context, wasm []byte, opts Options) (*Plugin, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// WithCloseOnContextDone is off: metering replaces it (see
+	// host/internal/meter). The module yields to the host every
+	// meter.Refill function entries and loop iterations, and the host
+	// stops it there once the call's context is done. wazero's option
+	// costs an exit from native code at every loop header instead, so at
+	// every function call of a Go guest (Go wraps every function body in
+	// a loop): 7 times the guest CPU of a ranged get.
 	config := wazero.NewRuntimeConfigCompiler().
-		WithCloseOnContextDone(true).
+		WithCloseOnContextDone(false).
 		WithMemoryLimitPages(opts.MemoryLimitPages)
 	if cache, err := compilationCache(opts.CacheDir); err != nil {
 		opts.Logger.Warn("compiled plugin cache disabled", "error", err)
@@ -75,7 +83,12 @@ func Load(ctx context.Context, wasm []byte, opts Options) (*Plugin, error) {
 		rt.Close(ctx)
 		return nil, err
 	}
-	compiled, err := rt.CompileModule(ctx, wasm)
+	metered, err := meter.Instrument(wasm)
+	if err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("oci plugin: the module cannot be metered: %w", err)
+	}
+	compiled, err := rt.CompileModule(ctx, metered)
 	if err != nil {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("oci plugin: the module does not compile: %w", err)
@@ -94,6 +107,9 @@ func (p *Plugin) Close(ctx context.Context) error { return p.runtime.Close(ctx) 
 func (p *Plugin) instantiateImports(ctx context.Context) error {
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, p.runtime); err != nil {
 		return fmt.Errorf("oci plugin: WASI: %w", err)
+	}
+	if err := meter.Instantiate(ctx, p.runtime); err != nil {
+		return fmt.Errorf("oci plugin: %w", err)
 	}
 	return instantiateImports(ctx, p.runtime)
 }

@@ -1,11 +1,10 @@
 package ocistore
 
 import (
-	"encoding/json"
+	"bytes"
 	"fmt"
 	"net/url"
-	"sort"
-	"strings"
+	"slices"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -27,24 +26,18 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		return nil, err
 	}
 	prefix := tagPrefix(k)
-	tags, err := c.listTags(prefix)
+	macs, err := c.listTags(prefix)
 	if err != nil {
 		return nil, err
 	}
-	present := make(map[abi.MAC]bool, len(tags))
-	for _, t := range tags {
-		if mac, ok := parseTag(prefix, t); ok {
-			present[mac] = true
-		}
-	}
-
 	markers, err := c.listTags(markerPrefix + prefix)
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range markers {
-		mac, ok := parseTag(markerPrefix+prefix, t)
-		if !ok || !present[mac] {
+	var dead []bool // by index in macs; markers are rare
+	for _, mac := range markers {
+		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
+		if !found {
 			continue
 		}
 		// A marker stays once written; the object is alive again if its
@@ -54,70 +47,39 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 			return nil, err
 		}
 		if !exists || digest == tombstoneDigest {
-			delete(present, mac)
+			if dead == nil {
+				dead = make([]bool, len(macs))
+			}
+			dead[i] = true
 		}
 	}
-
-	macs := make([]abi.MAC, 0, len(present))
-	for mac := range present {
-		macs = append(macs, mac)
+	if dead != nil {
+		alive := macs[:0]
+		for i, mac := range macs {
+			if !dead[i] {
+				alive = append(alive, mac)
+			}
+		}
+		macs = alive
 	}
-	sort.Slice(macs, func(i, j int) bool { return string(macs[i][:]) < string(macs[j][:]) })
 	return macs, nil
 }
 
-// tagPage is the body of a tag list answer.
-type tagPage struct {
-	Tags []string `json:"tags"`
-}
+func compareMAC(a, b abi.MAC) int { return bytes.Compare(a[:], b[:]) }
 
-// pageInfo is what listTags needs of one page of the tag list.
-type pageInfo struct {
-	ours   []string // the page's tags that start with the prefix, not seen before
-	n      int      // how many tags the page has
-	last   string   // its last tag
-	sorted bool     // whether they are sorted
-	beyond bool     // whether, sorted, they went past the prefix: no later page has one of ours
-}
-
-// parseTagPage decodes one page of a tag list and keeps the tags that
-// start with prefix and are not in seen, which it updates.
-func parseTagPage(raw []byte, prefix string, seen map[string]bool) (pageInfo, error) {
-	var p tagPage
-	if err := json.Unmarshal(raw, &p); err != nil {
-		return pageInfo{}, err
-	}
-	info := pageInfo{n: len(p.Tags), sorted: sort.StringsAreSorted(p.Tags)}
-	if info.n > 0 {
-		info.last = p.Tags[info.n-1]
-	}
-	for _, t := range p.Tags {
-		if strings.HasPrefix(t, prefix) {
-			if !seen[t] {
-				seen[t] = true
-				info.ours = append(info.ours, t)
-			}
-		} else if info.sorted && t > prefix {
-			info.beyond = true
-		}
-	}
-	return info, nil
-}
-
-// listTags returns the repository's tags that start with prefix, in no
-// particular order. It asks for the tags after prefix (the OCI spec sorts
+// listTags returns the MACs of the repository's tags that are prefix
+// followed by a MAC in hex, sorted, each once. It asks for the tags after prefix (the OCI spec sorts
 // them lexically) and follows the pages until they leave the prefix. A
 // registry that ignores n and last costs more pages, not correctness:
 // every tag is filtered here.
-func (c *call) listTags(prefix string) ([]string, error) {
+func (c *call) listTags(prefix string) ([]abi.MAC, error) {
 	s := c.s
 	base := "/v2/" + s.loc.Repository + "/tags/list"
 	page := func(last string) string {
 		return fmt.Sprintf("%s?n=%d&last=%s", base, s.pageSize, url.QueryEscape(last))
 	}
 	next, sentN, lastSent := page(prefix), true, prefix
-	seen := map[string]bool{}
-	var out []string
+	var macs []abi.MAC
 	for pages := 0; next != ""; pages++ {
 		if pages == maxPages {
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action, s.loc.Registry, maxPages)
@@ -138,11 +100,11 @@ func (c *call) listTags(prefix string) ([]string, error) {
 		case d.status != 200:
 			return nil, d.err
 		}
-		p, err := parseTagPage(d.data, prefix, seen)
+		var p pageInfo
+		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action, s.loc.Registry, err)
 		}
-		out = append(out, p.ours...)
 		// Past the prefix in a sorted list, no tag of ours is left.
 		if p.beyond {
 			break
@@ -160,5 +122,10 @@ func (c *call) listTags(prefix string) ([]string, error) {
 			next = page(lastSent)
 		}
 	}
-	return out, nil
+	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
+	// a registry that ignores last repeats tags across pages.
+	if !slices.IsSortedFunc(macs, compareMAC) {
+		slices.SortFunc(macs, compareMAC)
+	}
+	return slices.Compact(macs), nil
 }

@@ -47,7 +47,7 @@ import (
 //
 // Cancellation: the guest cannot see the call's context. When Kloset
 // cancels a call, the host fails the round trip in progress at once, and
-// wazero (WithCloseOnContextDone) closes the instance the moment the guest
+// the host's metering (host/internal/meter) stops the guest the moment it
 // runs again: at its next function call or loop. A guest asleep in Go's
 // time.Sleep (a real nanosleep in wazero's poll_oneoff, which does not
 // watch the context) would only notice when the wait is over, so waits are

@@ -24,17 +24,33 @@ func objectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.Encod
 func markerTag(k abi.Kind, mac abi.MAC) string { return markerPrefix + objectTag(k, mac) }
 
 // parseTag returns the MAC of tag if it is prefix followed by 64 lowercase
-// hex digits. Other tags, ours or not, are not objects of that kind.
-func parseTag(prefix, tag string) (abi.MAC, bool) {
+// hex digits. Other tags, ours or not, are not objects of that kind. It
+// takes bytes, as tag list pages are decoded without a string per tag.
+func parseTag(prefix string, tag []byte) (abi.MAC, bool) {
 	var mac abi.MAC
-	h, ok := strings.CutPrefix(tag, prefix)
-	if !ok || !isHex64(h) {
+	if len(tag) != len(prefix)+2*len(mac) || string(tag[:len(prefix)]) != prefix {
 		return mac, false
 	}
-	if _, err := hex.Decode(mac[:], []byte(h)); err != nil {
-		return mac, false
+	h := tag[len(prefix):]
+	for i := range mac {
+		hi, ok1 := lowerHex(h[2*i])
+		lo, ok2 := lowerHex(h[2*i+1])
+		if !ok1 || !ok2 {
+			return mac, false
+		}
+		mac[i] = hi<<4 | lo
 	}
 	return mac, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // cacheKey names a tag in the host's cache, which every store of the host

@@ -51,7 +51,7 @@ func TestTags(t *testing.T) {
 		{"packfile-", "latest", false},
 	}
 	for _, tt := range tests {
-		got, ok := parseTag(tt.prefix, tt.tag)
+		got, ok := parseTag(tt.prefix, []byte(tt.tag))
 		if ok != tt.ok {
 			t.Errorf("parseTag(%q, %q) ok = %v, want %v", tt.prefix, tt.tag, ok, tt.ok)
 		}

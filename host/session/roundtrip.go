@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -83,8 +84,11 @@ func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
 		body.finish()
 	}
 	if err != nil {
-		return nil, s.explain(req, err, body)
+		err = s.explain(req, err, body)
+		s.logRequest(req, 0, err)
+		return nil, err
 	}
+	s.logRequest(req, resp.StatusCode, nil)
 
 	st := newStream(resp.Body)
 	st.c = resp.Body
@@ -99,6 +103,21 @@ func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
 		return nil, errors.New("too many streams in one call: the guest leaks handles")
 	}
 	return &abi.Response{Status: resp.StatusCode, Header: flatten(resp.Header), Body: h}, nil
+}
+
+// logRequest logs a round trip at debug level, by path only: queries of
+// upload locations carry upload state. The host logs requests rather than
+// the guest because it already holds them parsed; the guest would spend
+// more formatting the line than lifting the answer.
+func (s *Session) logRequest(req *http.Request, status int, err error) {
+	if !s.env.log.Enabled(s.ctx, slog.LevelDebug) {
+		return
+	}
+	if err != nil {
+		s.env.log.DebugContext(s.ctx, "request failed", "method", req.Method, "path", req.URL.Path, "error", err)
+		return
+	}
+	s.env.log.DebugContext(s.ctx, "request", "method", req.Method, "path", req.URL.Path, "status", status)
 }
 
 // flatten lists a header as one entry per value, sorted by name so that the

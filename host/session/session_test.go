@@ -278,6 +278,23 @@ func TestHeaders(t *testing.T) {
 	}
 }
 
+// TestRequestLog checks that the host logs each request at debug level,
+// by path: queries of upload locations carry upload state.
+func TestRequestLog(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	env, logs := newEnv(t, Config{Registry: srv.URL})
+	s := env.NewSession(context.Background())
+	defer s.CloseAll()
+	roundTrip(t, s, &abi.Request{Method: http.MethodPatch, URL: "/v2/r/blobs/uploads/u1?_state=secret"})
+	got := logs.String()
+	if !strings.Contains(got, "method=PATCH path=/v2/r/blobs/uploads/u1 status=202") || strings.Contains(got, "secret") {
+		t.Fatalf("log of the request:\n%s", got)
+	}
+}
+
 func TestAllowList(t *testing.T) {
 	var otherHits atomic.Int32
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,350 @@
+package ocistore
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/plakar-oci/ocistore/abi"
+)
+
+// A page of the tag list is decoded by hand, not with encoding/json: a
+// page is a thousand tags, and reflection allocating a string for each
+// made listing in the sandbox several times slower than natively
+// (RATIONALE.md, "what the sandbox costs"). The scanner reads the page
+// once, checks it is JSON, and reads it as encoding/json would into
+// struct{ Tags []string }: the last key that matches "tags" without regard
+// to case wins; null is no tags. A null tag is refused: encoding/json reads
+// it as whatever its slice held there before, and no registry sends one.
+// Our tags are decoded straight from the page's bytes into MACs; only a
+// tag with escapes or non-ASCII bytes (never one of ours) goes through
+// encoding/json. FuzzTagPage holds the scanner to encoding/json.
+
+// maxDepth is how deep the scanner follows nested values, as encoding/json
+// does (10000), so that a hostile page cannot exhaust the stack.
+const maxDepth = 10000
+
+// pageInfo is what listTags needs of one page of the tag list.
+type pageInfo struct {
+	n      int    // how many tags the page has
+	last   string // its last tag
+	sorted bool   // whether they are sorted
+	beyond bool   // whether, sorted, they went past the prefix: no later page has one of ours
+}
+
+// parseTagPage decodes one page of a tag list and appends to macs the MAC
+// of every tag that is prefix followed by 64 lowercase hex digits. It reads
+// the page once.
+func parseTagPage(raw []byte, prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, error) {
+	sc := scanner{b: raw}
+	sc.ws()
+	if sc.literal("null") {
+		// encoding/json reads null into a struct as nothing at all.
+		if sc.ws(); sc.i == len(sc.b) {
+			return pageInfo{sorted: true}, macs, nil
+		}
+		return pageInfo{}, macs, sc.fail("the end of the tag list")
+	}
+	if sc.peek() != '{' {
+		return pageInfo{}, macs, errors.New("the tag list is not a JSON object")
+	}
+	sc.i++
+	base := len(macs)
+	info := pageInfo{sorted: true}
+	for first := true; ; first = false {
+		sc.ws()
+		if sc.peek() == '}' && first {
+			sc.i++
+			break
+		}
+		key, ok := sc.str()
+		if !ok {
+			return pageInfo{}, macs, sc.fail("a key")
+		}
+		if sc.ws(); sc.peek() != ':' {
+			return pageInfo{}, macs, sc.fail("':'")
+		}
+		sc.i++
+		sc.ws()
+		if keyIsTags(key) {
+			// The last tags key wins, as in encoding/json.
+			var err error
+			if info, macs, err = sc.tags(prefix, macs[:base]); err != nil {
+				return pageInfo{}, macs, err
+			}
+		} else if !sc.value(1) {
+			return pageInfo{}, macs, sc.fail("a value")
+		}
+		sc.ws()
+		switch sc.peek() {
+		case ',':
+			sc.i++
+			continue
+		case '}':
+			sc.i++
+		default:
+			return pageInfo{}, macs, sc.fail("',' or '}'")
+		}
+		break
+	}
+	if sc.ws(); sc.i != len(sc.b) {
+		return pageInfo{}, macs, sc.fail("the end of the tag list")
+	}
+	return info, macs, nil
+}
+
+// errNullTag refuses a page whose tags include null.
+var errNullTag = errors.New("the tag list has a null tag")
+
+// tags reads the value of a tags key: an array of strings, or null.
+func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, error) {
+	info := pageInfo{sorted: true}
+	if s.literal("null") {
+		return info, macs, nil
+	}
+	if s.peek() != '[' {
+		return info, macs, errors.New("the tags of the tag list are not an array")
+	}
+	s.i++
+	var prev []byte
+	pfx := []byte(prefix)
+	for s.ws(); s.peek() != ']'; s.ws() {
+		if info.n > 0 {
+			if s.peek() != ',' {
+				return info, macs, s.fail("',' or ']'")
+			}
+			s.i++
+			s.ws()
+		}
+		tag, ok := s.tag()
+		if !ok {
+			if s.literal("null") {
+				return info, macs, errNullTag
+			}
+			return info, macs, s.fail("a tag")
+		}
+		info.n++
+		if info.n > 1 && bytes.Compare(prev, tag) > 0 {
+			info.sorted = false
+		}
+		prev = tag
+		if bytes.HasPrefix(tag, pfx) {
+			if mac, ok := parseTag(prefix, tag); ok {
+				macs = append(macs, mac)
+			}
+		} else if info.sorted && string(tag) > prefix {
+			info.beyond = true
+		}
+	}
+	s.i++
+	info.last = string(prev)
+	return info, macs, nil
+}
+
+// keyIsTags matches a key as encoding/json matches it to a field named
+// Tags: without regard to case, escapes decoded.
+func keyIsTags(raw []byte) bool {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return bytes.EqualFold(raw, []byte("tags"))
+	}
+	var k string
+	return json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &k) == nil && strings.EqualFold(k, "tags")
+}
+
+// scanner walks JSON text. Its methods report whether what they expected
+// was there; none of them panics on malformed input.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
+}
+
+func (s *scanner) fail(want string) error {
+	if s.i >= len(s.b) {
+		return fmt.Errorf("the tag list is not JSON: it ends where %s should be", want)
+	}
+	return fmt.Errorf("the tag list is not JSON: %q at offset %d where %s should be", s.b[s.i], s.i, want)
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) literal(lit string) bool {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		return false
+	}
+	s.i += len(lit)
+	return true
+}
+
+// str reads a string and returns its raw content, escapes undecoded.
+func (s *scanner) str() ([]byte, bool) {
+	if s.peek() != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	for i := start; i < len(s.b); i++ {
+		switch c := s.b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return s.b[start:i], true
+		case c < 0x20:
+			return nil, false
+		case c == '\\':
+			i++
+			if i >= len(s.b) {
+				return nil, false
+			}
+			switch s.b[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if i+4 >= len(s.b) || !isHexDigits(s.b[i+1:i+5]) {
+					return nil, false
+				}
+				i += 4
+			default:
+				return nil, false
+			}
+		}
+	}
+	return nil, false
+}
+
+// tag reads a string, decoded.
+func (s *scanner) tag() ([]byte, bool) {
+	start := s.i
+	raw, ok := s.str()
+	if !ok {
+		return nil, false
+	}
+	for _, c := range raw {
+		if c == '\\' || c >= 0x80 {
+			// Escapes, or bytes encoding/json may replace (invalid UTF-8).
+			var t string
+			if json.Unmarshal(s.b[start:s.i], &t) != nil {
+				return nil, false
+			}
+			return []byte(t), true
+		}
+	}
+	return raw, true
+}
+
+// value skips one JSON value, inside depth objects and arrays.
+func (s *scanner) value(depth int) bool {
+	switch c := s.peek(); {
+	case c == '"':
+		_, ok := s.str()
+		return ok
+	case c == '{' || c == '[':
+		if depth >= maxDepth {
+			return false
+		}
+		end := byte('}')
+		if c == '[' {
+			end = ']'
+		}
+		s.i++
+		s.ws()
+		if s.peek() == end {
+			s.i++
+			return true
+		}
+		for {
+			if c == '{' {
+				if _, ok := s.str(); !ok {
+					return false
+				}
+				if s.ws(); s.peek() != ':' {
+					return false
+				}
+				s.i++
+				s.ws()
+			}
+			if !s.value(depth + 1) {
+				return false
+			}
+			s.ws()
+			switch s.peek() {
+			case ',':
+				s.i++
+				s.ws()
+			case end:
+				s.i++
+				return true
+			default:
+				return false
+			}
+		}
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	default:
+		return s.number()
+	}
+}
+
+// number skips -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	s.literal("-")
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case c >= '1' && c <= '9':
+		s.digits()
+	default:
+		return false
+	}
+	if s.peek() == '.' {
+		s.i++
+		if !s.digits() {
+			return false
+		}
+	}
+	if c := s.peek(); c == 'e' || c == 'E' {
+		s.i++
+		if c := s.peek(); c == '+' || c == '-' {
+			s.i++
+		}
+		if !s.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *scanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+func isHexDigits(b []byte) bool {
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}

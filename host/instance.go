@@ -70,7 +70,7 @@ func (inst *instance) isBroken() bool { return inst.broken }
 // its return area, with a view of the guest's memory, to read before the
 // post-return function releases them.
 func (inst *instance) call(ctx context.Context, sess *session.Session, name string, read func(area, mem []byte) error, params ...uint64) error {
-	res, err := inst.run(withCall(ctx, inst, sess), inst.exports[name], params...)
+	res, err := inst.watched(withCall(ctx, inst, sess), inst.exports[name], params...)
 	if err != nil {
 		inst.broken = true
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -87,19 +87,21 @@ func (inst *instance) call(ctx context.Context, sess *session.Session, name stri
 	}
 	err = read(area, mem)
 	if post := inst.posts[name]; post != nil {
-		if _, perr := inst.run(ctx, post, uint64(ptr)); perr != nil {
+		if _, perr := post.Call(ctx, uint64(ptr)); perr != nil {
 			inst.broken = true
 		}
 	}
 	return err
 }
 
-// run calls f, a function of the guest, so that it stops soon after ctx
+// watched calls f, an export of the guest, so that it stops soon after ctx
 // is done, even if it is blocked in a host function that does not watch
 // ctx at the time (a sleep): then its fuel goes to 0, and its next check
 // yields to the host, which sees ctx done and stops it (meter.Fuel.Watch).
-// A guest that is running stops at its next yield anyway.
-func (inst *instance) run(ctx context.Context, f api.Function, params ...uint64) ([]uint64, error) {
+// A guest that is running stops at its next yield anyway, which is all
+// cabi_realloc and post-return functions need: they never call the host,
+// and one watch at a time per instance keeps the host's stores ordered.
+func (inst *instance) watched(ctx context.Context, f api.Function, params ...uint64) ([]uint64, error) {
 	stop := inst.fuel.Watch(ctx)
 	defer stop()
 	return f.Call(ctx, params...)
@@ -126,7 +128,7 @@ func (inst *instance) lower(ctx context.Context, b []byte) (uint32, error) {
 }
 
 func (inst *instance) alloc(ctx context.Context, n uint32) (uint32, error) {
-	res, err := inst.run(ctx, inst.realloc, 0, 0, 8, uint64(n))
+	res, err := inst.realloc.Call(ctx, 0, 0, 8, uint64(n))
 	if err != nil {
 		inst.broken = true
 		return 0, fmt.Errorf("oci plugin: cabi_realloc: %w", err)

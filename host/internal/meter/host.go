@@ -3,7 +3,6 @@ package meter
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -54,14 +53,7 @@ func Yield(ctx context.Context, stack []uint64) {
 }
 
 // Fuel is the fuel of an instance of an instrumented module.
-type Fuel struct {
-	// mu orders the host's stores: calls nested in a call (the host
-	// allocating in guest memory from a host function) watch the same
-	// context, and both watches fire at once. The guest's own stores are
-	// not Go's business.
-	mu     sync.Mutex
-	global api.MutableGlobal
-}
+type Fuel struct{ global api.MutableGlobal }
 
 // FuelOf returns the fuel of mod, an instance of an instrumented module.
 func FuelOf(mod api.Module) (*Fuel, error) {
@@ -82,10 +74,9 @@ func FuelOf(mod api.Module) (*Fuel, error) {
 // The store races with the guest's own decrements: a guest running at the
 // time may store its decremented fuel over the 0. That only delays its
 // yield by at most one refill, after which Yield sees the context done.
+// One watch at a time per instance: two would race with each other too.
 func (f *Fuel) Watch(ctx context.Context) (stop func() bool) {
 	return context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		defer f.mu.Unlock()
 		f.global.Set(0)
 	})
 }

@@ -100,7 +100,7 @@ type module struct {
 	// check is the code inserted at every function and loop entry.
 	check []byte
 
-	// strict is off only for wellFormed, which the tests use.
+	// strict is off only for wellFormed (opcodes_test.go), for the fuzz test.
 	strict bool
 	// lax keeps indices out of range as they are, where wazero never
 	// checks them (an imported table's initializer).
@@ -120,17 +120,6 @@ type section struct {
 // uses an instruction it does not know (the error names it). It checks no
 // more than it must: wazero validates the result.
 func Instrument(wasm []byte) ([]byte, error) { return instrument(wasm, true) }
-
-// wellFormed walks the module as Instrument does, but refuses only what
-// stops the walk: malformed or truncated parts, which wazero refuses too,
-// and parts that would make wazero allocate far more than the module's
-// size (too many locals, counts of entries that are not there; wazero
-// allocates before it reads). Instructions it does not know end the walk
-// of their function only. The fuzz test hands wazero what passes.
-func wellFormed(wasm []byte) error {
-	_, err := instrument(wasm, false)
-	return err
-}
 
 func instrument(wasm []byte, strict bool) ([]byte, error) {
 	m, err := scan(wasm, strict)

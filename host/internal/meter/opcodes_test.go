@@ -224,6 +224,17 @@ func TestKitchenSink(t *testing.T) {
 	}
 }
 
+// wellFormed walks the module as Instrument does, but refuses only what
+// stops the walk: malformed or truncated parts, which wazero refuses too,
+// and parts that would make wazero allocate far more than the module's
+// size (too many locals, counts of entries that are not there; wazero
+// allocates before it reads). Instructions it does not know end the walk
+// of their function only. The fuzz test hands wazero what passes.
+func wellFormed(wasm []byte) error {
+	_, err := instrument(wasm, false)
+	return err
+}
+
 // FuzzInstrument checks that Instrument never panics and that a module
 // wazero accepts (every feature on) is instrumented into one it accepts.
 func FuzzInstrument(f *testing.F) {

@@ -241,11 +241,10 @@ func liftKind(kind uint32) (abi.Kind, error) {
 
 func liftMAC(ptr, n uint32) (abi.MAC, error) {
 	var mac abi.MAC
-	b := take(ptr, n)
 	if n != abi.MACSize {
 		return mac, abi.Errorf(abi.ErrOther, "a MAC is %d bytes, got %d", abi.MACSize, n)
 	}
-	copy(mac[:], b)
+	copy(mac[:], view(ptr, n))
 	return mac, nil
 }
 

@@ -61,8 +61,10 @@ func (r *retArea) ptr() uint32 { return uint32(uintptr(unsafe.Pointer(r))) }
 func (r *retArea) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(r)), 24) }
 
 func (host) RoundTrip(req *abi.Request) (*abi.Response, error) {
-	// Header tuples are (name ptr, name len, value ptr, value len).
-	headers := make([]uint32, 0, 4*len(req.Header))
+	// Header tuples are (name ptr, name len, value ptr, value len); most
+	// requests have a header or two, which need no allocation.
+	var few [16]uint32
+	headers := few[:0]
 	for _, h := range req.Header {
 		headers = append(headers, stringAddr(h[0]), uint32(len(h[0])), stringAddr(h[1]), uint32(len(h[1])))
 	}

@@ -7,26 +7,48 @@ import (
 	"unsafe"
 )
 
-// Memory the host reaches into. The Go heap does not move objects, so an
-// address stays valid as long as something references the allocation: pins
-// is that reference, for memory the host has written or will read. The
-// guest copies out what it keeps, so pins are dropped wholesale: after an
-// import's results are lifted (an export's parameters are lifted before any
-// import is called) and when the host calls a post-return function, having
-// read an export's results. The host may thus lower a whole result into one
+// Memory the host reaches into: the return areas and results of exports,
+// and what the host lowers through cabi_realloc. The guest copies out what
+// it keeps, so all of it is released wholesale: after an import's results
+// are lifted (an export's parameters are lifted before any import is
+// called) and when the host calls a post-return function, having read an
+// export's results. The host may thus lower a whole result into one
 // allocation.
-var pins = map[uint32][]uint64{}
+//
+// Most of it comes from arena, reset at each release: a ranged get asks
+// for memory six times, and each Go allocation (with a map entry to keep
+// it alive) cost the sandbox more than the rest of the call. What does not
+// fit is allocated on the Go heap, which does not move objects: pins keeps
+// those alive until the release.
+var (
+	arena     [arenaWords]uint64
+	arenaUsed uint32 // in words
+	pins      = map[uint32][]uint64{}
+)
 
-// alloc returns n bytes aligned to 8 (what []uint64 guarantees; Go's tiny
-// allocator gives byte slices no alignment at all) and pins them.
+// arenaWords is 64 KiB: the largest result of a usual call (a read of a
+// document, 32 KiB at a time) fits.
+const arenaWords = 8 << 10
+
+// alloc returns n zeroed bytes aligned to 8 (what []uint64 guarantees;
+// Go's tiny allocator gives byte slices no alignment at all), valid until
+// the next release.
 func alloc(n uint32) (uint32, []byte) {
 	if n == 0 {
 		// The canonical ABI lets an empty list point anywhere aligned.
 		return 8, nil
 	}
-	words := make([]uint64, (n+7)/8)
+	size := (n + 7) / 8
+	var words []uint64
+	if size <= arenaWords-arenaUsed {
+		words = arena[arenaUsed : arenaUsed+size : arenaUsed+size]
+		arenaUsed += size
+		clear(words)
+	} else {
+		words = make([]uint64, size)
+		pins[uint32(uintptr(unsafe.Pointer(unsafe.SliceData(words))))] = words
+	}
 	ptr := uint32(uintptr(unsafe.Pointer(unsafe.SliceData(words))))
-	pins[ptr] = words
 	return ptr, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), n)
 }
 
@@ -43,8 +65,13 @@ func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
 	return ptr
 }
 
-// releaseAll drops every pin.
-func releaseAll() { clear(pins) }
+// releaseAll releases all memory the host could reach.
+func releaseAll() {
+	arenaUsed = 0
+	if len(pins) > 0 {
+		clear(pins)
+	}
+}
 
 // view is the guest memory at [ptr, ptr+n).
 func view(ptr, n uint32) []byte {
@@ -62,7 +89,7 @@ func take(ptr, n uint32) []byte {
 	return b
 }
 
-func takeString(ptr, n uint32) string { return string(take(ptr, n)) }
+func takeString(ptr, n uint32) string { return string(view(ptr, n)) }
 
 // addr is the address of the first byte of b, which must stay referenced
 // (runtime.KeepAlive) until the host is done with it.

@@ -12,7 +12,7 @@ const maxConfig = 16 << 20
 
 // Create makes the store with Kloset's serialized configuration.
 func (s *Store) Create(config []byte) error {
-	c := s.newCall("create the store at " + s.loc.String())
+	c := s.newCall("create the store at ", "", "")
 	_, exists, err := c.manifestDigest(configTag)
 	if err != nil {
 		return err
@@ -21,7 +21,7 @@ func (s *Store) Create(config []byte) error {
 		return errorf(abi.ErrAlreadyExists, "a store already exists at %s; pick another path", s.loc)
 	}
 	if len(config) > maxConfig {
-		return errorf(abi.ErrOther, "%s: the configuration is %d bytes, more than the %d this store reads back", c.action, len(config), maxConfig)
+		return errorf(abi.ErrOther, "%s: the configuration is %d bytes, more than the %d this store reads back", c.action(), len(config), maxConfig)
 	}
 	// Every manifest names the empty blob as its config: push it once here.
 	if err := c.pushEmpty(); err != nil {
@@ -36,7 +36,7 @@ func (s *Store) Create(config []byte) error {
 
 // Open returns the configuration given to Create.
 func (s *Store) Open() ([]byte, error) {
-	c := s.newCall("open the store at " + s.loc.String())
+	c := s.newCall("open the store at ", "", "")
 	d, err := c.getDoc("configuration manifest", s.manifestURL(configTag), []abi.Header{acceptManifest}, maxManifest, headerDigest)
 	if err != nil {
 		return nil, err
@@ -53,10 +53,10 @@ func (s *Store) Open() ([]byte, error) {
 	}
 	if err != nil {
 		return nil, errorf(abi.ErrOther, "%s: the tag %q there is not a Plakar store configuration (%v): pick another path",
-			c.action, configTag, err)
+			c.action(), configTag, err)
 	}
 	if layer.Size > maxConfig {
-		return nil, errorf(abi.ErrOther, "%s: the configuration is %d bytes, more than %d: this is not a Plakar store", c.action, layer.Size, maxConfig)
+		return nil, errorf(abi.ErrOther, "%s: the configuration is %d bytes, more than %d: this is not a Plakar store", c.action(), layer.Size, maxConfig)
 	}
 
 	// The blob is checked against the manifest's digest: a corrupted read
@@ -67,7 +67,7 @@ func (s *Store) Open() ([]byte, error) {
 	}
 	if d.status == 404 {
 		return nil, errorf(abi.ErrNotFound, "%s: the configuration blob %s is missing (was it garbage-collected?): the store is damaged",
-			c.action, layer.Digest)
+			c.action(), layer.Digest)
 	}
 	if d.status != 200 {
 		return nil, d.err

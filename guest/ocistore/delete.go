@@ -17,8 +17,8 @@ const (
 // abi.ErrNotFound.
 func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 	tag := objectTag(k, mac)
-	c := s.newCall(fmt.Sprintf("delete %s from %s", tag, s.loc))
-	if err := s.checkKind(c.action, k); err != nil {
+	c := s.newCall("delete ", tag, " from ")
+	if err := c.checkKind(k); err != nil {
 		return err
 	}
 	s.h.CacheRemove(s.cacheKey(tag))
@@ -54,7 +54,7 @@ func (c *call) deleteRef(ref string) (status int, body []byte, lost bool, err er
 		return 0, nil, c.retried, err
 	}
 	if !ok2xx(resp.Status) {
-		body, _, _ = c.s.read(resp.Body, maxErrorBody)
+		body, _, _ = c.s.read(resp.Body, maxErrorBody, -1)
 	}
 	c.s.discard(resp)
 	return resp.Status, body, c.retried, nil
@@ -84,11 +84,11 @@ func (c *call) deleteTag(tag string) (done bool, err error) {
 			if lost {
 				return true, nil // the attempt whose answer was lost did it
 			}
-			return true, errorf(abi.ErrNotFound, "%s: no such object", c.action)
+			return true, errorf(abi.ErrNotFound, "%s: no such object", c.action())
 		}
 		return false, nil
 	}
-	return true, httpError(c.s.loc, c.action, status, body)
+	return true, httpError(c.s.loc, c.action(), status, body)
 }
 
 // deleteDigest deletes the manifest tag points to, by digest.
@@ -98,7 +98,7 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 		return true, err
 	}
 	if !exists || digest == tombstoneDigest {
-		return true, errorf(abi.ErrNotFound, "%s: no such object", c.action)
+		return true, errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	status, body, lost, err := c.deleteRef(digest)
 	switch {
@@ -112,9 +112,9 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 		if lost {
 			return true, nil
 		}
-		return true, errorf(abi.ErrNotFound, "%s: no such object (deleted meanwhile)", c.action)
+		return true, errorf(abi.ErrNotFound, "%s: no such object (deleted meanwhile)", c.action())
 	}
-	return true, httpError(c.s.loc, c.action, status, body)
+	return true, httpError(c.s.loc, c.action(), status, body)
 }
 
 // bury deletes by tombstone, on registries that cannot delete. The marker
@@ -127,7 +127,7 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 		return err
 	}
 	if !exists || digest == tombstoneDigest {
-		return errorf(abi.ErrNotFound, "%s: no such object", c.action)
+		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
 		return err
@@ -147,7 +147,7 @@ func (c *call) manifestDigest(ref string) (digest string, exists bool, err error
 		c.s.discard(resp)
 		return "", false, nil
 	case resp.Status != 200:
-		return "", false, c.s.fail(c.action, resp)
+		return "", false, c.s.fail(c.action(), resp)
 	}
 	d := resp.Get(headerDigest)
 	c.s.discard(resp)

@@ -3,6 +3,7 @@ package ocistore
 import (
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -20,10 +21,10 @@ const maxManifest = 4 << 20
 // transient error; an HTTP error status comes back as a response. The host
 // logs each request (session.RoundTrip): formatting it here would cost the
 // sandbox more than the request's own lifting.
-func (s *Store) send(action string, req *abi.Request) (*abi.Response, error) {
-	resp, err := s.h.RoundTrip(req)
+func (c *call) send(req *abi.Request) (*abi.Response, error) {
+	resp, err := c.s.h.RoundTrip(req)
 	if err != nil {
-		return nil, networkError(s.loc, action, err)
+		return nil, networkError(c.s.loc, c.action(), err)
 	}
 	return resp, nil
 }
@@ -40,7 +41,7 @@ func logPath(u string) string {
 
 // fail turns an error answer into the contract's error, consuming the body.
 func (s *Store) fail(action string, resp *abi.Response) error {
-	body, _, _ := s.read(resp.Body, maxErrorBody)
+	body, _, _ := s.read(resp.Body, maxErrorBody, -1)
 	s.h.Close(resp.Body)
 	return s.failWith(action, resp, body)
 }
@@ -57,8 +58,13 @@ func (s *Store) failWith(action string, resp *abi.Response, body []byte) *abi.Er
 // discard closes the body of an answer whose content does not matter.
 func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
 
-// read reads st up to limit bytes; more tells whether st had more.
-func (s *Store) read(st abi.Stream, limit int) (data []byte, more bool, err error) {
+// read reads st up to limit bytes; more tells whether st had more. size,
+// when it is not -1, is how many bytes st should have: the buffer is made
+// for them at once, rather than grown as chunks come.
+func (s *Store) read(st abi.Stream, limit, size int) (data []byte, more bool, err error) {
+	if size >= 0 && size <= limit {
+		data = make([]byte, 0, size)
+	}
 	for len(data) <= limit {
 		n := min(limit+1-len(data), readChunk)
 		b, err := s.h.Read(st, uint32(n))
@@ -75,16 +81,21 @@ func (s *Store) read(st abi.Stream, limit int) (data []byte, more bool, err erro
 
 // readDoc reads and closes the body of a successful answer that is a
 // document of at most limit bytes (a manifest, a tag list, a config).
-func (s *Store) readDoc(action, what string, resp *abi.Response, limit int) ([]byte, error) {
+func (c *call) readDoc(what string, resp *abi.Response, limit int) ([]byte, error) {
+	s := c.s
 	defer s.h.Close(resp.Body)
-	data, more, err := s.read(resp.Body, limit)
+	size, err := strconv.Atoi(resp.Get("Content-Length"))
+	if err != nil {
+		size = -1
+	}
+	data, more, err := s.read(resp.Body, limit, size)
 	if err != nil {
 		return nil, &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf(
-			"%s: reading the %s from registry %s failed: %v: try again", action, what, s.loc.Registry, err)}
+			"%s: reading the %s from registry %s failed: %v: try again", c.action(), what, s.loc.Registry, err)}
 	}
 	if more {
 		return nil, errorf(abi.ErrOther, "%s: the %s from registry %s is larger than %d bytes: %s does not look like a Plakar store",
-			action, what, s.loc.Registry, limit, s.loc)
+			c.action(), what, s.loc.Registry, limit, s.loc)
 	}
 	return data, nil
 }
@@ -103,10 +114,8 @@ func headerValues(resp *abi.Response, name string) []string {
 func ok2xx(status int) bool { return status >= 200 && status < 300 }
 
 // Paths of the distribution API for the store's repository.
-func (s *Store) manifestURL(ref string) string {
-	return "/v2/" + s.loc.Repository + "/manifests/" + ref
-}
+func (s *Store) manifestURL(ref string) string { return s.manifests + ref }
 
-func (s *Store) blobURL(digest string) string { return "/v2/" + s.loc.Repository + "/blobs/" + digest }
+func (s *Store) blobURL(digest string) string { return s.blobs + digest }
 
 var acceptManifest = abi.Header{"Accept", mediaTypeManifest}

@@ -1,10 +1,10 @@
 package ocistore
 
 import (
-	"bytes"
-	"fmt"
+	"encoding/binary"
 	"net/url"
 	"slices"
+	"strconv"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -18,19 +18,22 @@ const maxPages = 1 << 20
 
 // List returns the MACs of the objects of kind k, sorted.
 func (s *Store) List(k abi.Kind) ([]abi.MAC, error) {
-	return s.newCall(fmt.Sprintf("list %s objects in %s", k, s.loc)).list(k)
+	return s.newCall("list ", k.String(), " objects in ").list(k)
 }
 
 func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
-	if err := c.s.checkKind(c.action, k); err != nil {
+	if err := c.checkKind(k); err != nil {
 		return nil, err
 	}
 	prefix := tagPrefix(k)
-	macs, err := c.listTags(prefix)
+	macs, err := c.listTags(prefix, c.s.pageSize)
 	if err != nil {
 		return nil, err
 	}
-	markers, err := c.listTags(markerPrefix + prefix)
+	// Deletion markers are few, or none where the registry deletes: the
+	// first page after their prefix is then the objects' own tags, and a
+	// short one saves reading a thousand of them.
+	markers, err := c.listTags(markerPrefix+prefix, min(c.s.pageSize, probePage))
 	if err != nil {
 		return nil, err
 	}
@@ -65,24 +68,57 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	return macs, nil
 }
 
-func compareMAC(a, b abi.MAC) int { return bytes.Compare(a[:], b[:]) }
+// compareMAC is bytes.Compare of two MACs, a word at a time: List
+// compares every MAC it returns, and bytes.Compare is three calls deep in
+// the sandbox.
+// withN sets the n of a tag list URL that has one.
+func withN(link string, n int) string {
+	u, err := url.Parse(link)
+	if err != nil {
+		return link
+	}
+	q := u.Query()
+	if !q.Has("n") || q.Get("n") == strconv.Itoa(n) {
+		return link
+	}
+	q.Set("n", strconv.Itoa(n))
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func compareMAC(a, b abi.MAC) int {
+	for i := 0; i < len(a); i += 8 {
+		x, y := binary.BigEndian.Uint64(a[i:]), binary.BigEndian.Uint64(b[i:])
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// probePage is the n of the first page of deletion markers.
+const probePage = 10
 
 // listTags returns the MACs of the repository's tags that are prefix
-// followed by a MAC in hex, sorted, each once. It asks for the tags after prefix (the OCI spec sorts
-// them lexically) and follows the pages until they leave the prefix. A
+// followed by a MAC in hex, sorted, each once. It asks for the tags after
+// prefix (the OCI spec sorts them lexically), first first of them then
+// pageSize a page, and follows the pages until they leave the prefix. A
 // registry that ignores n and last costs more pages, not correctness:
 // every tag is filtered here.
-func (c *call) listTags(prefix string) ([]abi.MAC, error) {
+func (c *call) listTags(prefix string, first int) ([]abi.MAC, error) {
 	s := c.s
 	base := "/v2/" + s.loc.Repository + "/tags/list"
-	page := func(last string) string {
-		return fmt.Sprintf("%s?n=%d&last=%s", base, s.pageSize, url.QueryEscape(last))
+	page := func(n int, last string) string {
+		return base + "?n=" + strconv.Itoa(n) + "&last=" + url.QueryEscape(last)
 	}
-	next, sentN, lastSent := page(prefix), true, prefix
+	next, sentN, lastSent, n := page(first, prefix), true, prefix, first
 	var macs []abi.MAC
 	for pages := 0; next != ""; pages++ {
 		if pages == maxPages {
-			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action, s.loc.Registry, maxPages)
+			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
 		}
 		current := next
 		d, err := c.getDoc("tag list", current, nil, maxTagPage, "")
@@ -103,7 +139,7 @@ func (c *call) listTags(prefix string) ([]abi.MAC, error) {
 		var p pageInfo
 		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {
-			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action, s.loc.Registry, err)
+			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
 		// Past the prefix in a sorted list, no tag of ours is left.
 		if p.beyond {
@@ -112,20 +148,25 @@ func (c *call) listTags(prefix string) ([]abi.MAC, error) {
 
 		next = ""
 		if l := nextLink(headerValues(&abi.Response{Header: d.header}, "Link")); l != "" {
-			if next = resolveLink(current, l); next == current {
+			// The registry's link repeats our n: after a short first
+			// page, the next ones are full.
+			if next = withN(resolveLink(current, l), s.pageSize); next == current {
 				next = ""
 			}
-		} else if sentN && p.n == s.pageSize && p.sorted && p.last > lastSent {
+		} else if sentN && p.n == n && p.sorted && p.last > lastSent {
 			// A full page without a Link (go-containerregistry's registry):
 			// ask for the next one ourselves.
-			lastSent = p.last
-			next = page(lastSent)
+			lastSent, n = p.last, s.pageSize
+			next = page(n, lastSent)
 		}
 	}
 	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
 	// a registry that ignores last repeats tags across pages.
-	if !slices.IsSortedFunc(macs, compareMAC) {
-		slices.SortFunc(macs, compareMAC)
+	for i := 1; i < len(macs); i++ {
+		if compareMAC(macs[i-1], macs[i]) >= 0 {
+			slices.SortFunc(macs, compareMAC)
+			return slices.Compact(macs), nil
+		}
 	}
-	return slices.Compact(macs), nil
+	return macs, nil
 }

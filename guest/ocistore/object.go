@@ -7,9 +7,9 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-func (s *Store) checkKind(action string, k abi.Kind) error {
+func (c *call) checkKind(k abi.Kind) error {
 	if !k.Valid() {
-		return errorf(abi.ErrOther, "%s: unknown resource kind %d: the host and the guest disagree on the contract", action, k)
+		return errorf(abi.ErrOther, "%s: unknown resource kind %d: the host and the guest disagree on the contract", c.action(), k)
 	}
 	return nil
 }
@@ -19,11 +19,9 @@ func (s *Store) checkKind(action string, k abi.Kind) error {
 // only ever names a whole blob, which the registry checked against its
 // digest when the upload was committed.
 func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
-	tag := objectTag(k, mac)
-	// Concatenation, not fmt: every call pays for its action string, and
-	// fmt costs the sandboxed guest several microseconds (RATIONALE.md).
-	c := s.newCall("put " + tag + " to " + s.loc.String())
-	if err := s.checkKind(c.action, k); err != nil {
+	tag, key := s.objectKey(k, mac)
+	c := s.newCall("put ", tag, " to ")
+	if err := c.checkKind(k); err != nil {
 		return 0, err
 	}
 	blob, err := c.uploadStream(body)
@@ -34,7 +32,7 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 		return 0, err
 	}
 	if cacheable(k) {
-		s.h.CacheSet(s.cacheKey(tag), cacheValue(blob))
+		s.h.CacheSet(key, cacheValue(blob))
 	}
 	return uint64(blob.Size), nil
 }
@@ -42,12 +40,11 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 // Get returns the bytes of object (k, mac), or of rng within them. Whole
 // objects are verified against their digest by the host as they are read.
 func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error) {
-	tag := objectTag(k, mac)
-	c := s.newCall("get " + tag + " from " + s.loc.String())
-	if err := s.checkKind(c.action, k); err != nil {
+	tag, key := s.objectKey(k, mac)
+	c := s.newCall("get ", tag, " from ")
+	if err := c.checkKind(k); err != nil {
 		return 0, err
 	}
-	key := s.cacheKey(tag)
 	if cacheable(k) {
 		if v, ok := s.h.CacheGet(key); ok {
 			if blob, ok := parseCacheValue(v); ok {
@@ -67,7 +64,7 @@ func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error)
 	st, err := c.fetch(blob, rng)
 	if codeOf(err) == abi.ErrNotFound {
 		return 0, errorf(abi.ErrNotFound, "%s: the object's blob %s is missing from the registry (was it garbage-collected?): put the object again",
-			c.action, blob.Digest)
+			c.action(), blob.Digest)
 	}
 	if err != nil {
 		return 0, err
@@ -88,7 +85,7 @@ func (c *call) resolve(k abi.Kind, tag string) (descriptor, error) {
 		return descriptor{}, err
 	}
 	if d.status == 404 {
-		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object", c.action)
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	if d.status != 200 {
 		return descriptor{}, d.err
@@ -96,10 +93,10 @@ func (c *call) resolve(k abi.Kind, tag string) (descriptor, error) {
 	layer, ok, err := parseManifest(d.data, artifactType(k))
 	if err != nil {
 		return descriptor{}, errorf(abi.ErrOther, "%s: tag %s is not a Plakar object: %v: remove whatever else writes to repository %s",
-			c.action, tag, err, c.s.loc.Repository)
+			c.action(), tag, err, c.s.loc.Repository)
 	}
 	if !ok {
-		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object (deleted)", c.action)
+		return descriptor{}, errorf(abi.ErrNotFound, "%s: no such object (deleted)", c.action())
 	}
 	return layer, nil
 }
@@ -118,7 +115,7 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 			return 0, err
 		}
 		if resp.Status != 200 {
-			return 0, s.fail(c.action, resp)
+			return 0, s.fail(c.action(), resp)
 		}
 		s.h.Verify(resp.Body, blob.Digest, uint64(blob.Size))
 		return resp.Body, nil
@@ -126,7 +123,10 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 
 	off, size := rng.Offset, uint64(blob.Size)
 	last, want := rangeBounds(off, rng.Length, size)
-	req.Header = []abi.Header{{"Range", "bytes=" + strconv.FormatUint(off, 10) + "-" + strconv.FormatUint(last, 10)}}
+	var spec [48]byte // "bytes=" and two uint64: one string, not five
+	b := strconv.AppendUint(append(spec[:0], "bytes="...), off, 10)
+	b = strconv.AppendUint(append(b, '-'), last, 10)
+	req.Header = []abi.Header{{"Range", string(b)}}
 	resp, err := c.exchange(req)
 	if err != nil {
 		return 0, err
@@ -137,7 +137,7 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 		if start, ok := contentRangeStart(got); !ok || start != off {
 			s.discard(resp)
 			return 0, errorf(abi.ErrOther, "%s: registry %s answered Content-Range %q to Range bytes=%d-%d: refusing bytes that may be the wrong ones",
-				c.action, s.loc.Registry, got, off, last)
+				c.action(), s.loc.Registry, got, off, last)
 		}
 		// Slice also guards against a registry sending more than asked.
 		return s.h.Slice(resp.Body, 0, want), nil
@@ -145,14 +145,14 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 		// The registry ignored Range and sends the whole blob.
 		if off >= size {
 			s.discard(resp)
-			return 0, s.rangeError(c.action, off, size)
+			return 0, s.rangeError(c.action(), off, size)
 		}
 		return s.h.Slice(resp.Body, off, want), nil
 	case 416:
 		s.discard(resp)
-		return 0, s.rangeError(c.action, off, size)
+		return 0, s.rangeError(c.action(), off, size)
 	}
-	return 0, s.fail(c.action, resp)
+	return 0, s.fail(c.action(), resp)
 }
 
 func (s *Store) rangeError(action string, off, size uint64) error {

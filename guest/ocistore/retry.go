@@ -74,9 +74,13 @@ func sliceSleep(d time.Duration) {
 // call is one store call: what it does, for messages, and the part of its
 // retry budget it has spent.
 type call struct {
-	s      *Store
-	action string
-	waited time.Duration
+	s *Store
+	// verb, object and prep say what the call does; action puts them
+	// together with the store's location, only when a message needs it:
+	// each string built costs the sandboxed guest (RATIONALE.md).
+	verb, object, prep string
+	act                string
+	waited             time.Duration
 	// retried is set when an exchange had an attempt fail before the last
 	// one: a request whose answer was lost may have taken effect.
 	retried bool
@@ -86,7 +90,19 @@ type call struct {
 	done bool
 }
 
-func (s *Store) newCall(action string) *call { return &call{s: s, action: action} }
+// newCall starts a call described as verb+object+prep+location: "get ",
+// tag, " from ".
+func (s *Store) newCall(verb, object, prep string) *call {
+	return &call{s: s, verb: verb, object: object, prep: prep}
+}
+
+// action says what the call does, for messages.
+func (c *call) action() string {
+	if c.act == "" {
+		c.act = c.verb + c.object + c.prep + c.s.where
+	}
+	return c.act
+}
 
 // retry decides whether to make an exchange again after its attempt-th
 // attempt failed because of why (transient by the caller's judgement),
@@ -99,7 +115,7 @@ func (c *call) retry(attempt int, why string, after time.Duration) bool {
 	}
 	if after > maxRetryAfter {
 		c.s.h.Log(abi.LevelWarn, fmt.Sprintf("oci: %s: %s and asks to wait %v, longer than this store waits (%v): giving up for now",
-			c.action, why, after, maxRetryAfter))
+			c.action(), why, after, maxRetryAfter))
 		c.done = true
 		return false
 	}
@@ -110,7 +126,7 @@ func (c *call) retry(attempt int, why string, after time.Duration) bool {
 	}
 	c.waited += wait
 	c.s.h.Log(abi.LevelInfo, fmt.Sprintf("oci: %s: %s; trying again in %v (attempt %d of %d)",
-		c.action, why, wait.Round(time.Millisecond), attempt+1, maxAttempts))
+		c.action(), why, wait.Round(time.Millisecond), attempt+1, maxAttempts))
 	c.s.sleep(wait)
 	return true
 }
@@ -161,7 +177,7 @@ func (c *call) exchange(req *abi.Request) (*abi.Response, error) {
 		if attempt > 1 {
 			c.retried = true
 		}
-		resp, err := c.s.send(c.action, req)
+		resp, err := c.send(req)
 		if err != nil {
 			if codeOf(err) == abi.ErrTransient && c.retry(attempt, fmt.Sprintf("%s %s got no answer", req.Method, logPath(req.URL)), 0) {
 				continue
@@ -216,10 +232,10 @@ func (c *call) getDoc(what, url string, header []abi.Header, limit int, want str
 		}
 		d := &doc{status: resp.Status, header: resp.Header}
 		if resp.Status != 200 {
-			d.err = c.s.fail(c.action, resp)
+			d.err = c.s.fail(c.action(), resp)
 			return d, nil
 		}
-		d.data, err = c.s.readDoc(c.action, what, resp, limit)
+		d.data, err = c.readDoc(what, resp, limit)
 		if err == nil {
 			err = checkDigest(c, what, d, want)
 		}
@@ -246,7 +262,7 @@ func checkDigest(c *call, what string, d *doc, want string) error {
 	if got := digestOf(d.data); got != want {
 		return &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf(
 			"%s: the %s from registry %s is corrupted: its %d bytes have digest %s, not %s: try again",
-			c.action, what, c.s.loc.Registry, len(d.data), got, want)}
+			c.action(), what, c.s.loc.Registry, len(d.data), got, want)}
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ func TestRetryAfter(t *testing.T) {
 func TestBackoffBounds(t *testing.T) {
 	var slept []time.Duration
 	s := &Store{h: newTestHost(t, "http://127.0.0.1:1"), sleep: func(d time.Duration) { slept = append(slept, d) }, now: time.Now}
-	c := s.newCall("test")
+	c := s.newCall("test", "", "")
 	attempts := 1
 	for c.retry(attempts, "boom", 0) {
 		attempts++
@@ -58,7 +58,7 @@ func TestBackoffBounds(t *testing.T) {
 		}
 	}
 	// Retry-After is honoured up to maxRetryAfter, within the call's budget.
-	c = s.newCall("test")
+	c = s.newCall("test", "", "")
 	slept = nil
 	if !c.retry(1, "429", maxRetryAfter) || slept[0] != maxRetryAfter {
 		t.Errorf("Retry-After of %v: slept %v", maxRetryAfter, slept)
@@ -66,7 +66,7 @@ func TestBackoffBounds(t *testing.T) {
 	if c.retry(2, "429", maxRetryAfter) {
 		t.Errorf("a second wait of %v fits in a budget of %v", maxRetryAfter, maxCallWait)
 	}
-	if c := s.newCall("test"); c.retry(1, "429", maxRetryAfter+time.Second) {
+	if c := s.newCall("test", "", ""); c.retry(1, "429", maxRetryAfter+time.Second) {
 		t.Error("a Retry-After longer than maxRetryAfter was waited for")
 	}
 }

@@ -9,7 +9,7 @@ import (
 // kind and reads the manifest of every object the cache does not know: one
 // request per object. Meant for occasional reporting.
 func (s *Store) Size() (int64, error) {
-	c := s.newCall("measure the store at " + s.loc.String())
+	c := s.newCall("measure the store at ", "", "")
 	seen := map[string]bool{}
 	var total int64
 	for _, k := range abi.Kinds() {

@@ -27,6 +27,10 @@ const defaultPageSize = 1000
 type Store struct {
 	h   abi.Host
 	loc location.Location
+	// The strings every call starts from, made once: the location for
+	// messages, the API paths of the repository, the store's part of the
+	// host's cache.
+	where, manifests, blobs, cacheSpace string
 
 	pageSize int
 	// deleteMode is how Delete deletes on this registry; it only moves
@@ -59,7 +63,14 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 	if err != nil {
 		return nil, errorf(abi.ErrInvalidConfig, "%v", err)
 	}
-	return &Store{h: h, loc: loc, pageSize: defaultPageSize, sleep: sliceSleep, now: time.Now}, nil
+	return &Store{
+		h: h, loc: loc,
+		where:      loc.String(),
+		manifests:  "/v2/" + loc.Repository + "/manifests/",
+		blobs:      "/v2/" + loc.Repository + "/blobs/",
+		cacheSpace: loc.Registry + "/" + loc.Repository + ":",
+		pageSize:   defaultPageSize, sleep: sliceSleep, now: time.Now,
+	}, nil
 }
 
 // Location is the store's parsed location.
@@ -75,10 +86,10 @@ func (s *Store) Close() error { return nil }
 // Ping checks that the registry answers the distribution API and lets
 // these credentials in.
 func (s *Store) Ping() error {
-	c := s.newCall("ping " + s.loc.String())
+	c := s.newCall("ping ", "", "")
 	notRegistry := func(answer string) error {
 		return errorf(abi.ErrOther, "%s: %s does not answer the OCI distribution API at /v2/ (%s); is it a registry?",
-			c.action, s.loc.Registry, answer)
+			c.action(), s.loc.Registry, answer)
 	}
 	// A body larger than maxErrorBody is not a registry's: readDoc's
 	// error says so, and is turned into notRegistry below.

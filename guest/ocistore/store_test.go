@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -257,6 +258,49 @@ func TestListPagination(t *testing.T) {
 			}
 			if got := x.list(abi.KindState); len(got) != 4 {
 				t.Errorf("List(state) = %d MACs, want 4", len(got))
+			}
+		})
+	}
+}
+
+// TestListMarkerPages checks that the first page of deletion markers is
+// short, and the next ones are full, whether the registry links them or
+// not.
+func TestListMarkerPages(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mws  []middleware
+	}{
+		{"no Link", []middleware{refuseDelete}},
+		{"Link", []middleware{refuseDelete, linkPages(false)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			x := newHarness(t, tt.mws...)
+			x.store.pageSize = probePage + 2
+			var want []abi.MAC
+			for i := range 25 {
+				mac := testMAC(byte(i * 10))
+				x.must("Put", x.put(abi.KindPackfile, mac, []byte{byte(i)}))
+				if i < 15 {
+					x.must("Delete", x.del(abi.KindPackfile, mac))
+				} else {
+					want = append(want, mac)
+				}
+			}
+			x.host.takeRequests()
+			if got := x.list(abi.KindPackfile); !slices.Equal(got, want) {
+				t.Errorf("List = %x, want %x", got, want)
+			}
+			var sizes []string
+			for _, r := range x.host.takeRequests() {
+				u, err := url.Parse(strings.Fields(r)[1])
+				if err == nil && strings.HasSuffix(u.Path, "/tags/list") && strings.HasPrefix(u.Query().Get("last"), markerPrefix) {
+					sizes = append(sizes, u.Query().Get("n"))
+				}
+			}
+			// 15 markers: a probe of 10, then a page of 12 that goes past them.
+			if want := []string{itoa(probePage), itoa(probePage + 2)}; !slices.Equal(sizes, want) {
+				t.Errorf("marker pages of n %q, want %q", sizes, want)
 			}
 		})
 	}

@@ -73,9 +73,18 @@ func TestCacheValue(t *testing.T) {
 			t.Errorf("parseCacheValue(%q) accepted", bad)
 		}
 	}
-	s := &Store{}
-	s.loc.Registry, s.loc.Repository = "reg:5000", "team/backups"
+	s, err := New(nil, map[string]string{OptionLocation: "oci://reg:5000/team/backups"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got, want := s.cacheKey("packfile-ab"), "reg:5000/team/backups:packfile-ab"; got != want {
 		t.Errorf("cacheKey = %q, want %q", got, want)
+	}
+	mac := abi.MAC{0xab, 31: 0x01}
+	for _, k := range abi.Kinds() {
+		tag, key := s.objectKey(k, mac)
+		if tag != objectTag(k, mac) || key != s.cacheKey(tag) {
+			t.Errorf("objectKey(%v) = %q, %q; want %q, %q", k, tag, key, objectTag(k, mac), s.cacheKey(objectTag(k, mac)))
+		}
 	}
 }

@@ -18,13 +18,13 @@ func (c *call) startUpload() (string, error) {
 		return "", err
 	}
 	if resp.Status != 202 {
-		return "", s.fail(c.action, resp)
+		return "", s.fail(c.action(), resp)
 	}
 	loc := resp.Get("Location")
 	s.discard(resp)
 	if loc == "" {
 		return "", errorf(abi.ErrOther, "%s: registry %s started an upload without a Location header: it does not follow the OCI distribution API",
-			c.action, s.loc.Registry)
+			c.action(), s.loc.Registry)
 	}
 	return loc, nil
 }
@@ -41,7 +41,7 @@ func withDigest(loc, digest string) string {
 // cancelUpload abandons a failed upload so that the registry frees it now
 // rather than at its own expiry. Its outcome does not matter.
 func (c *call) cancelUpload(loc string) {
-	if resp, err := c.s.send(c.action, &abi.Request{Method: "DELETE", URL: loc}); err == nil {
+	if resp, err := c.send(&abi.Request{Method: "DELETE", URL: loc}); err == nil {
 		c.s.discard(resp)
 	}
 }
@@ -79,7 +79,7 @@ func (c *call) uploadStreamOnce(body abi.Stream) (descriptor, error) {
 	if err != nil {
 		return descriptor{}, err
 	}
-	resp, err := s.send(c.action, &abi.Request{
+	resp, err := c.send(&abi.Request{
 		Method: "PATCH",
 		URL:    loc,
 		// 100-continue: a registry (or proxy) that refuses the request
@@ -96,7 +96,7 @@ func (c *call) uploadStreamOnce(body abi.Stream) (descriptor, error) {
 		return descriptor{}, err
 	}
 	if !ok2xx(resp.Status) {
-		err := s.fail(c.action, resp)
+		err := s.fail(c.action(), resp)
 		c.cancelUpload(loc)
 		return descriptor{}, err
 	}
@@ -120,7 +120,7 @@ func (c *call) uploadStreamOnce(body abi.Stream) (descriptor, error) {
 func (c *call) measured(body abi.Stream) (descriptor, error) {
 	digest, size := c.s.h.Digest(body)
 	if !validDigest(digest) {
-		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured the upload as %q, not a sha256 digest", c.action, digest)
+		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured the upload as %q, not a sha256 digest", c.action(), digest)
 	}
 	return descriptor{MediaType: mediaTypeBlob, Digest: digest, Size: int64(size)}, nil
 }
@@ -142,7 +142,7 @@ func (c *call) recoverUpload(loc string, body abi.Stream) (descriptor, bool) {
 	if err != nil {
 		return descriptor{}, false
 	}
-	resp, err := s.send(c.action, &abi.Request{Method: "GET", URL: loc})
+	resp, err := c.send(&abi.Request{Method: "GET", URL: loc})
 	if err != nil {
 		return descriptor{}, false
 	}
@@ -157,7 +157,7 @@ func (c *call) recoverUpload(loc string, body abi.Stream) (descriptor, bool) {
 	if c.commitUpload(loc, blob, nil) != nil {
 		return descriptor{}, false
 	}
-	s.h.Log(abi.LevelInfo, fmt.Sprintf("oci: %s: the upload's answer was lost, but registry %s had every byte: committed it", c.action, s.loc.Registry))
+	s.h.Log(abi.LevelInfo, fmt.Sprintf("oci: %s: the upload's answer was lost, but registry %s had every byte: committed it", c.action(), s.loc.Registry))
 	return blob, true
 }
 
@@ -202,7 +202,7 @@ func (c *call) commitUpload(loc string, blob descriptor, data []byte) error {
 		return nil
 	}
 	lost := c.retried
-	err = s.fail(c.action, resp)
+	err = s.fail(c.action(), resp)
 	if (resp.Status == 404 || resp.Status == 400) && lost && c.blobExists(blob) {
 		return nil
 	}
@@ -247,7 +247,7 @@ func (c *call) putManifest(tag string, raw []byte) error {
 			s.discard(resp)
 			return nil
 		}
-		body, _, _ := s.read(resp.Body, maxErrorBody)
+		body, _, _ := s.read(resp.Body, maxErrorBody, -1)
 		s.discard(resp)
 		if attempt == 0 && (resp.Status == 400 || resp.Status == 404) &&
 			hasCode(parseRegistryErrors(body), "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN") {
@@ -256,6 +256,6 @@ func (c *call) putManifest(tag string, raw []byte) error {
 			}
 			continue
 		}
-		return s.failWith(c.action, resp, body)
+		return s.failWith(c.action(), resp, body)
 	}
 }

@@ -35,7 +35,7 @@ func (c *call) uploadWhole(body abi.Stream) (descriptor, error) {
 	if err != nil {
 		return descriptor{}, err
 	}
-	resp, err := s.send(c.action, &abi.Request{
+	resp, err := c.send(&abi.Request{
 		Method: "PUT",
 		URL:    withDigest(loc, blob.Digest),
 		// The length is known: registries that refuse chunked bodies
@@ -52,7 +52,7 @@ func (c *call) uploadWhole(body abi.Stream) (descriptor, error) {
 		return descriptor{}, err
 	}
 	if !ok2xx(resp.Status) {
-		err := s.fail(c.action, resp)
+		err := s.fail(c.action(), resp)
 		c.cancelUpload(loc)
 		return descriptor{}, err
 	}
@@ -61,7 +61,7 @@ func (c *call) uploadWhole(body abi.Stream) (descriptor, error) {
 	// blob cut to that part: refuse to tag it.
 	if rest, err := s.h.Read(body, 1); err != nil || len(rest) > 0 {
 		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured %d bytes of the body ahead, but the body is longer: the host breaks the contract of streams.digest",
-			c.action, blob.Size)
+			c.action(), blob.Size)
 	}
 	return blob, nil
 }

@@ -2,15 +2,10 @@ package host
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"maps"
 	"sync"
-	"sync/atomic"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
-	"github.com/PlakarKorp/kloset/location"
 	"github.com/PlakarKorp/kloset/objects"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -30,15 +25,7 @@ var defaultPlugin = sync.OnceValues(func() (*Plugin, error) {
 
 // Store is Kloset's storage.Store for oci:// locations, served by the
 // sandboxed guest.
-type Store struct {
-	config *Config
-	env    *session.Env
-	pool   *pool[*instance]
-	opts   storeOptions
-	// mode is the answer of the guest's mode, once it gave one: Kloset asks
-	// for every file it opens, and the answer does not change.
-	mode atomic.Uint32
-}
+type Store struct{ *front[*instance] }
 
 var _ storage.Store = (*Store)(nil)
 
@@ -70,211 +57,101 @@ func New(ctx context.Context, proto string, config map[string]string) (storage.S
 
 // NewStore makes a store served by plugin p.
 func NewStore(ctx context.Context, p *Plugin, config map[string]string, opts ...StoreOption) (*Store, error) {
-	o := newStoreOptions(p.logger, opts)
-	c, env, err := newStoreEnv(config, o)
+	f, err := newFront(config, newStoreOptions(p.logger, opts), func(ctx context.Context, f *front[*instance]) (*instance, error) {
+		sess := f.env.NewSession(ctx)
+		defer sess.CloseAll()
+		return p.newInstance(ctx, sess, f.config.guestOptions)
+	})
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{config: c, env: env, opts: o}
-	s.pool = newPool(c.Concurrency, func(ctx context.Context) (*instance, error) {
-		sess := env.NewSession(ctx)
-		defer sess.CloseAll()
-		inst, err := p.newInstance(ctx, sess, c.guestOptions)
-		return inst, storeError(storage.StorageResourceUndefined, err)
-	})
-	return s, nil
+	return &Store{f}, nil
 }
 
-// do runs one export call on a pooled instance; the session's streams are
-// closed when it returns, but for those the call took with Take.
-func (s *Store) do(ctx context.Context, res storage.StorageResource, f func(*instance, *session.Session) error) error {
-	inst, err := s.pool.get(ctx)
+// The backend of a sandboxed store: each call lowered to an export of the
+// guest, its result lifted.
+
+func (inst *instance) create(ctx context.Context, sess *session.Session, config []byte) error {
+	ptr, err := inst.lower(ctx, config)
 	if err != nil {
 		return err
 	}
-	sess := s.env.NewSession(ctx)
-	err = f(inst, sess)
-	sess.CloseAll()
-	s.pool.put(inst)
-	return storeError(res, err)
+	return inst.call(ctx, sess, abi.ExportCreate, unitResult, uint64(ptr), uint64(len(config)))
 }
 
-func (s *Store) Origin() string        { return s.config.Location.Registry }
-func (s *Store) Type() string          { return "oci" }
-func (s *Store) Root() string          { return s.config.Location.Repository }
-func (s *Store) Flags() location.Flags { return 0 }
-
-func (s *Store) Create(ctx context.Context, config []byte) error {
-	return s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		ptr, err := inst.lower(ctx, config)
-		if err != nil {
-			return err
-		}
-		return inst.call(ctx, sess, abi.ExportCreate, unitResult, uint64(ptr), uint64(len(config)))
-	})
-}
-
-func (s *Store) Open(ctx context.Context) ([]byte, error) {
-	var config []byte
-	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportOpen, func(area, mem []byte) (err error) {
-			config, err = bytesResult(area, mem)
-			return err
-		})
+func (inst *instance) open(ctx context.Context, sess *session.Session) (config []byte, err error) {
+	err = inst.call(ctx, sess, abi.ExportOpen, func(area, mem []byte) (err error) {
+		config, err = bytesResult(area, mem)
+		return err
 	})
 	return config, err
 }
 
-func (s *Store) Ping(ctx context.Context) error {
-	return s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportPing, unitResult)
-	})
+func (inst *instance) ping(ctx context.Context, sess *session.Session) error {
+	return inst.call(ctx, sess, abi.ExportPing, unitResult)
 }
 
-func (s *Store) Mode(ctx context.Context) (storage.Mode, error) {
-	if m := s.mode.Load(); m != 0 {
-		return storage.Mode(m), nil
-	}
-	var mode storage.Mode
-	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportMode, func(area, mem []byte) error {
-			access, err := accessResult(area, mem)
-			if err != nil {
-				return err
-			}
-			if access&abi.AccessRead != 0 {
-				mode |= storage.ModeRead
-			}
-			if access&abi.AccessWrite != 0 {
-				mode |= storage.ModeWrite
-			}
-			return nil
-		})
+func (inst *instance) mode(ctx context.Context, sess *session.Session) (access abi.Access, err error) {
+	err = inst.call(ctx, sess, abi.ExportMode, func(area, mem []byte) (err error) {
+		access, err = accessResult(area, mem)
+		return err
 	})
-	if err == nil {
-		s.mode.Store(uint32(mode))
-	}
-	return mode, err
+	return access, err
 }
 
-func (s *Store) Size(ctx context.Context) (int64, error) {
-	var size int64
-	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportSize, func(area, mem []byte) error {
-			n, err := u64Result(area, mem)
-			size = int64(n)
-			return err
-		})
+func (inst *instance) size(ctx context.Context, sess *session.Session) (size int64, err error) {
+	err = inst.call(ctx, sess, abi.ExportSize, func(area, mem []byte) error {
+		n, err := u64Result(area, mem)
+		size = int64(n)
+		return err
 	})
 	return size, err
 }
 
-func (s *Store) List(ctx context.Context, res storage.StorageResource) ([]objects.MAC, error) {
-	kind, err := kindOf(res)
-	if err != nil {
-		return nil, err
-	}
-	var macs []objects.MAC
-	err = s.do(ctx, res, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportList, func(area, mem []byte) (err error) {
-			macs, err = macsResult(area, mem)
-			return err
-		}, uint64(kind))
-	})
+func (inst *instance) list(ctx context.Context, sess *session.Session, k abi.Kind) (macs []objects.MAC, err error) {
+	err = inst.call(ctx, sess, abi.ExportList, func(area, mem []byte) (err error) {
+		macs, err = macsResult(area, mem)
+		return err
+	}, uint64(k))
 	return macs, err
 }
 
-func (s *Store) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
-	kind, err := kindOf(res)
+func (inst *instance) put(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, body abi.Stream) (n uint64, err error) {
+	ptr, err := inst.lower(ctx, mac[:])
 	if err != nil {
-		return -1, err
+		return 0, err
 	}
-	body, err := readAhead(ctx, res, rd, s.opts)
-	if err != nil {
-		return -1, err
-	}
-	defer body.Release()
-	var n uint64
-	err = s.do(ctx, res, func(inst *instance, sess *session.Session) error {
-		ptr, err := inst.lower(ctx, mac[:])
-		if err != nil {
-			return err
-		}
-		body := sess.AddBody(body)
-		return inst.call(ctx, sess, abi.ExportPut, func(area, mem []byte) (err error) {
-			n, err = u64Result(area, mem)
-			return err
-		}, uint64(kind), uint64(ptr), uint64(len(mac)), uint64(body))
-	})
-	if err != nil {
-		return -1, err
-	}
-	return int64(n), nil
+	err = inst.call(ctx, sess, abi.ExportPut, func(area, mem []byte) (err error) {
+		n, err = u64Result(area, mem)
+		return err
+	}, uint64(k), uint64(ptr), uint64(len(mac)), uint64(body))
+	return n, err
 }
 
-func (s *Store) Get(ctx context.Context, res storage.StorageResource, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
-	kind, err := kindOf(res)
+func (inst *instance) get(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, rng *abi.Range) (st abi.Stream, err error) {
+	ptr, err := inst.lower(ctx, mac[:])
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	var hasRange, offset, length uint64
 	if rng != nil {
 		hasRange, offset, length = 1, rng.Offset, uint64(rng.Length)
 	}
-	var rd io.ReadCloser
-	err = s.do(ctx, res, func(inst *instance, sess *session.Session) error {
-		ptr, err := inst.lower(ctx, mac[:])
-		if err != nil {
-			return err
-		}
-		return inst.call(ctx, sess, abi.ExportGet, func(area, mem []byte) error {
-			st, err := streamResult(area, mem)
-			if err != nil {
-				return err
-			}
-			rd, err = sess.Take(st)
-			return err
-		}, uint64(kind), uint64(ptr), uint64(len(mac)), hasRange, offset, length)
-	})
-	return rd, err
+	err = inst.call(ctx, sess, abi.ExportGet, func(area, mem []byte) (err error) {
+		st, err = streamResult(area, mem)
+		return err
+	}, uint64(k), uint64(ptr), uint64(len(mac)), hasRange, offset, length)
+	return st, err
 }
 
-func (s *Store) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
-	kind, err := kindOf(res)
+func (inst *instance) delete(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC) error {
+	ptr, err := inst.lower(ctx, mac[:])
 	if err != nil {
 		return err
 	}
-	return s.do(ctx, res, func(inst *instance, sess *session.Session) error {
-		ptr, err := inst.lower(ctx, mac[:])
-		if err != nil {
-			return err
-		}
-		return inst.call(ctx, sess, abi.ExportDelete, unitResult, uint64(kind), uint64(ptr), uint64(len(mac)))
-	})
+	return inst.call(ctx, sess, abi.ExportDelete, unitResult, uint64(k), uint64(ptr), uint64(len(mac)))
 }
 
-// Close closes the idle instances; calls in flight finish on theirs, which
-// are closed as they come back.
-func (s *Store) Close(ctx context.Context) error {
-	err := s.do(ctx, storage.StorageResourceUndefined, func(inst *instance, sess *session.Session) error {
-		return inst.call(ctx, sess, abi.ExportClose, unitResult)
-	})
-	s.pool.close(ctx)
-	return err
-}
-
-func kindOf(res storage.StorageResource) (abi.Kind, error) {
-	switch res {
-	case storage.StorageResourcePackfile:
-		return abi.KindPackfile, nil
-	case storage.StorageResourceState:
-		return abi.KindState, nil
-	case storage.StorageResourceLock:
-		return abi.KindLock, nil
-	case storage.StorageResourceECCPackfile:
-		return abi.KindECCPackfile, nil
-	case storage.StorageResourceECCState:
-		return abi.KindECCState, nil
-	}
-	return 0, fmt.Errorf("oci store: resource %s: %w", res, errors.ErrUnsupported)
+func (inst *instance) closeStore(ctx context.Context, sess *session.Session) error {
+	return inst.call(ctx, sess, abi.ExportClose, unitResult)
 }

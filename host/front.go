@@ -1,0 +1,230 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/location"
+	"github.com/PlakarKorp/kloset/objects"
+
+	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/session"
+)
+
+// backend is one instance of the store logic, the guest's or the same
+// package compiled in, called the contract's way (package abi): each call
+// with the session of the host services it uses. A call that leaves the
+// instance in an unknown state (a trap, a panic) breaks it, and the pool
+// drops it.
+type backend interface {
+	pooled
+	create(ctx context.Context, sess *session.Session, config []byte) error
+	open(ctx context.Context, sess *session.Session) ([]byte, error)
+	ping(ctx context.Context, sess *session.Session) error
+	mode(ctx context.Context, sess *session.Session) (abi.Access, error)
+	size(ctx context.Context, sess *session.Session) (int64, error)
+	list(ctx context.Context, sess *session.Session, k abi.Kind) ([]objects.MAC, error)
+	put(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, body abi.Stream) (uint64, error)
+	get(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, rng *abi.Range) (abi.Stream, error)
+	delete(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC) error
+	closeStore(ctx context.Context, sess *session.Session) error
+}
+
+// front is Kloset's storage.Store over instances of the store logic. What
+// Kloset's interface asks beyond the contract is here, once for the
+// sandboxed and the native store: resource kinds, put bodies read ahead,
+// an instance and a fresh session per call, errors that name the resource,
+// the mode remembered.
+type front[I backend] struct {
+	config *Config
+	env    *session.Env
+	opts   storeOptions
+	pool   *pool[I]
+	// modeSeen is the answer of the first successful mode call: Kloset
+	// asks for every file it opens, and the answer does not change.
+	modeSeen atomic.Uint32
+}
+
+func newFront[I backend](config map[string]string, o storeOptions, newInst func(context.Context, *front[I]) (I, error)) (*front[I], error) {
+	c, env, err := newStoreEnv(config, o)
+	if err != nil {
+		return nil, err
+	}
+	f := &front[I]{config: c, env: env, opts: o}
+	f.pool = newPool(c.Concurrency, func(ctx context.Context) (I, error) {
+		inst, err := newInst(ctx, f)
+		return inst, storeError(storage.StorageResourceUndefined, err)
+	})
+	return f, nil
+}
+
+// do runs one call on a pooled instance with a fresh session, whose streams
+// are closed when it returns but for those the call took (Session.Take). A
+// call that fails once its context is done reports the context's error.
+func (f *front[I]) do(ctx context.Context, res storage.StorageResource, call func(I, *session.Session) error) error {
+	inst, err := f.pool.get(ctx)
+	if err != nil {
+		return err
+	}
+	sess := f.env.NewSession(ctx)
+	err = call(inst, sess)
+	sess.CloseAll()
+	f.pool.put(inst)
+	if ctxErr := ctx.Err(); err != nil && ctxErr != nil {
+		return ctxErr
+	}
+	return storeError(res, err)
+}
+
+func (f *front[I]) Origin() string        { return f.config.Location.Registry }
+func (f *front[I]) Type() string          { return "oci" }
+func (f *front[I]) Root() string          { return f.config.Location.Repository }
+func (f *front[I]) Flags() location.Flags { return 0 }
+
+func (f *front[I]) Create(ctx context.Context, config []byte) error {
+	return f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) error {
+		return inst.create(ctx, sess, config)
+	})
+}
+
+func (f *front[I]) Open(ctx context.Context) ([]byte, error) {
+	var config []byte
+	err := f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) (err error) {
+		config, err = inst.open(ctx, sess)
+		return err
+	})
+	return config, err
+}
+
+func (f *front[I]) Ping(ctx context.Context) error {
+	return f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) error {
+		return inst.ping(ctx, sess)
+	})
+}
+
+func (f *front[I]) Mode(ctx context.Context) (storage.Mode, error) {
+	if m := f.modeSeen.Load(); m != 0 {
+		return storage.Mode(m), nil
+	}
+	var access abi.Access
+	err := f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) (err error) {
+		access, err = inst.mode(ctx, sess)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	var mode storage.Mode
+	if access&abi.AccessRead != 0 {
+		mode |= storage.ModeRead
+	}
+	if access&abi.AccessWrite != 0 {
+		mode |= storage.ModeWrite
+	}
+	f.modeSeen.Store(uint32(mode))
+	return mode, nil
+}
+
+func (f *front[I]) Size(ctx context.Context) (int64, error) {
+	var size int64
+	err := f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) (err error) {
+		size, err = inst.size(ctx, sess)
+		return err
+	})
+	return size, err
+}
+
+func (f *front[I]) List(ctx context.Context, res storage.StorageResource) ([]objects.MAC, error) {
+	kind, err := kindOf(res)
+	if err != nil {
+		return nil, err
+	}
+	var macs []objects.MAC
+	err = f.do(ctx, res, func(inst I, sess *session.Session) (err error) {
+		macs, err = inst.list(ctx, sess, kind)
+		return err
+	})
+	return macs, err
+}
+
+func (f *front[I]) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
+	kind, err := kindOf(res)
+	if err != nil {
+		return -1, err
+	}
+	body, err := readAhead(ctx, res, rd, f.opts)
+	if err != nil {
+		return -1, err
+	}
+	defer body.Release()
+	var n uint64
+	err = f.do(ctx, res, func(inst I, sess *session.Session) (err error) {
+		n, err = inst.put(ctx, sess, kind, mac, sess.AddBody(body))
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	return int64(n), nil
+}
+
+func (f *front[I]) Get(ctx context.Context, res storage.StorageResource, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
+	kind, err := kindOf(res)
+	if err != nil {
+		return nil, err
+	}
+	var r *abi.Range
+	if rng != nil {
+		r = &abi.Range{Offset: rng.Offset, Length: rng.Length}
+	}
+	var rd io.ReadCloser
+	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
+		st, err := inst.get(ctx, sess, kind, mac, r)
+		if err != nil {
+			return err
+		}
+		rd, err = sess.Take(st)
+		return err
+	})
+	return rd, err
+}
+
+func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
+	kind, err := kindOf(res)
+	if err != nil {
+		return err
+	}
+	return f.do(ctx, res, func(inst I, sess *session.Session) error {
+		return inst.delete(ctx, sess, kind, mac)
+	})
+}
+
+// Close closes the idle instances; calls in flight finish on theirs, which
+// are closed as they come back.
+func (f *front[I]) Close(ctx context.Context) error {
+	err := f.do(ctx, storage.StorageResourceUndefined, func(inst I, sess *session.Session) error {
+		return inst.closeStore(ctx, sess)
+	})
+	f.pool.close(ctx)
+	return err
+}
+
+func kindOf(res storage.StorageResource) (abi.Kind, error) {
+	switch res {
+	case storage.StorageResourcePackfile:
+		return abi.KindPackfile, nil
+	case storage.StorageResourceState:
+		return abi.KindState, nil
+	case storage.StorageResourceLock:
+		return abi.KindLock, nil
+	case storage.StorageResourceECCPackfile:
+		return abi.KindECCPackfile, nil
+	case storage.StorageResourceECCState:
+		return abi.KindECCState, nil
+	}
+	return 0, fmt.Errorf("oci store: resource %s: %w", res, errors.ErrUnsupported)
+}

@@ -16,8 +16,8 @@ import (
 // allocation.
 //
 // Most of it comes from arena, reset at each release: a ranged get asks
-// for memory six times, and each Go allocation (with a map entry to keep
-// it alive) cost the sandbox more than the rest of the call. What does not
+// for such memory five times, and a Go allocation each, with a map entry
+// to keep it alive, cost the sandbox more than the rest of the call. What does not
 // fit is allocated on the Go heap, which does not move objects: pins keeps
 // those alive until the release.
 var (

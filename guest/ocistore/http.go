@@ -59,11 +59,12 @@ func (s *Store) failWith(action string, resp *abi.Response, body []byte) *abi.Er
 func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
 
 // read reads st up to limit bytes; more tells whether st had more. size,
-// when it is not -1, is how many bytes st should have: the buffer is made
-// for them at once, rather than grown as chunks come.
+// when it is not -1, is how many bytes st should have (its
+// Content-Length): the buffer is made for them at once rather than grown as
+// chunks come, up to readChunk, as the header may lie.
 func (s *Store) read(st abi.Stream, limit, size int) (data []byte, more bool, err error) {
 	if size >= 0 && size <= limit {
-		data = make([]byte, 0, size)
+		data = make([]byte, 0, min(size, readChunk))
 	}
 	for len(data) <= limit {
 		n := min(limit+1-len(data), readChunk)

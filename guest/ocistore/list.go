@@ -148,9 +148,13 @@ func (c *call) listTags(prefix string, first int) ([]abi.MAC, error) {
 
 		next = ""
 		if l := nextLink(headerValues(&abi.Response{Header: d.header}, "Link")); l != "" {
-			// The registry's link repeats our n: after a short first
-			// page, the next ones are full.
-			if next = withN(resolveLink(current, l), s.pageSize); next == current {
+			next = resolveLink(current, l)
+			if n != s.pageSize {
+				// The registry's link repeats our n: after a short
+				// first page, the next ones are full.
+				next, n = withN(next, s.pageSize), s.pageSize
+			}
+			if next == current {
 				next = ""
 			}
 		} else if sentN && p.n == n && p.sorted && p.last > lastSent {

@@ -16,8 +16,14 @@ var _ abi.Host = (*Session)(nil)
 
 // readChunk bounds the buffer of one streams.read when the length of what is
 // left is unknown: documents are small, and a guest reading a large body
-// this way loops anyway.
-const readChunk = 32 << 10
+// this way loops anyway. knownChunk bounds it when the length is known
+// (Content-Length), and the read then fills it: a tag list page of a
+// thousand tags, 80 KB, takes one read rather than one per network read,
+// and each is a round trip through the sandbox.
+const (
+	readChunk  = 32 << 10
+	knownChunk = 1 << 20
+)
 
 // Session is what the host lends the guest during one export call: the
 // requests it makes and the streams it sees. Handles are small integers,
@@ -121,7 +127,7 @@ func (s *Session) Read(h abi.Stream, limit uint32) ([]byte, error) {
 	if st.hint >= 0 {
 		// Content-Length is known: a buffer of exactly what is left,
 		// which also lets the body report its end in the same read.
-		size = min(size, max(st.hint, 1))
+		size = min(int64(min(limit, knownChunk)), max(st.hint, 1))
 	}
 	size = s.capRead(st, size)
 	buf := make([]byte, size)
@@ -131,6 +137,14 @@ func (s *Session) Read(h abi.Stream, limit uint32) ([]byte, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	for st.hint >= 0 && n < len(buf) {
+		// An error here shows again at the next read.
+		m, err := s.readInto(st, buf[n:])
+		if err != nil {
+			break
+		}
+		n += m
 	}
 	return buf[:n:n], nil
 }

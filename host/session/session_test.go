@@ -594,6 +594,43 @@ func TestResponseCap(t *testing.T) {
 	}
 }
 
+// TestReadSizes checks how much one streams.read hands over: all of a
+// document whose length is known (up to knownChunk, and what the guest
+// asks for), readChunk at a time otherwise.
+func TestReadSizes(t *testing.T) {
+	const n = 80 << 10
+	data := testData(n)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("chunked") {
+			w.Write(data[:n/2])
+			w.(http.Flusher).Flush()
+			w.Write(data[n/2:])
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(n))
+		w.Write(data)
+	}))
+	defer srv.Close()
+	env, _ := newEnv(t, Config{Registry: srv.URL})
+	s := env.NewSession(context.Background())
+	defer s.CloseAll()
+	for _, tt := range []struct {
+		query string
+		limit uint32
+		want  int
+	}{
+		{"", 1 << 20, n},
+		{"", 1000, 1000},
+		{"?chunked", 1 << 20, readChunk},
+	} {
+		h := roundTrip(t, s, &abi.Request{Method: http.MethodGet, URL: "/doc" + tt.query}).Body
+		got, err := s.Read(h, tt.limit)
+		if err != nil || len(got) != tt.want || !bytes.Equal(got, data[:len(got)]) {
+			t.Errorf("Read(%s, %d) = %d bytes, %v; want the first %d", tt.query, tt.limit, len(got), err, tt.want)
+		}
+	}
+}
+
 // slowServer answers after up to 2 s, or when the client goes away.
 func slowServer(t *testing.T) *httptest.Server {
 	t.Helper()

@@ -68,9 +68,6 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	return macs, nil
 }
 
-// compareMAC is bytes.Compare of two MACs, a word at a time: List
-// compares every MAC it returns, and bytes.Compare is three calls deep in
-// the sandbox.
 // withN sets the n of a tag list URL that has one.
 func withN(link string, n int) string {
 	u, err := url.Parse(link)
@@ -86,6 +83,9 @@ func withN(link string, n int) string {
 	return u.String()
 }
 
+// compareMAC is bytes.Compare of two MACs, a word at a time: List
+// compares every MAC it returns, and bytes.Compare is three calls deep in
+// the sandbox.
 func compareMAC(a, b abi.MAC) int {
 	for i := 0; i < len(a); i += 8 {
 		x, y := binary.BigEndian.Uint64(a[i:]), binary.BigEndian.Uint64(b[i:])

@@ -155,10 +155,10 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 func (s *scanner) ourTag(prefix string) (tag []byte, mac abi.MAC, ok bool) {
 	start := s.i + 1
 	end := start + len(prefix) + 2*len(mac) // the closing quote
-	if end >= len(s.b) || s.b[s.i] != '"' || s.b[end] != '"' || string(s.b[start:start+len(prefix)]) != prefix {
+	if end >= len(s.b) || s.b[s.i] != '"' || s.b[end] != '"' {
 		return nil, mac, false
 	}
-	if mac, ok = parseMAC(s.b[start+len(prefix) : end]); !ok {
+	if mac, ok = parseTag(prefix, s.b[start:end]); !ok {
 		return nil, mac, false
 	}
 	s.i = end + 1

@@ -16,12 +16,12 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-// testHost is a minimal abi.Host over net/http for these tests. The real
-// one, host/session, cannot be imported from here (Go's internal
-// rule); this one keeps to the contract the store relies on: streams count
-// and hash what goes through them, Verify fails at the end, Slice consumes,
-// Read returns nothing at the end. It also records requests and catches
-// response bodies the store leaves open.
+// testHost is a minimal abi.Host over net/http for these tests. It keeps
+// to the contract the store relies on: streams count and hash what goes
+// through them, Verify fails at the end, Slice consumes, Read returns
+// nothing at the end. Unlike the real one, host/session (which the host's
+// tests run the store over), it records requests and catches response
+// bodies the store leaves open.
 type testHost struct {
 	t      testing.TB
 	base   string // http://127.0.0.1:port

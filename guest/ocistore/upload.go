@@ -51,8 +51,12 @@ func (c *call) cancelUpload(loc string) {
 // starts over after a transient failure as long as not one byte of body
 // was read (see retry.go).
 func (c *call) uploadStream(body abi.Stream) (descriptor, error) {
-	if c.readAhead(body) {
-		return c.uploadWhole(body) // see upload_whole.go
+	blob, whole, err := c.readAhead(body)
+	if err != nil {
+		return descriptor{}, err
+	}
+	if whole {
+		return c.uploadWhole(body, blob) // see upload_whole.go
 	}
 	for attempt := 1; ; attempt++ {
 		blob, err := c.uploadStreamOnce(body)
@@ -118,7 +122,11 @@ func (c *call) uploadStreamOnce(body abi.Stream) (descriptor, error) {
 
 // measured is the blob the host measured body to be.
 func (c *call) measured(body abi.Stream) (descriptor, error) {
-	digest, size := c.s.h.Digest(body)
+	return c.measuredAs(c.s.h.Digest(body))
+}
+
+// measuredAs is the blob of the digest and size the host measured.
+func (c *call) measuredAs(digest string, size uint64) (descriptor, error) {
 	if !validDigest(digest) {
 		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured the upload as %q, not a sha256 digest", c.action(), digest)
 	}

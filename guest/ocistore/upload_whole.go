@@ -6,16 +6,21 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-// readAhead tells whether the host read body ahead: a host that does
-// reads all of it (see streams.digest in wit/storage.wit), so a body that
-// reports bytes before the guest sent any is whole and measured.
-func (c *call) readAhead(body abi.Stream) bool {
-	_, n := c.s.h.Digest(body)
-	return n > 0
+// readAhead tells whether the host read body ahead, and what it measured:
+// a host that does reads all of it (see streams.digest in
+// wit/storage.wit), so a body that reports bytes before the guest sent any
+// is whole and measured.
+func (c *call) readAhead(body abi.Stream) (blob descriptor, ok bool, err error) {
+	digest, n := c.s.h.Digest(body)
+	if n == 0 {
+		return descriptor{}, false, nil
+	}
+	blob, err = c.measuredAs(digest, n)
+	return blob, true, err
 }
 
-// uploadWhole uploads a body the host read ahead, whose digest is known
-// before a byte is sent: the registry gets it in one PUT whose URL names
+// uploadWhole uploads a body the host read ahead and measured as blob, so
+// its digest is known before a byte is sent: the registry gets it in one PUT whose URL names
 // the digest, the monolithic upload of the OCI distribution spec (POST,
 // then PUT with the bytes). A put is then three requests (POST, PUT,
 // manifest) instead of four: see RATIONALE.md.
@@ -25,12 +30,8 @@ func (c *call) readAhead(body abi.Stream) bool {
 // of it was sent. An answer lost after the registry took every byte is
 // recovered: the blob, which the registry checked against its digest, is
 // there.
-func (c *call) uploadWhole(body abi.Stream) (descriptor, error) {
+func (c *call) uploadWhole(body abi.Stream, blob descriptor) (descriptor, error) {
 	s := c.s
-	blob, err := c.measured(body)
-	if err != nil {
-		return descriptor{}, err
-	}
 	loc, err := c.startUpload()
 	if err != nil {
 		return descriptor{}, err

@@ -13,7 +13,7 @@ import (
 // the registry expires.
 func (c *call) startUpload() (string, error) {
 	s := c.s
-	resp, err := c.exchange(&abi.Request{Method: "POST", URL: "/v2/" + s.loc.Repository + "/blobs/uploads/"})
+	resp, err := c.exchange(&abi.Request{Method: "POST", URL: s.blobs + "uploads/"})
 	if err != nil {
 		return "", err
 	}

@@ -20,10 +20,10 @@ func (c *call) readAhead(body abi.Stream) (blob descriptor, ok bool, err error) 
 }
 
 // uploadWhole uploads a body the host read ahead and measured as blob, so
-// its digest is known before a byte is sent: the registry gets it in one PUT whose URL names
-// the digest, the monolithic upload of the OCI distribution spec (POST,
-// then PUT with the bytes). A put is then three requests (POST, PUT,
-// manifest) instead of four: see RATIONALE.md.
+// its digest is known before a byte is sent: the registry gets it in one
+// PUT whose URL names the digest, the monolithic upload of the OCI
+// distribution spec (POST, then PUT with the bytes). A put is then three
+// requests (POST, PUT, manifest) instead of four: see RATIONALE.md.
 //
 // The PUT is not made again after a failure: the body is the host's
 // stream, which cannot be rewound, and the guest cannot tell whether any

@@ -556,21 +556,14 @@ func TestResponseCap(t *testing.T) {
 		if r.URL.Path == "/big" {
 			n++
 		}
-		if r.URL.Query().Has("chunked") {
-			// No Content-Length: the cap cannot rely on it.
-			w.Write(big[:n/2])
-			w.(http.Flusher).Flush()
-			w.Write(big[n/2 : n])
-			return
-		}
-		w.Header().Set("Content-Length", fmt.Sprint(n))
-		w.Write(big[:n])
+		writeDoc(w, r, big[:n])
 	}))
 	defer srv.Close()
 	env, _ := newEnv(t, Config{Registry: srv.URL, MaxDocumentSize: limit})
 	s := env.NewSession(context.Background())
 	defer s.CloseAll()
 
+	// Chunked answers have no Content-Length: the cap cannot rely on it.
 	for _, q := range []string{"", "?chunked"} {
 		h := roundTrip(t, s, &abi.Request{Method: http.MethodGet, URL: "/fits" + q}).Body
 		if got, err := readAll(s, h, 300); err != nil || len(got) != limit {
@@ -601,14 +594,7 @@ func TestReadSizes(t *testing.T) {
 	const n = 80 << 10
 	data := testData(n)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Has("chunked") {
-			w.Write(data[:n/2])
-			w.(http.Flusher).Flush()
-			w.Write(data[n/2:])
-			return
-		}
-		w.Header().Set("Content-Length", fmt.Sprint(n))
-		w.Write(data)
+		writeDoc(w, r, data)
 	}))
 	defer srv.Close()
 	env, _ := newEnv(t, Config{Registry: srv.URL})
@@ -629,6 +615,19 @@ func TestReadSizes(t *testing.T) {
 			t.Errorf("Read(%s, %d) = %d bytes, %v; want the first %d", tt.query, tt.limit, len(got), err, tt.want)
 		}
 	}
+}
+
+// writeDoc answers data with a Content-Length, or, for a request with the
+// query parameter chunked, without one and in two writes.
+func writeDoc(w http.ResponseWriter, r *http.Request, data []byte) {
+	if r.URL.Query().Has("chunked") {
+		w.Write(data[:len(data)/2])
+		w.(http.Flusher).Flush()
+		w.Write(data[len(data)/2:])
+		return
+	}
+	w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+	w.Write(data)
 }
 
 // slowServer answers after up to 2 s, or when the client goes away.

@@ -48,6 +48,19 @@ BENCHFLAGS =
 bench: tools guest
 	$(GO) run ./bench -md build/bench.md $(BENCHFLAGS)
 
+# The guest's own benchmarks (guest/ocistore), compiled to wasm and run by
+# wazero's CLI: the sandbox's costs are not native costs scaled.
+WAZERO = build/bin/wazero-v1.12.0
+bench-guest: $(WAZERO)
+	mkdir -p build/bin/wasm-exec && ln -sf "$$(pwd)/$(WAZERO)" build/bin/wasm-exec/wazero
+	PATH="$$(pwd)/build/bin/wasm-exec:$$PATH" GOWASIRUNTIME=wazero GOOS=wasip1 GOARCH=wasm \
+		$(GO) test -exec "$$($(GO) env GOROOT)/lib/wasm/go_wasip1_wasm_exec" -run '^$$' -bench . $(GUESTBENCHFLAGS) ./guest/ocistore
+
+$(WAZERO):
+	rm -rf build/bin.tmp && mkdir -p build/bin
+	GOBIN="$$(pwd)/build/bin.tmp" $(GO) install github.com/tetratelabs/wazero/cmd/wazero@v1.12.0
+	mv build/bin.tmp/wazero $@ && rmdir build/bin.tmp
+
 demo: guest
 	GO="$(GO)" DEMO_SKIP_GUEST=1 sh scripts/demo.sh
 
@@ -77,4 +90,4 @@ plugin: guest
 clean:
 	rm -rf build/guest.wasm host/guest.wasm build/plugin
 
-.PHONY: all tools docker-registry guest test bench demo plugin fuzz clean
+.PHONY: all tools docker-registry guest test bench bench-guest demo plugin fuzz clean

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
@@ -171,3 +172,79 @@ func BenchmarkGetRange4KiB(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPut1KiB is the cost of a put rather than of bytes.
+func BenchmarkPut1KiB(b *testing.B) {
+	r := registrytest.Distribution(b, registrytest.Options{})
+	data := make([]byte, 1<<10)
+	for _, st := range benchStores(b, r, "bench/small") {
+		b.Run(st.name, func(b *testing.B) {
+			before, i, cpu := st.requests.Load(), 0, processCPU()
+			for b.Loop() {
+				mac := benchMAC(b.Name(), i)
+				copy(data, mac[:])
+				i++
+				if _, err := st.s.Put(context.Background(), storage.StorageResourcePackfile, mac, bytes.NewReader(data)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(st.requests.Load()-before)/float64(i), "req/op")
+			b.ReportMetric(float64(processCPU()-cpu)/float64(i)/1e3, "cpu-µs/op")
+		})
+	}
+}
+
+// BenchmarkList5000 lists a repository of 5,000 objects: pages of the tag
+// list decoded in the guest.
+func BenchmarkList5000(b *testing.B) {
+	const objects = 5000
+	r := registrytest.Distribution(b, registrytest.Options{})
+	for _, st := range benchStores(b, r, "bench/list") {
+		var next atomic.Int64
+		errs := make(chan error, 8)
+		for range cap(errs) {
+			go func() {
+				for i := int(next.Add(1)) - 1; i < objects; i = int(next.Add(1)) - 1 {
+					mac := benchMAC("list", i)
+					if _, err := st.s.Put(context.Background(), storage.StorageResourcePackfile, mac, bytes.NewReader(mac[:])); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(st.name, func(b *testing.B) {
+			before, n, cpu := st.requests.Load(), 0, processCPU()
+			for b.Loop() {
+				n++
+				macs, err := st.s.List(context.Background(), storage.StorageResourcePackfile)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(macs) != objects {
+					b.Fatalf("listed %d objects, want %d", len(macs), objects)
+				}
+			}
+			b.ReportMetric(float64(st.requests.Load()-before)/float64(n), "req/op")
+			b.ReportMetric(float64(processCPU()-cpu)/float64(n)/1e3, "cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is the CPU time this process has used, in nanoseconds: the
+// client's cost of an operation, steadier than its time on a shared
+// machine (the registry is another process).
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+

@@ -1,6 +1,8 @@
 package ocistore
 
 import (
+	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -87,10 +89,20 @@ func FuzzTagPage(f *testing.F) {
 func FuzzParseTag(f *testing.F) {
 	f.Add("packfile-" + strings.Repeat("ab", 32))
 	f.Add("deleted-lock-" + strings.Repeat("0f", 32))
+	// Each byte around the ranges of lowercase hex digits, and one past ASCII.
+	for _, c := range "/0:9`afgAF\x7f\u0080" {
+		f.Add("state-" + strings.Repeat("0", 63) + string(c))
+		f.Add("state-" + string(c) + strings.Repeat("0", 63))
+	}
 	f.Fuzz(func(t *testing.T, tag string) {
 		for _, k := range abi.Kinds() {
 			for _, prefix := range []string{tagPrefix(k), markerPrefix + tagPrefix(k)} {
 				mac, ok := parseTag(prefix, []byte(tag))
+				digits, hasPrefix := strings.CutPrefix(tag, prefix)
+				decoded, err := hex.DecodeString(digits)
+				if lowerHex := hasPrefix && err == nil && len(decoded) == len(mac) && digits == strings.ToLower(digits); lowerHex != ok || ok && !bytes.Equal(decoded, mac[:]) {
+					t.Fatalf("parseTag(%q, %q) = %x, %v; the hex digits are %x, %v", prefix, tag, mac, ok, decoded, err)
+				}
 				if !ok {
 					continue
 				}

@@ -9,14 +9,14 @@
 //
 // # Calling convention
 //
-// Exports are named "plakar:storage/store@0.1.0#<func>" and return an i32
+// Exports are named "plakar:storage/store@0.2.0#<func>" and return an i32
 // pointer to a return area in guest memory (every result here flattens to
 // more than one value). After reading it, the host calls
 // "cabi_post_<export name>", which lets the guest release the memory behind
 // the area. Parameters that are lists are lowered by the host into memory it
 // obtains from the guest's "cabi_realloc" export.
 //
-// Imports live in modules named "plakar:storage/<interface>@0.1.0". Those
+// Imports live in modules named "plakar:storage/<interface>@0.2.0". Those
 // whose result needs memory take a last i32 parameter, the address of a
 // return area the guest provides; lists and strings in the result are
 // written by the host into memory obtained from "cabi_realloc", which the
@@ -46,7 +46,7 @@ import (
 
 // Version is the version of the WIT package the guest implements. The host
 // refuses a guest that implements another one.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // Package is the WIT package, and World the world the guest targets.
 const (
@@ -198,6 +198,9 @@ const (
 // Stream is the WIT type byte-stream: a handle on a host stream.
 type Stream uint32
 
+// Pending is the WIT type http.pending: a handle on a started request.
+type Pending uint32
+
 // BodyKind is the case of the WIT variant http.body.
 type BodyKind uint32
 
@@ -248,6 +251,9 @@ const RefusedMarker = "outside the store's registry"
 type Host interface {
 	// RoundTrip is http.round-trip.
 	RoundTrip(req *Request) (*Response, error)
+	// Start is http.start, and Finish http.finish.
+	Start(req *Request) Pending
+	Finish(p Pending) (*Response, error)
 	// Read is streams.read.
 	Read(s Stream, max uint32) ([]byte, error)
 	// Digest is streams.digest.

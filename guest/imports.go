@@ -13,34 +13,40 @@ import (
 // The imports of interfaces http, streams, cache and log, and host, the
 // abi.Host they make up for the store logic.
 
-//go:wasmimport plakar:storage/http@0.1.0 round-trip
+//go:wasmimport plakar:storage/http@0.2.0 round-trip
 func importRoundTrip(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.1.0 read
+//go:wasmimport plakar:storage/http@0.2.0 start
+func importStart(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2 uint32) uint32
+
+//go:wasmimport plakar:storage/http@0.2.0 finish
+func importFinish(p, ret uint32)
+
+//go:wasmimport plakar:storage/streams@0.2.0 read
 func importRead(s, max, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.1.0 digest
+//go:wasmimport plakar:storage/streams@0.2.0 digest
 func importDigest(s, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.1.0 slice
+//go:wasmimport plakar:storage/streams@0.2.0 slice
 func importSlice(s uint32, skip, length uint64) uint32
 
-//go:wasmimport plakar:storage/streams@0.1.0 verify
+//go:wasmimport plakar:storage/streams@0.2.0 verify
 func importVerify(s, digestPtr, digestLen uint32, size uint64)
 
-//go:wasmimport plakar:storage/streams@0.1.0 close
+//go:wasmimport plakar:storage/streams@0.2.0 close
 func importClose(s uint32)
 
-//go:wasmimport plakar:storage/cache@0.1.0 get
+//go:wasmimport plakar:storage/cache@0.2.0 get
 func importCacheGet(keyPtr, keyLen, ret uint32)
 
-//go:wasmimport plakar:storage/cache@0.1.0 set
+//go:wasmimport plakar:storage/cache@0.2.0 set
 func importCacheSet(keyPtr, keyLen, valuePtr, valueLen uint32)
 
-//go:wasmimport plakar:storage/cache@0.1.0 remove
+//go:wasmimport plakar:storage/cache@0.2.0 remove
 func importCacheRemove(keyPtr, keyLen uint32)
 
-//go:wasmimport plakar:storage/log@0.1.0 log
+//go:wasmimport plakar:storage/log@0.2.0 log
 func importLog(level, msgPtr, msgLen uint32)
 
 type host struct{}
@@ -61,6 +67,27 @@ func (r *retArea) ptr() uint32 { return uint32(uintptr(unsafe.Pointer(r))) }
 func (r *retArea) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(r)), 24) }
 
 func (host) RoundTrip(req *abi.Request) (*abi.Response, error) {
+	lowerRequest(req, func(method, url, headers, body [2]uint32, bodyCase uint32) {
+		importRoundTrip(method[0], method[1], url[0], url[1], headers[0], headers[1], bodyCase, body[0], body[1], ret.ptr())
+	})
+	return liftResponse()
+}
+
+func (host) Start(req *abi.Request) (p abi.Pending) {
+	lowerRequest(req, func(method, url, headers, body [2]uint32, bodyCase uint32) {
+		p = abi.Pending(importStart(method[0], method[1], url[0], url[1], headers[0], headers[1], bodyCase, body[0], body[1]))
+	})
+	return p
+}
+
+func (host) Finish(p abi.Pending) (*abi.Response, error) {
+	importFinish(uint32(p), ret.ptr())
+	return liftResponse()
+}
+
+// lowerRequest hands the flat parameters of req to call, which calls the
+// import, and keeps what they point at alive meanwhile.
+func lowerRequest(req *abi.Request, call func(method, url, headers, body [2]uint32, bodyCase uint32)) {
 	// Header tuples are (name ptr, name len, value ptr, value len); most
 	// requests have a header or two, which need no allocation.
 	var few [16]uint32
@@ -68,24 +95,26 @@ func (host) RoundTrip(req *abi.Request) (*abi.Response, error) {
 	for _, h := range req.Header {
 		headers = append(headers, stringAddr(h[0]), uint32(len(h[0])), stringAddr(h[1]), uint32(len(h[1])))
 	}
-	var body1, body2 uint32
+	var body [2]uint32
 	switch req.BodyKind {
 	case abi.BodyBytes:
-		body1, body2 = addr(req.Bytes), uint32(len(req.Bytes))
+		body = [2]uint32{addr(req.Bytes), uint32(len(req.Bytes))}
 	case abi.BodyStreamed:
-		body1 = uint32(req.Stream)
+		body[0] = uint32(req.Stream)
 	}
 	var headersPtr uint32
 	if len(headers) > 0 {
 		headersPtr = uint32(uintptr(unsafe.Pointer(unsafe.SliceData(headers))))
 	}
-	importRoundTrip(stringAddr(req.Method), uint32(len(req.Method)),
-		stringAddr(req.URL), uint32(len(req.URL)),
-		headersPtr, uint32(len(req.Header)),
-		uint32(req.BodyKind), body1, body2, ret.ptr())
+	call([2]uint32{stringAddr(req.Method), uint32(len(req.Method))},
+		[2]uint32{stringAddr(req.URL), uint32(len(req.URL))},
+		[2]uint32{headersPtr, uint32(len(req.Header))}, body, uint32(req.BodyKind))
 	runtime.KeepAlive(req)
 	runtime.KeepAlive(headers)
+}
 
+// liftResponse lifts the result<response, string> in ret.
+func liftResponse() (*abi.Response, error) {
 	defer releaseAll()
 	b := ret.bytes()
 	if b[0] != 0 {

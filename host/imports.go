@@ -53,6 +53,8 @@ func instantiateImports(ctx context.Context, rt wazero.Runtime) error {
 	modules := map[string][]hostFunc{
 		abi.ModuleHTTP: {
 			{"round-trip", roundTrip, []api.ValueType{i32, i32, i32, i32, i32, i32, i32, i32, i32, i32}, nil},
+			{"start", start, []api.ValueType{i32, i32, i32, i32, i32, i32, i32, i32, i32}, []api.ValueType{i32}},
+			{"finish", finish, []api.ValueType{i32, i32}, nil},
 		},
 		abi.ModuleStreams: {
 			{"read", streamRead, []api.ValueType{i32, i32, i32}, nil},
@@ -131,6 +133,23 @@ func errorArea(ctx context.Context, c callState, msg string) []byte {
 
 func roundTrip(ctx context.Context, mod api.Module, stack []uint64) {
 	c := callOf(ctx)
+	resp, err := c.sess.RoundTrip(liftRequest(mod, stack))
+	lowerResponse(ctx, c, mod, stack[9], resp, err)
+}
+
+func start(ctx context.Context, mod api.Module, stack []uint64) {
+	stack[0] = uint64(callOf(ctx).sess.Start(liftRequest(mod, stack)))
+}
+
+func finish(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	resp, err := c.sess.Finish(abi.Pending(stack[0]))
+	lowerResponse(ctx, c, mod, stack[1], resp, err)
+}
+
+// liftRequest lifts the http.request of the first 9 stack slots. It copies
+// everything out of guest memory: a started request outlives the call.
+func liftRequest(mod api.Module, stack []uint64) *abi.Request {
 	req := &abi.Request{
 		Method:   readString(mod, stack[0], stack[1]),
 		URL:      readString(mod, stack[2], stack[3]),
@@ -155,9 +174,11 @@ func roundTrip(ctx context.Context, mod api.Module, stack []uint64) {
 	case abi.BodyStreamed:
 		req.Stream = abi.Stream(stack[7])
 	}
-	ret := stack[9]
+	return req
+}
 
-	resp, err := c.sess.RoundTrip(req)
+// lowerResponse lowers result<response, string> into the area at ret.
+func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64, resp *abi.Response, err error) {
 	if err != nil {
 		writeArea(mod, ret, errorArea(ctx, c, err.Error()))
 		return

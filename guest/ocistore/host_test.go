@@ -32,10 +32,21 @@ type testHost struct {
 	next     abi.Stream
 	cache    map[string]string
 	requests []string // "METHOD path status"
+
+	// Started requests, performed at once: the requests are recorded in
+	// the order the store made them.
+	pending   map[abi.Pending]startedRequest
+	started   abi.Pending
+	abandoned int // started and never finished
+}
+
+type startedRequest struct {
+	resp *abi.Response
+	err  error
 }
 
 func newTestHost(t testing.TB, base string) *testHost {
-	return &testHost{t: t, base: base, client: &http.Client{}, streams: map[abi.Stream]*testStream{}, cache: map[string]string{}}
+	return &testHost{t: t, base: base, client: &http.Client{}, streams: map[abi.Stream]*testStream{}, cache: map[string]string{}, pending: map[abi.Pending]startedRequest{}}
 }
 
 type testStream struct {
@@ -121,6 +132,15 @@ func (f closerFunc) Close() error { return f() }
 func (h *testHost) endCall() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for p, r := range h.pending {
+		// The host cancels what was never finished, and closes its answer.
+		h.abandoned++
+		if r.resp != nil {
+			h.streams[r.resp.Body].c.Close()
+			delete(h.streams, r.resp.Body)
+		}
+		delete(h.pending, p)
+	}
 	for id, s := range h.streams {
 		if !s.owned {
 			h.t.Errorf("stream %d (a response body) left open by the store", id)
@@ -171,6 +191,27 @@ func (h *testHost) RoundTrip(req *abi.Request) (*abi.Response, error) {
 	}
 	id := h.add(&testStream{r: resp.Body, c: resp.Body, h: sha256.New()})
 	return &abi.Response{Status: resp.StatusCode, Header: hdr, Body: id}, nil
+}
+
+func (h *testHost) Start(req *abi.Request) abi.Pending {
+	resp, err := h.RoundTrip(req)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.started++
+	h.pending[h.started] = startedRequest{resp, err}
+	return h.started
+}
+
+func (h *testHost) Finish(p abi.Pending) (*abi.Response, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r, ok := h.pending[p]
+	if !ok {
+		h.t.Errorf("request %d finished but not pending", p)
+		return nil, fmt.Errorf("request %d is not pending", p)
+	}
+	delete(h.pending, p)
+	return r.resp, r.err
 }
 
 func (h *testHost) Read(id abi.Stream, max uint32) ([]byte, error) {

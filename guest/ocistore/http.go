@@ -29,6 +29,18 @@ func (c *call) send(req *abi.Request) (*abi.Response, error) {
 	return resp, nil
 }
 
+// start starts req in the host (http.start), for finish to pick up.
+func (c *call) start(req *abi.Request) abi.Pending { return c.s.h.Start(req) }
+
+// finish is send of req, which started is the request of.
+func (c *call) finish(req *abi.Request, started abi.Pending) (*abi.Response, error) {
+	resp, err := c.s.h.Finish(started)
+	if err != nil {
+		return nil, networkError(c.s.loc, c.action(), err)
+	}
+	return resp, nil
+}
+
 // logPath keeps the path of a request URL: queries of upload locations
 // carry upload state, and absolute URLs name hosts the log need not repeat.
 func logPath(u string) string {

@@ -1,6 +1,7 @@
 package ocistore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/url"
 	"slices"
@@ -26,14 +27,17 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		return nil, err
 	}
 	prefix := tagPrefix(k)
-	macs, err := c.listTags(prefix, c.s.pageSize)
+	// Deletion markers are few, or none where the registry deletes: the
+	// first page after their prefix is then the objects' own tags, and a
+	// short one saves reading a thousand of them. The registry makes it
+	// while it makes the objects' pages.
+	markerFirst := min(c.s.pageSize, probePage)
+	markerPage := c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	macs, err := c.listTags(prefix, c.s.pageSize, 0)
 	if err != nil {
 		return nil, err
 	}
-	// Deletion markers are few, or none where the registry deletes: the
-	// first page after their prefix is then the objects' own tags, and a
-	// short one saves reading a thousand of them.
-	markers, err := c.listTags(markerPrefix+prefix, min(c.s.pageSize, probePage))
+	markers, err := c.listTags(markerPrefix+prefix, markerFirst, markerPage)
 	if err != nil {
 		return nil, err
 	}
@@ -102,26 +106,33 @@ func compareMAC(a, b abi.MAC) int {
 // probePage is the n of the first page of deletion markers.
 const probePage = 10
 
+// tagPage is the request for the n tags after last.
+func (c *call) tagPage(n int, last string) *abi.Request {
+	return &abi.Request{Method: "GET", URL: c.s.tags + "?n=" + strconv.Itoa(n) + "&last=" + url.QueryEscape(last)}
+}
+
 // listTags returns the MACs of the repository's tags that are prefix
 // followed by a MAC in hex, sorted, each once. It asks for the tags after
 // prefix (the OCI spec sorts them lexically), first first of them then
 // pageSize a page, and follows the pages until they leave the prefix. A
 // registry that ignores n and last costs more pages, not correctness:
-// every tag is filtered here.
-func (c *call) listTags(prefix string, first int) ([]abi.MAC, error) {
+// every tag is filtered here. started, if not 0, is the first page's
+// request, already started.
+//
+// Each page's Link is followed before the page is decoded: when the page
+// ends with one of our tags, the next page is needed, and the registry
+// makes it while the guest decodes this one (http.start).
+func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
-	base := "/v2/" + s.loc.Repository + "/tags/list"
-	page := func(n int, last string) string {
-		return base + "?n=" + strconv.Itoa(n) + "&last=" + url.QueryEscape(last)
-	}
-	next, sentN, lastSent, n := page(first, prefix), true, prefix, first
+	req, sentN, lastSent, n := c.tagPage(first, prefix), true, prefix, first
 	var macs []abi.MAC
-	for pages := 0; next != ""; pages++ {
+	for pages := 0; req != nil; pages++ {
 		if pages == maxPages {
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
 		}
-		current := next
-		d, err := c.getDoc("tag list", current, nil, maxTagPage, "")
+		current := req
+		d, err := c.getStartedDoc("tag list", current, started, maxTagPage, "")
+		started, req = 0, nil
 		if err != nil {
 			return nil, err
 		}
@@ -131,37 +142,41 @@ func (c *call) listTags(prefix string, first int) ([]abi.MAC, error) {
 			return nil, nil
 		case d.status == 400 && pages == 0 && sentN:
 			// Some registries refuse n or last; their own pages will do.
-			next, sentN = base, false
+			req, sentN = &abi.Request{Method: "GET", URL: s.tags}, false
 			continue
 		case d.status != 200:
 			return nil, d.err
+		}
+		link := nextLink(headerValues(&abi.Response{Header: d.header}, "Link"))
+		if link != "" {
+			next := resolveLink(current.URL, link)
+			if n != s.pageSize {
+				// The registry's link repeats our n: after a short
+				// first page, the next ones are full.
+				next, n = withN(next, s.pageSize), s.pageSize
+			}
+			if next != current.URL {
+				req = &abi.Request{Method: "GET", URL: next}
+				if endsWithTag(d.data, prefix) {
+					started = c.start(req)
+				}
+			}
 		}
 		var p pageInfo
 		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
-		// Past the prefix in a sorted list, no tag of ours is left.
+		// Past the prefix in a sorted list, no tag of ours is left. (A
+		// next page started here is then cancelled when the call returns.)
 		if p.beyond {
 			break
 		}
-
-		next = ""
-		if l := nextLink(headerValues(&abi.Response{Header: d.header}, "Link")); l != "" {
-			next = resolveLink(current, l)
-			if n != s.pageSize {
-				// The registry's link repeats our n: after a short
-				// first page, the next ones are full.
-				next, n = withN(next, s.pageSize), s.pageSize
-			}
-			if next == current {
-				next = ""
-			}
-		} else if sentN && p.n == n && p.sorted && p.last > lastSent {
+		if link == "" && sentN && p.n == n && p.sorted && p.last > lastSent {
 			// A full page without a Link (go-containerregistry's registry):
 			// ask for the next one ourselves.
 			lastSent, n = p.last, s.pageSize
-			next = page(n, lastSent)
+			req = c.tagPage(n, lastSent)
 		}
 	}
 	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
@@ -173,4 +188,16 @@ func (c *call) listTags(prefix string, first int) ([]abi.MAC, error) {
 		}
 	}
 	return macs, nil
+}
+
+// endsWithTag tells whether the last string of a tag list page, its last
+// tag as registries write them, starts with prefix. It only decides
+// whether to start the next page early: it reads a few bytes, not the page.
+func endsWithTag(page []byte, prefix string) bool {
+	end := bytes.LastIndexByte(page, '"')
+	if end < 0 {
+		return false
+	}
+	start := bytes.LastIndexByte(page[:end], '"')
+	return start >= 0 && bytes.HasPrefix(page[start+1:end], []byte(prefix))
 }

@@ -173,11 +173,23 @@ func retryAfter(v string, now time.Time) time.Duration {
 // other answer, or the last answer or error once the budget is spent: the
 // caller turns an error status into an error with Store.fail as usual.
 func (c *call) exchange(req *abi.Request) (*abi.Response, error) {
+	return c.exchangeStarted(req, 0)
+}
+
+// exchangeStarted is exchange of a request already started with
+// http.start, if started is not 0: its answer is the first attempt's.
+func (c *call) exchangeStarted(req *abi.Request, started abi.Pending) (*abi.Response, error) {
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			c.retried = true
 		}
-		resp, err := c.send(req)
+		var resp *abi.Response
+		var err error
+		if attempt == 1 && started != 0 {
+			resp, err = c.finish(req, started)
+		} else {
+			resp, err = c.send(req)
+		}
 		if err != nil {
 			if codeOf(err) == abi.ErrTransient && c.retry(attempt, fmt.Sprintf("%s %s got no answer", req.Method, logPath(req.URL)), 0) {
 				continue
@@ -221,12 +233,18 @@ func (d *doc) get(name string) string {
 // digest, headerDigest, or "" for no check). The error is for failures
 // that no status explains: no answer, an unreadable or oversized body.
 func (c *call) getDoc(what, url string, header []abi.Header, limit int, want string) (*doc, error) {
-	req := &abi.Request{Method: "GET", URL: url, Header: header}
+	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, limit, want)
+}
+
+// getStartedDoc is getDoc of req, which started is the request of if it
+// is not 0 (see exchangeStarted).
+func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending, limit int, want string) (*doc, error) {
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			c.retried = true
+			started = 0
 		}
-		resp, err := c.exchange(req)
+		resp, err := c.exchangeStarted(req, started)
 		if err != nil {
 			return nil, err
 		}

@@ -30,7 +30,7 @@ type Store struct {
 	// The strings every call starts from, made once: the location for
 	// messages, the API paths of the repository, the store's part of the
 	// host's cache.
-	where, manifests, blobs, cacheSpace string
+	where, manifests, blobs, tags, cacheSpace string
 
 	pageSize int
 	// deleteMode is how Delete deletes on this registry; it only moves
@@ -68,6 +68,7 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 		where:      loc.String(),
 		manifests:  "/v2/" + loc.Repository + "/manifests/",
 		blobs:      "/v2/" + loc.Repository + "/blobs/",
+		tags:       "/v2/" + loc.Repository + "/tags/list",
 		cacheSpace: loc.Registry + "/" + loc.Repository + ":",
 		pageSize:   defaultPageSize, sleep: sliceSleep, now: time.Now,
 	}, nil

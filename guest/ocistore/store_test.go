@@ -306,6 +306,46 @@ func TestListMarkerPages(t *testing.T) {
 	}
 }
 
+// TestListStartsPages checks that a list starts a page early only when it
+// needs it: the marker probe at once, and the next page when a page ends
+// with one of the kind's tags, never the page after the kind's last tag.
+func TestListStartsPages(t *testing.T) {
+	x := newHarness(t, linkPages(false))
+	x.store.pageSize = 4
+	var want []abi.MAC
+	for i := range 10 {
+		mac := testMAC(byte(i * 10))
+		x.must("Put", x.put(abi.KindPackfile, mac, []byte{byte(i)}))
+		want = append(want, mac)
+	}
+	for i := range 6 {
+		x.must("Put", x.put(abi.KindState, testMAC(byte(i*10+1)), []byte{byte(i)}))
+	}
+	x.host.takeRequests()
+	started, abandoned := x.host.started, x.host.abandoned
+	if got := x.list(abi.KindPackfile); !slices.Equal(got, want) {
+		t.Errorf("List = %x, want %x", got, want)
+	}
+	var pages []string
+	for _, r := range x.host.takeRequests() {
+		u, err := url.Parse(strings.Fields(r)[1])
+		if err == nil && strings.HasSuffix(u.Path, "/tags/list") {
+			pages = append(pages, u.Query().Get("last"))
+		}
+	}
+	// The probe of markers, then pages of 4, 4 and 2 packfiles: the third
+	// ends with states, so no fourth page was started.
+	if len(pages) != 4 || pages[0] != markerPrefix+tagPrefix(abi.KindPackfile) {
+		t.Errorf("tag list pages after %q, want the marker probe and 3 pages of packfiles", pages)
+	}
+	if got := x.host.started - started; got != 3 {
+		t.Errorf("%d requests started early, want 3 (the probe, the second and third pages)", got)
+	}
+	if got := x.host.abandoned - abandoned; got != 0 {
+		t.Errorf("%d requests started and never used", got)
+	}
+}
+
 func TestRangeIgnored(t *testing.T) {
 	x := newHarness(t, ignoreRange)
 	mac := testMAC(1)

@@ -62,7 +62,7 @@ func parseMAC(h []byte) (abi.MAC, bool) {
 		v := binary.LittleEndian.Uint64(h[8*i:])
 		letter := atLeast(v, 'a') &^ atLeast(v, 'f'+1)
 		digit := atLeast(v, '0') &^ atLeast(v, '9'+1)
-		bad |= (letter|digit)^highBits | v&highBits
+		bad |= (letter | digit) ^ highBits | v&highBits
 		// A nibble a byte, the first digit in the lowest byte: '0'-'9'
 		// end in 0-9, 'a'-'f' in 1-6.
 		x := v&(0x0f*bytesOf) + letter>>7*9

@@ -2,6 +2,7 @@ package session
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -25,12 +26,21 @@ var errRequestOver = errors.New("the request this stream was the body of is over
 // a view of memory the guest will reuse. A BodyStreamed stream is never read
 // after RoundTrip returns, so that its digest is settled.
 func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
+	resp, err := s.do(s.ctx, ar)
+	if err != nil {
+		return nil, err
+	}
+	return s.answer(resp, nil)
+}
+
+// do performs the HTTP part of a round trip, in ctx.
+func (s *Session) do(ctx context.Context, ar *abi.Request) (*http.Response, error) {
 	u, err := s.env.resolve(ar.URL)
 	if err != nil {
 		return nil, err
 	}
 	// The URL is filled in afterwards: it is already parsed and checked.
-	req, err := http.NewRequestWithContext(s.ctx, ar.Method, "", nil)
+	req, err := http.NewRequestWithContext(ctx, ar.Method, "", nil)
 	if err != nil {
 		return nil, fmt.Errorf("cannot make the request %s %s: %v: the guest built it wrong", ar.Method, where(u), err)
 	}
@@ -89,20 +99,40 @@ func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
 		return nil, err
 	}
 	s.logRequest(req, resp.StatusCode, nil)
+	return resp, nil
+}
 
+// answer makes the guest's response of resp, adding its body to the
+// streams; closing the stream closes the body, then calls release.
+func (s *Session) answer(resp *http.Response, release func()) (*abi.Response, error) {
 	st := newStream(resp.Body)
 	st.c = resp.Body
+	if release != nil {
+		st.c = releaser{resp.Body, release}
+	}
 	st.capped, st.wrap, st.from = true, true, resp.Request.URL
 	st.hint = resp.ContentLength
-	if req.Method == http.MethodHead || resp.Body == http.NoBody {
+	if resp.Request.Method == http.MethodHead || resp.Body == http.NoBody {
 		st.hint = 0
 	}
 	h := s.add(st)
 	if h == 0 {
-		resp.Body.Close()
+		st.c.Close()
 		return nil, errors.New("too many streams in one call: the guest leaks handles")
 	}
 	return &abi.Response{Status: resp.StatusCode, Header: flatten(resp.Header), Body: h}, nil
+}
+
+// releaser closes a response body, then releases what it depended on.
+type releaser struct {
+	io.Closer
+	release func()
+}
+
+func (r releaser) Close() error {
+	err := r.Closer.Close()
+	r.release()
+	return err
 }
 
 // logRequest logs a round trip at debug level, by path only: queries of

@@ -40,6 +40,12 @@ type Session struct {
 	table  []*stream // nil where a stream was closed, sliced or taken
 	live   int
 	inline [4]*stream // the table's first backing array, allocated with the session
+
+	// Requests started and not yet finished (pending.go): the handle of
+	// pending[0] is pendingBase+1; nil where one was finished.
+	pending     []*pending
+	pendingBase uint32
+	inFlight    int
 }
 
 // AddReader registers a reader of the host's, such as the body Kloset hands
@@ -258,6 +264,7 @@ func (s *Session) Take(h abi.Stream) (io.ReadCloser, error) {
 // the export call returns. (It is not named Close: abi.Host's Close closes
 // one stream.)
 func (s *Session) CloseAll() {
+	s.abandon()
 	s.mu.Lock()
 	table := s.table
 	s.base += uint32(len(table))

@@ -254,8 +254,10 @@ type Host interface {
 	// Start is http.start, and Finish http.finish.
 	Start(req *Request) Pending
 	Finish(p Pending) (*Response, error)
-	// Read is streams.read.
-	Read(s Stream, max uint32) ([]byte, error)
+	// Read is streams.read, into p: at most len(p) bytes (at least 1),
+	// and io.EOF at the end of the stream. In the sandbox, p is where the
+	// guest's cabi_realloc places the result, so that it is not copied.
+	Read(s Stream, p []byte) (int, error)
 	// Digest is streams.digest.
 	Digest(s Stream) (digest string, size uint64)
 	// Slice is streams.slice.

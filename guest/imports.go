@@ -4,6 +4,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"runtime"
 	"unsafe"
 
@@ -151,15 +153,30 @@ func takeHeaders(ptr, n uint32) []abi.Header {
 	return headers
 }
 
-func (host) Read(s abi.Stream, max uint32) ([]byte, error) {
-	importRead(uint32(s), max, ret.ptr())
+func (host) Read(s abi.Stream, p []byte) (int, error) {
+	// The host lowers what it read through cabi_realloc, which hands it
+	// p: the bytes land where the caller wants them. p came through
+	// abi.Host, an interface, so it is on the heap, which does not move
+	// while the host calls back.
+	readTarget = p
+	importRead(uint32(s), uint32(len(p)), ret.ptr())
+	readTarget = nil
 	defer releaseAll()
 	b := ret.bytes()
-	data := take(le.Uint32(b[4:]), le.Uint32(b[8:]))
+	ptr, n := le.Uint32(b[4:]), le.Uint32(b[8:])
 	if b[0] != 0 {
-		return nil, errors.New(string(data))
+		return 0, errors.New(takeString(ptr, n))
 	}
-	return data, nil
+	if n == 0 {
+		return 0, io.EOF
+	}
+	if n > uint32(len(p)) {
+		return 0, fmt.Errorf("streams.read returned %d bytes for a read of at most %d: the host breaks the contract", n, len(p))
+	}
+	if ptr != addr(p) {
+		copy(p, view(ptr, n))
+	}
+	return int(n), nil
 }
 
 func (host) Digest(s abi.Stream) (string, uint64) {

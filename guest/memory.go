@@ -21,6 +21,9 @@ import (
 // fit is allocated on the Go heap, which does not move objects: pins keeps
 // those alive until the release.
 var (
+	// readTarget is the buffer of the streams.read in progress, if any.
+	readTarget []byte
+
 	arena     [arenaWords]uint64
 	arenaUsed uint32 // in words
 	pins      = map[uint32][]uint64{}
@@ -57,6 +60,12 @@ func alloc(n uint32) (uint32, []byte) {
 //
 //go:wasmexport cabi_realloc
 func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
+	if t := readTarget; t != nil && oldPtr == 0 && newSize > 0 && newSize <= uint32(len(t)) {
+		// The bytes of a streams.read, into the reader's buffer. Only
+		// the first allocation: the host lowers them before anything else.
+		readTarget = nil
+		return addr(t)
+	}
 	ptr, b := alloc(newSize)
 	if oldPtr != 0 && oldSize != 0 {
 		copy(b, view(oldPtr, min(oldSize, newSize)))

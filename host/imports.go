@@ -208,7 +208,7 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 
 func streamRead(ctx context.Context, mod api.Module, stack []uint64) {
 	c := callOf(ctx)
-	data, err := c.sess.Read(abi.Stream(stack[0]), uint32(stack[1]))
+	data, err := c.sess.ReadChunk(abi.Stream(stack[0]), uint32(stack[1]))
 	if err != nil {
 		writeArea(mod, stack[2], errorArea(ctx, c, err.Error()))
 		return

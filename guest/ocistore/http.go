@@ -2,6 +2,8 @@ package ocistore
 
 import (
 	"fmt"
+	"io"
+	"slices"
 	"net/url"
 	"strconv"
 	"strings"
@@ -72,24 +74,35 @@ func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
 
 // read reads st up to limit bytes; more tells whether st had more. size,
 // when it is not -1, is how many bytes st should have (its
-// Content-Length): the buffer is made for them at once rather than grown as
-// chunks come, up to readChunk, as the header may lie.
+// Content-Length): the buffer is made for them at once, with a byte to
+// spare for the read that sees the end, rather than grown as they come, up
+// to readChunk, as the header may lie.
 func (s *Store) read(st abi.Stream, limit, size int) (data []byte, more bool, err error) {
+	first := 4 << 10
 	if size >= 0 && size <= limit {
-		data = make([]byte, 0, min(size, readChunk))
+		first = min(size, readChunk) + 1
 	}
+	data = make([]byte, 0, min(first, limit+1))
 	for len(data) <= limit {
-		n := min(limit+1-len(data), readChunk)
-		b, err := s.h.Read(st, uint32(n))
+		if len(data) == cap(data) {
+			data = slices.Grow(data, min(limit+1-len(data), max(len(data), 4<<10), readChunk))
+		}
+		n, err := s.h.Read(st, data[len(data):min(cap(data), limit+1)])
+		if err == io.EOF {
+			return data, false, nil
+		}
 		if err != nil {
 			return data, false, err
 		}
-		if len(b) == 0 {
-			return data, false, nil
-		}
-		data = append(data, b...)
+		data = data[:len(data)+n]
 	}
 	return data[:limit], true, nil
+}
+
+// atEnd tells whether st has no byte left to read.
+func (s *Store) atEnd(st abi.Stream) bool {
+	n, err := s.h.Read(st, make([]byte, 1))
+	return n == 0 && err == io.EOF
 }
 
 // readDoc reads and closes the body of a successful answer that is a

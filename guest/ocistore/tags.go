@@ -52,10 +52,15 @@ func parseTag(prefix string, tag []byte) (abi.MAC, bool) {
 // parseMAC reads 64 lowercase hex digits, eight at a time: a list decodes
 // one MAC per object, and a loop over bytes and a table costs about 2.5
 // times as much in the sandbox. FuzzParseTag holds it to hex.Decode.
-func parseMAC(h []byte) (abi.MAC, bool) {
-	var mac abi.MAC
+func parseMAC(h []byte) (mac abi.MAC, ok bool) {
+	ok = decodeMAC(&mac, h)
+	return mac, ok
+}
+
+// decodeMAC is parseMAC into mac.
+func decodeMAC(mac *abi.MAC, h []byte) bool {
 	if len(h) != 2*len(mac) {
-		return mac, false
+		return false
 	}
 	var bad uint64
 	for i := 0; i < len(mac)/4; i++ {
@@ -71,7 +76,7 @@ func parseMAC(h []byte) (abi.MAC, bool) {
 		x = (x | x>>16) & 0xffffffff
 		binary.LittleEndian.PutUint32(mac[4*i:], uint32(x))
 	}
-	return mac, bad == 0
+	return bad == 0
 }
 
 const (

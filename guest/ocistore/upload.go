@@ -143,7 +143,7 @@ func (c *call) recoverUpload(loc string, body abi.Stream) (descriptor, bool) {
 	if _, n := s.h.Digest(body); n == 0 {
 		return descriptor{}, false // nothing went out: the upload can start over
 	}
-	if rest, err := s.h.Read(body, 1); err != nil || len(rest) != 0 {
+	if !s.atEnd(body) {
 		return descriptor{}, false // the body was not sent whole
 	}
 	blob, err := c.measured(body)

@@ -60,7 +60,7 @@ func (c *call) uploadWhole(body abi.Stream, blob descriptor) (descriptor, error)
 	s.discard(resp)
 	// A host that had read only part of the body ahead would have had the
 	// blob cut to that part: refuse to tag it.
-	if rest, err := s.h.Read(body, 1); err != nil || len(rest) > 0 {
+	if !s.atEnd(body) {
 		return descriptor{}, errorf(abi.ErrOther, "%s: the host measured %d bytes of the body ahead, but the body is longer: the host breaks the contract of streams.digest",
 			c.action(), blob.Size)
 	}

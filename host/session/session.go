@@ -119,9 +119,10 @@ func (s *Session) debugUnknown(op string, h abi.Stream) {
 	s.env.log.Debug("stream operation on a handle that is not open", "op", op, "stream", uint32(h))
 }
 
-// Read is streams.read: at most limit bytes, and an empty slice at the end of
-// the stream. It blocks until at least one byte or the end is there.
-func (s *Session) Read(h abi.Stream, limit uint32) ([]byte, error) {
+// ReadChunk is streams.read as the sandbox calls it: at most limit bytes,
+// in a buffer of its own, and an empty slice at the end of the stream. It
+// blocks until at least one byte or the end is there.
+func (s *Session) ReadChunk(h abi.Stream, limit uint32) ([]byte, error) {
 	st := s.lookup(h)
 	if st == nil {
 		return nil, notOpen(h)
@@ -135,37 +136,48 @@ func (s *Session) Read(h abi.Stream, limit uint32) ([]byte, error) {
 		// which also lets the body report its end in the same read.
 		size = min(int64(min(limit, knownChunk)), max(st.hint, 1))
 	}
-	size = s.capRead(st, size)
-	buf := make([]byte, size)
-	n, err := s.readInto(st, buf)
+	buf := make([]byte, s.capRead(st, size))
+	n, err := s.fill(st, buf)
 	if err == io.EOF {
 		return []byte{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	for st.hint >= 0 && n < len(buf) {
-		// An error here shows again at the next read.
-		m, err := s.readInto(st, buf[n:])
-		if err != nil {
-			break
-		}
-		n += m
-	}
 	return buf[:n:n], nil
 }
 
-// ReadInto is Read into the caller's buffer, for a host that can hand over
-// guest memory directly. It returns io.EOF at the end of the stream.
-func (s *Session) ReadInto(h abi.Stream, p []byte) (int, error) {
+// Read is streams.read into p: at most len(p) bytes, and io.EOF at the end
+// of the stream. A guest compiled with the host (NativeStore) reads into
+// its own buffers this way.
+func (s *Session) Read(h abi.Stream, p []byte) (int, error) {
 	st := s.lookup(h)
 	if st == nil {
 		return 0, notOpen(h)
 	}
 	if len(p) == 0 {
-		return 0, nil
+		return 0, fmt.Errorf("streams.read of stream %d into 0 bytes: ask for at least 1 byte", h)
 	}
-	return s.readInto(st, p[:s.capRead(st, int64(len(p)))])
+	return s.fill(st, p[:s.capRead(st, int64(len(p)))])
+}
+
+// fill reads into p: at least a byte, and when the length of what is left
+// is known, as much of it as p holds (one streams.read for a whole tag list
+// page, not one per network read).
+func (s *Session) fill(st *stream, p []byte) (int, error) {
+	n, err := s.readInto(st, p)
+	if err != nil {
+		return 0, err
+	}
+	for st.hint >= 0 && n < len(p) {
+		// An error here shows again at the next read.
+		m, err := s.readInto(st, p[n:])
+		if err != nil {
+			break
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // capRead bounds a read of a response body so that it sees at most one byte

@@ -33,6 +33,7 @@
 //	result<u64, error>          disc u8 @0; u64 @8 | error @8
 //	error                       disc u8 @0; string @4 | status u16 @4, string @8
 //	result<response, string>    disc u8 @0; status u16 @4, headers @8, body u32 @16 | string @4
+//	                            (http.round-trip and http.finish; http.start returns its pending as an i32)
 //	result<list<u8>, string>    disc u8 @0; list @4 | string @4
 //	tuple<string, u64>          string @0; u64 @8
 //	option<string>              disc u8 @0; string @4

@@ -85,7 +85,7 @@ func TestLoadFile(t *testing.T) {
 	}{
 		{"another ABI version", write("v9.wasm", artifacttest.StubModule("9.9.9")), artifact.ErrABIMismatch, "plakar:storage/plugin@9.9.9"},
 		{"a section that contradicts the exports",
-			write("lying.wasm", artifact.AppendWorldSection(host.EmbeddedGuest(), "plakar:storage/plugin@0.2.0")),
+			write("lying.wasm", artifact.AppendWorldSection(host.EmbeddedGuest(), "plakar:storage/plugin@0.1.0")),
 			artifact.ErrABIMismatch, "custom section"},
 		{"not wasm", write("script.wasm", []byte("#!/bin/sh\n")), artifact.ErrNotModule, "script.wasm"},
 		{"missing", filepath.Join(dir, "missing.wasm"), os.ErrNotExist, "missing.wasm"},

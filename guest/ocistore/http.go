@@ -3,8 +3,8 @@ package ocistore
 import (
 	"fmt"
 	"io"
-	"slices"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 

@@ -60,7 +60,7 @@ func alloc(n uint32) (uint32, []byte) {
 //
 //go:wasmexport cabi_realloc
 func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
-	if t := readTarget; t != nil && oldPtr == 0 && newSize > 0 && newSize <= uint32(len(t)) {
+	if t := readTarget; t != nil && oldPtr == 0 && align == 1 && newSize > 0 && newSize <= uint32(len(t)) {
 		// The bytes of a streams.read, into the reader's buffer. Only
 		// the first allocation: the host lowers them before anything else.
 		readTarget = nil

@@ -110,7 +110,7 @@ func lowerStrings(ctx context.Context, c callState, strs ...string) []uint32 {
 	for _, s := range strs {
 		block = append(block, s...)
 	}
-	base, err := c.inst.lower(ctx, block)
+	base, err := c.inst.lower(ctx, block, 1)
 	if err != nil {
 		panic(err)
 	}
@@ -194,7 +194,7 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 		le.PutUint32(tuples[8*i:], addrs[i])
 		le.PutUint32(tuples[8*i+4:], uint32(len(s)))
 	}
-	tuplesPtr, err := c.inst.lower(ctx, tuples)
+	tuplesPtr, err := c.inst.lower(ctx, tuples, 4)
 	if err != nil {
 		panic(err)
 	}
@@ -213,7 +213,7 @@ func streamRead(ctx context.Context, mod api.Module, stack []uint64) {
 		writeArea(mod, stack[2], errorArea(ctx, c, err.Error()))
 		return
 	}
-	ptr, err := c.inst.lower(ctx, data)
+	ptr, err := c.inst.lower(ctx, data, 1)
 	if err != nil {
 		panic(err)
 	}

@@ -115,20 +115,21 @@ func (inst *instance) memory() []byte {
 	return b
 }
 
-// lower copies b into guest memory obtained from cabi_realloc.
-func (inst *instance) lower(ctx context.Context, b []byte) (uint32, error) {
+// lower copies b, a list whose elements are align-aligned, into guest
+// memory obtained from cabi_realloc.
+func (inst *instance) lower(ctx context.Context, b []byte, align uint32) (uint32, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	ptr, err := inst.alloc(ctx, uint32(len(b)))
+	ptr, err := inst.alloc(ctx, uint32(len(b)), align)
 	if err == nil && !inst.mod.Memory().Write(ptr, b) {
 		err = errors.New("oci plugin: cabi_realloc returned memory out of bounds")
 	}
 	return ptr, err
 }
 
-func (inst *instance) alloc(ctx context.Context, n uint32) (uint32, error) {
-	res, err := inst.realloc.Call(ctx, 0, 0, 8, uint64(n))
+func (inst *instance) alloc(ctx context.Context, n, align uint32) (uint32, error) {
+	res, err := inst.realloc.Call(ctx, 0, 0, uint64(align), uint64(n))
 	if err != nil {
 		inst.broken = true
 		return 0, fmt.Errorf("oci plugin: cabi_realloc: %w", err)
@@ -146,7 +147,7 @@ func (inst *instance) configure(ctx context.Context, sess *session.Session, opti
 		size += uint32(len(o[0]) + len(o[1]))
 	}
 	block := make([]byte, size)
-	ptr, err := inst.alloc(ctx, size)
+	ptr, err := inst.alloc(ctx, size, 4)
 	if err != nil {
 		return err
 	}

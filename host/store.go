@@ -72,7 +72,7 @@ func NewStore(ctx context.Context, p *Plugin, config map[string]string, opts ...
 // guest, its result lifted.
 
 func (inst *instance) create(ctx context.Context, sess *session.Session, config []byte) error {
-	ptr, err := inst.lower(ctx, config)
+	ptr, err := inst.lower(ctx, config, 1)
 	if err != nil {
 		return err
 	}
@@ -117,7 +117,7 @@ func (inst *instance) list(ctx context.Context, sess *session.Session, k abi.Kin
 }
 
 func (inst *instance) put(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, body abi.Stream) (n uint64, err error) {
-	ptr, err := inst.lower(ctx, mac[:])
+	ptr, err := inst.lower(ctx, mac[:], 1)
 	if err != nil {
 		return 0, err
 	}
@@ -129,7 +129,7 @@ func (inst *instance) put(ctx context.Context, sess *session.Session, k abi.Kind
 }
 
 func (inst *instance) get(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC, rng *abi.Range) (st abi.Stream, err error) {
-	ptr, err := inst.lower(ctx, mac[:])
+	ptr, err := inst.lower(ctx, mac[:], 1)
 	if err != nil {
 		return 0, err
 	}
@@ -145,7 +145,7 @@ func (inst *instance) get(ctx context.Context, sess *session.Session, k abi.Kind
 }
 
 func (inst *instance) delete(ctx context.Context, sess *session.Session, k abi.Kind, mac objects.MAC) error {
-	ptr, err := inst.lower(ctx, mac[:])
+	ptr, err := inst.lower(ctx, mac[:], 1)
 	if err != nil {
 		return err
 	}

@@ -162,6 +162,9 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 				}
 			}
 		}
+		// Room for the page's MACs at once: grown a MAC at a time, the
+		// slice's allocations cost the sandbox as much as the decoding.
+		macs = slices.Grow(macs, len(d.data)/(len(`"",`)+len(prefix)+2*abi.MACSize))
 		var p pageInfo
 		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {

@@ -131,10 +131,9 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 				}
 				return info, macs, s.fail("a tag")
 			}
-			if hasPrefix = len(tag) >= len(prefix) && string(tag[:len(prefix)]) == prefix; hasPrefix {
-				if mac, ok := parseMAC(tag[len(prefix):]); ok {
-					macs = append(macs, mac)
-				}
+			hasPrefix = len(tag) >= len(prefix) && string(tag[:len(prefix)]) == prefix
+			if mac, ok := parseTag(prefix, tag); ok {
+				macs = append(macs, mac)
 			}
 		}
 		info.n++

@@ -18,6 +18,9 @@ import (
 // request's body. cancelled counts requests whose client went away.
 func startServer(t *testing.T) (srv *httptest.Server, arrived chan string, release chan struct{}, cancelled *atomic.Int32) {
 	arrived, release, cancelled = make(chan string, 16), make(chan struct{}), new(atomic.Int32)
+	// stop lets the handlers go at the end of the test, so that a request
+	// the client failed to cancel fails the test rather than hangs it.
+	stop := make(chan struct{})
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- r.URL.Path
 		switch r.URL.Path {
@@ -27,17 +30,22 @@ func startServer(t *testing.T) (srv *httptest.Server, arrived chan string, relea
 				io.WriteString(w, "answer")
 			case <-r.Context().Done():
 				cancelled.Add(1)
+			case <-stop:
 			}
 		case "/hold":
 			w.Write([]byte("x"))
 			w.(http.Flusher).Flush()
-			<-r.Context().Done()
-			cancelled.Add(1)
+			select {
+			case <-r.Context().Done():
+				cancelled.Add(1)
+			case <-stop:
+			}
 		case "/echo":
 			io.Copy(w, r.Body)
 		}
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(stop) }) // before srv.Close: cleanups run last first
 	return srv, arrived, release, cancelled
 }
 

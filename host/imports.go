@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -206,20 +207,36 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 	writeArea(mod, ret, area)
 }
 
+// streamRead makes room in guest memory first and reads into it, so that
+// the bytes are copied once, from the network to where the guest wants
+// them (its cabi_realloc hands over the reader's buffer).
 func streamRead(ctx context.Context, mod api.Module, stack []uint64) {
 	c := callOf(ctx)
-	data, err := c.sess.ReadChunk(abi.Stream(stack[0]), uint32(stack[1]))
+	h := abi.Stream(stack[0])
+	size, err := c.sess.ReadSize(h, uint32(stack[1]))
+	var ptr uint32
+	n := 0
+	if err == nil {
+		if ptr, err = c.inst.alloc(ctx, uint32(size), 1); err != nil {
+			panic(err)
+		}
+		// A view of guest memory: the guest does not run while the host
+		// reads, so the memory cannot grow or move under it.
+		buf, ok := mod.Memory().Read(ptr, uint32(size))
+		if !ok {
+			panic("oci plugin: cabi_realloc returned memory out of bounds")
+		}
+		if n, err = c.sess.Read(h, buf); err == io.EOF {
+			err = nil
+		}
+	}
 	if err != nil {
 		writeArea(mod, stack[2], errorArea(ctx, c, err.Error()))
 		return
 	}
-	ptr, err := c.inst.lower(ctx, data, 1)
-	if err != nil {
-		panic(err)
-	}
 	area := make([]byte, 12)
 	le.PutUint32(area[4:], ptr)
-	le.PutUint32(area[8:], uint32(len(data)))
+	le.PutUint32(area[8:], uint32(n))
 	writeArea(mod, stack[2], area)
 }
 

@@ -218,6 +218,6 @@ func (e *Env) Logger() *slog.Logger { return e.log }
 // the host takes: it must outlive the reads of a taken stream.
 func (e *Env) NewSession(ctx context.Context) *Session {
 	s := &Session{env: e, ctx: ctx}
-	s.table = s.inline[:0]
+	s.streams.items = s.inline[:0]
 	return s
 }

@@ -29,7 +29,7 @@ const maxPending = 8
 func (s *Session) Start(ar *abi.Request) abi.Pending {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.inFlight >= maxPending {
+	if s.started.live >= maxPending {
 		return 0
 	}
 	if ar.BodyKind == abi.BodyBytes {
@@ -38,22 +38,22 @@ func (s *Session) Start(ar *abi.Request) abi.Pending {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	p := &pending{cancel: cancel, done: make(chan struct{})}
-	s.pending = append(s.pending, p)
-	s.inFlight++
+	h := s.started.add(p)
+	if h == 0 {
+		cancel()
+		return 0
+	}
 	go func() {
 		defer close(p.done)
 		p.resp, p.err = s.do(ctx, ar)
 	}()
-	return abi.Pending(s.pendingBase + uint32(len(s.pending)))
+	return abi.Pending(h)
 }
 
 // Finish is http.finish.
 func (s *Session) Finish(h abi.Pending) (*abi.Response, error) {
 	s.mu.Lock()
-	var p *pending
-	if i := int(uint32(h) - s.pendingBase - 1); uint32(h) > s.pendingBase && i < len(s.pending) {
-		p, s.pending[i] = s.pending[i], nil
-	}
+	p := s.started.remove(uint32(h))
 	s.mu.Unlock()
 	if p == nil {
 		if h == 0 {
@@ -62,13 +62,6 @@ func (s *Session) Finish(h abi.Pending) (*abi.Response, error) {
 		return nil, fmt.Errorf("request %d is not pending (never started, or already finished): the guest used a stale handle", h)
 	}
 	<-p.done
-	s.mu.Lock()
-	if s.inFlight--; s.inFlight == 0 {
-		// As for streams: past every handle given out, the array reused.
-		s.pendingBase += uint32(len(s.pending))
-		s.pending = s.pending[:0]
-	}
-	s.mu.Unlock()
 	if p.err != nil {
 		p.cancel()
 		return nil, p.err
@@ -80,9 +73,7 @@ func (s *Session) Finish(h abi.Pending) (*abi.Response, error) {
 // closes their answers; CloseAll calls it. It does not wait for them.
 func (s *Session) abandon() {
 	s.mu.Lock()
-	started := s.pending
-	s.pendingBase += uint32(len(started))
-	s.pending, s.inFlight = nil, 0
+	started := s.started.drain()
 	s.mu.Unlock()
 	for _, p := range started {
 		if p == nil {

@@ -35,17 +35,10 @@ type Session struct {
 	env *Env
 	ctx context.Context
 
-	mu     sync.Mutex
-	base   uint32    // the handle of table[0] is base+1
-	table  []*stream // nil where a stream was closed, sliced or taken
-	live   int
-	inline [4]*stream // the table's first backing array, allocated with the session
-
-	// Requests started and not yet finished (pending.go): the handle of
-	// pending[0] is pendingBase+1; nil where one was finished.
-	pending     []*pending
-	pendingBase uint32
-	inFlight    int
+	mu      sync.Mutex
+	streams handles[stream]
+	inline  [4]*stream       // the streams' first backing array, allocated with the session
+	started handles[pending] // requests started and not yet finished (pending.go)
 }
 
 // AddReader registers a reader of the host's, such as the body Kloset hands
@@ -61,54 +54,19 @@ func (s *Session) AddReader(r io.Reader) abi.Stream {
 func (s *Session) add(st *stream) abi.Stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if uint64(s.base)+uint64(len(s.table)) >= math.MaxUint32 {
-		// Four billion streams in one call: refuse rather than wrap
-		// around to handles that may still be in use.
-		return 0
-	}
-	s.table = append(s.table, st)
-	s.live++
-	return abi.Stream(s.base + uint32(len(s.table)))
-}
-
-// index returns the table index of h, or -1; mu must be held.
-func (s *Session) index(h abi.Stream) int {
-	if uint32(h) <= s.base {
-		return -1
-	}
-	i := int(uint32(h) - s.base - 1)
-	if i >= len(s.table) || s.table[i] == nil {
-		return -1
-	}
-	return i
+	return abi.Stream(s.streams.add(st))
 }
 
 func (s *Session) lookup(h abi.Stream) *stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if i := s.index(h); i >= 0 {
-		return s.table[i]
-	}
-	return nil
+	return s.streams.get(uint32(h))
 }
 
 func (s *Session) remove(h abi.Stream) *stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i := s.index(h)
-	if i < 0 {
-		return nil
-	}
-	st := s.table[i]
-	s.table[i] = nil
-	s.live--
-	if s.live == 0 {
-		// Moving the base past every handle given out keeps handles
-		// unique while the backing array is reused.
-		s.base += uint32(len(s.table))
-		s.table = s.table[:0]
-	}
-	return st
+	return s.streams.remove(uint32(h))
 }
 
 func notOpen(h abi.Stream) error {
@@ -119,32 +77,24 @@ func (s *Session) debugUnknown(op string, h abi.Stream) {
 	s.env.log.Debug("stream operation on a handle that is not open", "op", op, "stream", uint32(h))
 }
 
-// ReadChunk is streams.read as the sandbox calls it: at most limit bytes,
-// in a buffer of its own, and an empty slice at the end of the stream. It
-// blocks until at least one byte or the end is there.
-func (s *Session) ReadChunk(h abi.Stream, limit uint32) ([]byte, error) {
+// ReadSize is how many bytes a streams.read of at most limit bytes should
+// make room for: what is left when the length is known (Content-Length),
+// which also lets the body report its end in the same read, and readChunk
+// otherwise. The sandbox makes that room in guest memory and reads into it
+// (Read), so that the bytes are copied once.
+func (s *Session) ReadSize(h abi.Stream, limit uint32) (int, error) {
 	st := s.lookup(h)
 	if st == nil {
-		return nil, notOpen(h)
+		return 0, notOpen(h)
 	}
 	if limit == 0 {
-		return nil, fmt.Errorf("streams.read of stream %d with max 0: an empty result means the end of the stream, so ask for at least 1 byte", h)
+		return 0, fmt.Errorf("streams.read of stream %d with max 0: an empty result means the end of the stream, so ask for at least 1 byte", h)
 	}
 	size := int64(min(limit, readChunk))
 	if st.hint >= 0 {
-		// Content-Length is known: a buffer of exactly what is left,
-		// which also lets the body report its end in the same read.
 		size = min(int64(min(limit, knownChunk)), max(st.hint, 1))
 	}
-	buf := make([]byte, s.capRead(st, size))
-	n, err := s.fill(st, buf)
-	if err == io.EOF {
-		return []byte{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return buf[:n:n], nil
+	return int(s.capRead(st, size)), nil
 }
 
 // Read is streams.read into p: at most len(p) bytes, and io.EOF at the end
@@ -278,11 +228,7 @@ func (s *Session) Take(h abi.Stream) (io.ReadCloser, error) {
 func (s *Session) CloseAll() {
 	s.abandon()
 	s.mu.Lock()
-	table := s.table
-	s.base += uint32(len(table))
-	// A fresh table: this one is closed outside the lock, and must not be
-	// shared with streams added meanwhile.
-	s.table, s.live = nil, 0
+	table := s.streams.drain()
 	s.mu.Unlock()
 	for _, st := range table {
 		if st == nil {

@@ -173,6 +173,29 @@ func linkPages(absolute bool) middleware {
 	}
 }
 
+// cursorLinks makes the Links of linkPages opaque: their query names the
+// last tag "cursor", which the store cannot read, as a registry's own
+// pagination token.
+func cursorLinks(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isTagList(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if q := r.URL.Query(); q.Has("cursor") {
+			q.Set("last", q.Get("cursor"))
+			q.Del("cursor")
+			r.URL.RawQuery = q.Encode()
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		for i, l := range rec.Header()["Link"] {
+			rec.Header()["Link"][i] = strings.Replace(l, "last=", "cursor=", 1)
+		}
+		copyRecorded(w, rec)
+	})
+}
+
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder) {

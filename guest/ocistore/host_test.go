@@ -32,6 +32,7 @@ type testHost struct {
 	next     abi.Stream
 	cache    map[string]string
 	requests []string // "METHOD path status"
+	events   []string // "request URI" when a request is made, "read URI" at its answer's first read
 
 	// Started requests, performed at once: the requests are recorded in
 	// the order the store made them.
@@ -59,6 +60,8 @@ type testStream struct {
 	want   string
 	wantN  uint64
 	err    error
+	uri    string // of the request a response body answers
+	read   bool
 }
 
 func (s *testStream) Read(p []byte) (int, error) {
@@ -182,6 +185,7 @@ func (h *testHost) RoundTrip(req *abi.Request) (*abi.Response, error) {
 	}
 	h.mu.Lock()
 	h.requests = append(h.requests, fmt.Sprintf("%s %s %d", req.Method, hr.URL.RequestURI(), resp.StatusCode))
+	h.events = append(h.events, "request "+hr.URL.RequestURI())
 	h.mu.Unlock()
 	var hdr []abi.Header
 	for k, vs := range resp.Header {
@@ -189,7 +193,7 @@ func (h *testHost) RoundTrip(req *abi.Request) (*abi.Response, error) {
 			hdr = append(hdr, abi.Header{k, v})
 		}
 	}
-	id := h.add(&testStream{r: resp.Body, c: resp.Body, h: sha256.New()})
+	id := h.add(&testStream{r: resp.Body, c: resp.Body, h: sha256.New(), uri: hr.URL.RequestURI()})
 	return &abi.Response{Status: resp.StatusCode, Header: hdr, Body: id}, nil
 }
 
@@ -218,7 +222,14 @@ func (h *testHost) Read(id abi.Stream, p []byte) (int, error) {
 	if len(p) == 0 {
 		h.t.Errorf("streams.read of stream %d into 0 bytes", id)
 	}
-	n, err := io.ReadAtLeast(h.get(id), p, 1)
+	s := h.get(id)
+	if !s.read && s.uri != "" {
+		s.read = true
+		h.mu.Lock()
+		h.events = append(h.events, "read "+s.uri)
+		h.mu.Unlock()
+	}
+	n, err := io.ReadAtLeast(s, p, 1)
 	if err == io.EOF || err == nil || n == 0 {
 		return n, err
 	}
@@ -288,4 +299,13 @@ func (h *testHost) takeRequests() []string {
 	r := h.requests
 	h.requests = nil
 	return r
+}
+
+// takeEvents returns the events recorded since the last call.
+func (h *testHost) takeEvents() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e := h.events
+	h.events = nil
+	return e
 }

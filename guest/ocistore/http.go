@@ -127,9 +127,9 @@ func (c *call) readDoc(what string, resp *abi.Response, limit int) ([]byte, erro
 }
 
 // headerValues returns every value of the headers named name.
-func headerValues(resp *abi.Response, name string) []string {
+func headerValues(header []abi.Header, name string) []string {
 	var vs []string
-	for _, h := range resp.Header {
+	for _, h := range header {
 		if strings.EqualFold(h[0], name) {
 			vs = append(vs, h[1])
 		}

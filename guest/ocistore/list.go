@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -119,9 +120,13 @@ func (c *call) tagPage(n int, last string) *abi.Request {
 // every tag is filtered here. started, if not 0, is the first page's
 // request, already started.
 //
-// Each page's Link is followed before the page is decoded: when the page
-// ends with one of our tags, the next page is needed, and the registry
-// makes it while the guest decodes this one (http.start).
+// Each page's Link is followed before the page is read, as soon as its
+// headers are in, when the Link's last is one of our tags (distribution,
+// zot and Harbor name the page's last tag there): the registry makes the
+// next page while the host brings this one and the guest decodes it
+// (http.start). A Link that does not say is followed once the page, read,
+// ends with one of our tags. Either way a sorted registry never gets a
+// request for a page past the prefix.
 func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
 	req, sentN, lastSent, n := c.tagPage(first, prefix), true, prefix, first
@@ -131,7 +136,33 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
 		}
 		current := req
-		d, err := c.getStartedDoc("tag list", current, started, maxTagPage, "")
+		// next is the request of the page the Link names, if any.
+		next := func(header []abi.Header) *abi.Request {
+			link := nextLink(headerValues(header, "Link"))
+			if link == "" {
+				return nil
+			}
+			u := resolveLink(current.URL, link)
+			if n != s.pageSize {
+				// The registry's link repeats our n: after a short
+				// first page, the next ones are full.
+				u = withN(u, s.pageSize)
+			}
+			if u == current.URL {
+				return nil
+			}
+			return &abi.Request{Method: "GET", URL: u}
+		}
+		var early *abi.Request
+		var earlyStarted abi.Pending
+		d, err := c.getStartedDoc("tag list", current, started, maxTagPage, "", func(header []abi.Header) {
+			if early != nil {
+				return // a retry: the page started from the first answer stands
+			}
+			if r := next(header); r != nil && linkHasLast(r.URL, prefix) {
+				early, earlyStarted = r, c.start(r)
+			}
+		})
 		started, req = 0, nil
 		if err != nil {
 			return nil, err
@@ -147,19 +178,13 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 		case d.status != 200:
 			return nil, d.err
 		}
-		link := nextLink(headerValues(&abi.Response{Header: d.header}, "Link"))
-		if link != "" {
-			next := resolveLink(current.URL, link)
-			if n != s.pageSize {
-				// The registry's link repeats our n: after a short
-				// first page, the next ones are full.
-				next, n = withN(next, s.pageSize), s.pageSize
-			}
-			if next != current.URL {
-				req = &abi.Request{Method: "GET", URL: next}
-				if endsWithTag(d.data, prefix) {
-					started = c.start(req)
-				}
+		if req = next(d.header); req != nil {
+			n = s.pageSize
+			switch {
+			case early != nil && early.URL == req.URL:
+				started = earlyStarted
+			case endsWithTag(d.data, prefix):
+				started = c.start(req)
 			}
 		}
 		// Room for the page's MACs at once: grown a MAC at a time, the
@@ -175,7 +200,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 		if p.beyond {
 			break
 		}
-		if link == "" && sentN && p.n == n && p.sorted && p.last > lastSent {
+		if req == nil && sentN && p.n == n && p.sorted && p.last > lastSent {
 			// A full page without a Link (go-containerregistry's registry):
 			// ask for the next one ourselves.
 			lastSent, n = p.last, s.pageSize
@@ -191,6 +216,13 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 		}
 	}
 	return macs, nil
+}
+
+// linkHasLast tells whether the next page's URL asks for the tags after
+// one that starts with prefix.
+func linkHasLast(next, prefix string) bool {
+	u, err := url.Parse(next)
+	return err == nil && strings.HasPrefix(u.Query().Get("last"), prefix)
 }
 
 // endsWithTag tells whether the last string of a tag list page, its last

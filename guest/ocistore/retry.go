@@ -233,12 +233,14 @@ func (d *doc) get(name string) string {
 // digest, headerDigest, or "" for no check). The error is for failures
 // that no status explains: no answer, an unreadable or oversized body.
 func (c *call) getDoc(what, url string, header []abi.Header, limit int, want string) (*doc, error) {
-	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, limit, want)
+	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, limit, want, nil)
 }
 
 // getStartedDoc is getDoc of req, which started is the request of if it
-// is not 0 (see exchangeStarted).
-func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending, limit int, want string) (*doc, error) {
+// is not 0 (see exchangeStarted). headers, if not nil, sees the headers of
+// each 200 answer before its body is read, so that the caller can start
+// its next request while the body comes (http.start).
+func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending, limit int, want string, headers func([]abi.Header)) (*doc, error) {
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			c.retried = true
@@ -252,6 +254,9 @@ func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending,
 		if resp.Status != 200 {
 			d.err = c.s.fail(c.action(), resp)
 			return d, nil
+		}
+		if headers != nil {
+			headers(resp.Header)
 		}
 		d.data, err = c.readDoc(what, resp, limit)
 		if err == nil {

@@ -310,39 +310,72 @@ func TestListMarkerPages(t *testing.T) {
 // needs it: the marker probe at once, and the next page when a page ends
 // with one of the kind's tags, never the page after the kind's last tag.
 func TestListStartsPages(t *testing.T) {
-	x := newHarness(t, linkPages(false))
-	x.store.pageSize = 4
-	var want []abi.MAC
-	for i := range 10 {
-		mac := testMAC(byte(i * 10))
-		x.must("Put", x.put(abi.KindPackfile, mac, []byte{byte(i)}))
-		want = append(want, mac)
-	}
-	for i := range 6 {
-		x.must("Put", x.put(abi.KindState, testMAC(byte(i*10+1)), []byte{byte(i)}))
-	}
-	x.host.takeRequests()
-	started, abandoned := x.host.started, x.host.abandoned
-	if got := x.list(abi.KindPackfile); !slices.Equal(got, want) {
-		t.Errorf("List = %x, want %x", got, want)
-	}
-	var pages []string
-	for _, r := range x.host.takeRequests() {
-		u, err := url.Parse(strings.Fields(r)[1])
-		if err == nil && strings.HasSuffix(u.Path, "/tags/list") {
-			pages = append(pages, u.Query().Get("last"))
-		}
-	}
-	// The probe of markers, then pages of 4, 4 and 2 packfiles: the third
-	// ends with states, so no fourth page was started.
-	if len(pages) != 4 || pages[0] != markerPrefix+tagPrefix(abi.KindPackfile) {
-		t.Errorf("tag list pages after %q, want the marker probe and 3 pages of packfiles", pages)
-	}
-	if got := x.host.started - started; got != 3 {
-		t.Errorf("%d requests started early, want 3 (the probe, the second and third pages)", got)
-	}
-	if got := x.host.abandoned - abandoned; got != 0 {
-		t.Errorf("%d requests started and never used", got)
+	for _, tc := range []struct {
+		name string
+		mws  []middleware
+		// early: the next page is asked for before this one is read,
+		// from the Link's last.
+		early bool
+	}{
+		{"Link with last", []middleware{linkPages(false)}, true},
+		{"opaque Link", []middleware{linkPages(false), cursorLinks}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := newHarness(t, tc.mws...)
+			x.store.pageSize = 4
+			var want []abi.MAC
+			for i := range 10 {
+				mac := testMAC(byte(i * 10))
+				x.must("Put", x.put(abi.KindPackfile, mac, []byte{byte(i)}))
+				want = append(want, mac)
+			}
+			for i := range 6 {
+				x.must("Put", x.put(abi.KindState, testMAC(byte(i*10+1)), []byte{byte(i)}))
+			}
+			x.host.takeEvents()
+			started, abandoned := x.host.started, x.host.abandoned
+			if got := x.list(abi.KindPackfile); !slices.Equal(got, want) {
+				t.Errorf("List = %x, want %x", got, want)
+			}
+			// Pages in the order asked for, and whether each was asked for
+			// before the previous one was read.
+			var pages, uris []string
+			var before []bool
+			read := map[string]bool{}
+			for _, e := range x.host.takeEvents() {
+				what, uri, _ := strings.Cut(e, " ")
+				u, err := url.Parse(uri)
+				if err != nil || !strings.HasSuffix(u.Path, "/tags/list") {
+					continue
+				}
+				if what == "read" {
+					read[uri] = true
+					continue
+				}
+				last := u.Query().Get("last")
+				if last == "" {
+					last = u.Query().Get("cursor")
+				}
+				before = append(before, len(uris) > 0 && !read[uris[len(uris)-1]])
+				pages, uris = append(pages, last), append(uris, uri)
+			}
+			// The probe of markers, then pages of 4, 4 and 2 packfiles: the
+			// third ends with states, so no fourth page was started.
+			if len(pages) != 4 || pages[0] != markerPrefix+tagPrefix(abi.KindPackfile) {
+				t.Fatalf("tag list pages after %q, want the marker probe and 3 pages of packfiles", pages)
+			}
+			if got := x.host.started - started; got != 3 {
+				t.Errorf("%d requests started early, want 3 (the probe, the second and third pages)", got)
+			}
+			if got := x.host.abandoned - abandoned; got != 0 {
+				t.Errorf("%d requests started and never used", got)
+			}
+			for i := 2; i < len(pages); i++ {
+				if before[i] != tc.early {
+					t.Errorf("page %d asked for before page %d was read: %v, want %v", i, i-1, before[i], tc.early)
+				}
+			}
+		})
 	}
 }
 

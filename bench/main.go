@@ -627,8 +627,10 @@ func (b *bench) list() error {
 		return err
 	}
 	targets[raw] = rt
-	// Every round lists once with each variant.
-	err = b.interleave(fmt.Sprintf("list %d", n), variants, b.cfg.rounds, targets, func(ctx context.Context, v string, i, w int) (int64, error) {
+	// Every round lists listsPerRound times with each variant: a list
+	// takes tens of milliseconds, and eight of them vary by more than
+	// what is measured.
+	err = b.interleave(fmt.Sprintf("list %d", n), variants, listsPerRound*b.cfg.rounds, targets, func(ctx context.Context, v string, i, w int) (int64, error) {
 		got, err := targets[v].list(ctx)
 		if err == nil && got < n {
 			err = fmt.Errorf("listed %d objects, want %d", got, n)
@@ -640,6 +642,9 @@ func (b *bench) list() error {
 	}
 	return err
 }
+
+// listsPerRound is how many lists each variant makes in a round.
+const listsPerRound = 6
 
 // --- one big object ---
 

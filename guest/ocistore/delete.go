@@ -54,7 +54,7 @@ func (c *call) deleteRef(ref string) (status int, body []byte, lost bool, err er
 		return 0, nil, c.retried, err
 	}
 	if !ok2xx(resp.Status) {
-		body, _, _ = c.s.read(resp.Body, maxErrorBody, -1)
+		body, _, _ = c.s.read(resp.Body, nil, maxErrorBody, -1)
 	}
 	c.s.discard(resp)
 	return resp.Status, body, c.retried, nil

@@ -49,6 +49,10 @@ func FuzzTagPage(f *testing.F) {
 	f.Add([]byte(`{"name":"team/backups","tags":["config","packfile-00","state-01"]}`), "packfile-")
 	f.Add([]byte(`{"tags":null}`), "state-")
 	f.Add([]byte(`{"name":"x","tags":["packfile-`+strings.Repeat("ab", 32)+`","state-`+strings.Repeat("0f", 32)+`"],"n":[1,-2.5e3,{"a":true}]}`), "packfile-")
+	// Ours out of order, told apart in their first and in their last
+	// eight bytes; and the empty prefix.
+	f.Add([]byte(`{"tags":["lock-`+strings.Repeat("1", 64)+`","lock-`+strings.Repeat("0", 64)+`","lock-`+strings.Repeat("0", 63)+`1","lock-`+strings.Repeat("0", 64)+`"]}`), "lock-")
+	f.Add([]byte(`{"tags":["`+strings.Repeat("a", 64)+`","`+strings.Repeat("b", 64)+`"]}`), "")
 	f.Add([]byte(`{"TAGS":["b","a\u0041",null],"Tags":["c\n","c"]}`), "c")
 	f.Fuzz(func(t *testing.T, raw []byte, prefix string) {
 		info, macs, err := parseTagPage(raw, prefix, nil)

@@ -55,7 +55,7 @@ func logPath(u string) string {
 
 // fail turns an error answer into the contract's error, consuming the body.
 func (s *Store) fail(action string, resp *abi.Response) error {
-	body, _, _ := s.read(resp.Body, maxErrorBody, -1)
+	body, _, _ := s.read(resp.Body, nil, maxErrorBody, -1)
 	s.h.Close(resp.Body)
 	return s.failWith(action, resp, body)
 }
@@ -72,17 +72,19 @@ func (s *Store) failWith(action string, resp *abi.Response, body []byte) *abi.Er
 // discard closes the body of an answer whose content does not matter.
 func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
 
-// read reads st up to limit bytes; more tells whether st had more. size,
-// when it is not -1, is how many bytes st should have (its
-// Content-Length): the buffer is made for them at once, with a byte to
-// spare for the read that sees the end, rather than grown as they come, up
-// to readChunk, as the header may lie.
-func (s *Store) read(st abi.Stream, limit, size int) (data []byte, more bool, err error) {
+// read reads st up to limit bytes, into buf if it has room; more tells
+// whether st had more. size, when it is not -1, is how many bytes st
+// should have (its Content-Length): the buffer is made for them at once,
+// with a byte to spare for the read that sees the end, rather than grown
+// as they come, up to readChunk, as the header may lie.
+func (s *Store) read(st abi.Stream, buf []byte, limit, size int) (data []byte, more bool, err error) {
 	first := 4 << 10
 	if size >= 0 && size <= limit {
 		first = min(size, readChunk) + 1
 	}
-	data = make([]byte, 0, min(first, limit+1))
+	if data = buf[:0]; cap(data) < min(first, limit+1) {
+		data = make([]byte, 0, min(first, limit+1))
+	}
 	for len(data) <= limit {
 		if len(data) == cap(data) {
 			data = slices.Grow(data, min(limit+1-len(data), max(len(data), 4<<10), readChunk))
@@ -106,15 +108,16 @@ func (s *Store) atEnd(st abi.Stream) bool {
 }
 
 // readDoc reads and closes the body of a successful answer that is a
-// document of at most limit bytes (a manifest, a tag list, a config).
-func (c *call) readDoc(what string, resp *abi.Response, limit int) ([]byte, error) {
+// document of at most limit bytes (a manifest, a tag list, a config), into
+// buf if it has room.
+func (c *call) readDoc(what string, resp *abi.Response, limit int, buf []byte) ([]byte, error) {
 	s := c.s
 	defer s.h.Close(resp.Body)
 	size, err := strconv.Atoi(resp.Get("Content-Length"))
 	if err != nil {
 		size = -1
 	}
-	data, more, err := s.read(resp.Body, limit, size)
+	data, more, err := s.read(resp.Body, buf, limit, size)
 	if err != nil {
 		return nil, &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf(
 			"%s: reading the %s from registry %s failed: %v: try again", c.action(), what, s.loc.Registry, err)}

@@ -131,38 +131,28 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	s := c.s
 	req, sentN, lastSent, n := c.tagPage(first, prefix), true, prefix, first
 	var macs []abi.MAC
+	// The pages are read into one buffer, made for a page of ours with
+	// room to spare for the JSON around the tags: grown as it is read, it
+	// would be allocated and copied several times a page, which costs the
+	// sandbox more than its own work.
+	buf := make([]byte, 0, n*tagSize(prefix)+4<<10)
 	for pages := 0; req != nil; pages++ {
 		if pages == maxPages {
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
 		}
 		current := req
-		// next is the request of the page the Link names, if any.
-		next := func(header []abi.Header) *abi.Request {
-			link := nextLink(headerValues(header, "Link"))
-			if link == "" {
-				return nil
+		// The answer's Link, and the page it names started from its
+		// headers: the headers of every 200 answer come here, so after a
+		// retry next is the last answer's.
+		var next *abi.Request
+		var early abi.Pending
+		var earlyURL string
+		d, err := c.getStartedDoc("tag list", current, started, docTuning{limit: maxTagPage, buf: buf, headers: func(header []abi.Header) {
+			next = c.linkedPage(current.URL, header, n)
+			if early == 0 && next != nil && linkLast(next.URL, prefix) {
+				early, earlyURL = c.start(next), next.URL
 			}
-			u := resolveLink(current.URL, link)
-			if n != s.pageSize {
-				// The registry's link repeats our n: after a short
-				// first page, the next ones are full.
-				u = withN(u, s.pageSize)
-			}
-			if u == current.URL {
-				return nil
-			}
-			return &abi.Request{Method: "GET", URL: u}
-		}
-		var early *abi.Request
-		var earlyStarted abi.Pending
-		d, err := c.getStartedDoc("tag list", current, started, maxTagPage, "", func(header []abi.Header) {
-			if early != nil {
-				return // a retry: the page started from the first answer stands
-			}
-			if r := next(header); r != nil && linkHasLast(r.URL, prefix) {
-				early, earlyStarted = r, c.start(r)
-			}
-		})
+		}})
 		started, req = 0, nil
 		if err != nil {
 			return nil, err
@@ -178,23 +168,24 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 		case d.status != 200:
 			return nil, d.err
 		}
-		if req = next(d.header); req != nil {
+		if req = next; req != nil {
 			n = s.pageSize
 			switch {
-			case early != nil && early.URL == req.URL:
-				started = earlyStarted
+			case early != 0 && earlyURL == req.URL:
+				started = early
 			case endsWithTag(d.data, prefix):
 				started = c.start(req)
 			}
 		}
 		// Room for the page's MACs at once: grown a MAC at a time, the
 		// slice's allocations cost the sandbox as much as the decoding.
-		macs = slices.Grow(macs, len(d.data)/(len(`"",`)+len(prefix)+2*abi.MACSize))
+		macs = slices.Grow(macs, len(d.data)/tagSize(prefix))
 		var p pageInfo
 		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
+		buf = d.data // decoded: the next page may be read into it
 		// Past the prefix in a sorted list, no tag of ours is left. (A
 		// next page started here is then cancelled when the call returns.)
 		if p.beyond {
@@ -218,11 +209,42 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	return macs, nil
 }
 
-// linkHasLast tells whether the next page's URL asks for the tags after
-// one that starts with prefix.
-func linkHasLast(next, prefix string) bool {
-	u, err := url.Parse(next)
-	return err == nil && strings.HasPrefix(u.Query().Get("last"), prefix)
+// tagSize is the size of one of our tags in a page: quoted, and a comma.
+func tagSize(prefix string) int { return len(`"",`) + len(prefix) + 2*abi.MACSize }
+
+// linkedPage is the request for the page that the Link of an answer to
+// current names, if any, asking for pageSize tags if n was not that.
+func (c *call) linkedPage(current string, header []abi.Header, n int) *abi.Request {
+	link := nextLink(headerValues(header, "Link"))
+	if link == "" {
+		return nil
+	}
+	u := resolveLink(current, link)
+	if n != c.s.pageSize {
+		// The registry's link repeats our n: after a short first page,
+		// the next ones are full.
+		u = withN(u, c.s.pageSize)
+	}
+	if u == current {
+		return nil
+	}
+	return &abi.Request{Method: "GET", URL: u}
+}
+
+// linkLast tells whether the query of a page's URL asks for the tags
+// after one that starts with prefix. Our prefixes need no escaping, so
+// the query is searched as it is: url.Query would cost the sandbox
+// several times what reading the page's headers does.
+func linkLast(page, prefix string) bool {
+	_, q, _ := strings.Cut(page, "?")
+	for q != "" {
+		var kv string
+		kv, q, _ = strings.Cut(q, "&")
+		if v, ok := strings.CutPrefix(kv, "last="); ok {
+			return strings.HasPrefix(v, prefix)
+		}
+	}
+	return false
 }
 
 // endsWithTag tells whether the last string of a tag list page, its last

@@ -233,14 +233,25 @@ func (d *doc) get(name string) string {
 // digest, headerDigest, or "" for no check). The error is for failures
 // that no status explains: no answer, an unreadable or oversized body.
 func (c *call) getDoc(what, url string, header []abi.Header, limit int, want string) (*doc, error) {
-	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, limit, want, nil)
+	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, docTuning{limit: limit, want: want})
+}
+
+// docTuning is how getStartedDoc reads a document: getDoc's limit and
+// want, and what a list, reading pages one after another, adds.
+type docTuning struct {
+	limit int
+	want  string
+	// headers, if not nil, sees the headers of each 200 answer before its
+	// body is read, so that the next request can start while the body
+	// comes (http.start).
+	headers func([]abi.Header)
+	// buf, if it has room, is where the body is read.
+	buf []byte
 }
 
 // getStartedDoc is getDoc of req, which started is the request of if it
-// is not 0 (see exchangeStarted). headers, if not nil, sees the headers of
-// each 200 answer before its body is read, so that the caller can start
-// its next request while the body comes (http.start).
-func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending, limit int, want string, headers func([]abi.Header)) (*doc, error) {
+// is not 0 (see exchangeStarted).
+func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending, t docTuning) (*doc, error) {
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			c.retried = true
@@ -255,12 +266,12 @@ func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending,
 			d.err = c.s.fail(c.action(), resp)
 			return d, nil
 		}
-		if headers != nil {
-			headers(resp.Header)
+		if t.headers != nil {
+			t.headers(resp.Header)
 		}
-		d.data, err = c.readDoc(what, resp, limit)
+		d.data, err = c.readDoc(what, resp, t.limit, t.buf)
 		if err == nil {
-			err = checkDigest(c, what, d, want)
+			err = checkDigest(c, what, d, t.want)
 		}
 		if err == nil {
 			return d, nil

@@ -255,7 +255,7 @@ func (c *call) putManifest(tag string, raw []byte) error {
 			s.discard(resp)
 			return nil
 		}
-		body, _, _ := s.read(resp.Body, maxErrorBody, -1)
+		body, _, _ := s.read(resp.Body, nil, maxErrorBody, -1)
 		s.discard(resp)
 		if attempt == 0 && (resp.Status == 400 || resp.Status == 404) &&
 			hasCode(parseRegistryErrors(body), "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN") {

@@ -133,12 +133,20 @@ func liftResponse() (*abi.Response, error) {
 func takeHeaders(ptr, n uint32) []abi.Header {
 	list := view(ptr, n*16)
 	size := 0
+	contiguous := true // each string right after the one before, as our host lowers them
 	for i := uint32(0); i < 2*n; i++ {
+		if i > 0 && le.Uint32(list[i*8:]) != le.Uint32(list[i*8-8:])+le.Uint32(list[i*8-4:]) {
+			contiguous = false
+		}
 		size += int(le.Uint32(list[i*8+4:]))
 	}
 	buf := make([]byte, 0, size)
-	for i := uint32(0); i < 2*n; i++ {
-		buf = append(buf, view(le.Uint32(list[i*8:]), le.Uint32(list[i*8+4:]))...)
+	if contiguous && n > 0 {
+		buf = append(buf, view(le.Uint32(list), uint32(size))...)
+	} else {
+		for i := uint32(0); i < 2*n; i++ {
+			buf = append(buf, view(le.Uint32(list[i*8:]), le.Uint32(list[i*8+4:]))...)
+		}
 	}
 	all := unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
 	headers := make([]abi.Header, n)

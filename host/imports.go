@@ -184,21 +184,28 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 		writeArea(mod, ret, errorArea(ctx, c, err.Error()))
 		return
 	}
-	// One allocation: the header tuples, then their strings.
-	strs := make([]string, 0, 2*len(resp.Header))
+	// One block, one cabi_realloc: the header tuples, then their strings
+	// one after another (the guest copies them out at once).
+	size := 16 * len(resp.Header)
 	for _, h := range resp.Header {
-		strs = append(strs, h[0], h[1])
+		size += len(h[0]) + len(h[1])
 	}
-	addrs := lowerStrings(ctx, c, strs...)
-	tuples := make([]byte, 16*len(resp.Header))
-	for i, s := range strs {
-		le.PutUint32(tuples[8*i:], addrs[i])
-		le.PutUint32(tuples[8*i+4:], uint32(len(s)))
-	}
-	tuplesPtr, err := c.inst.lower(ctx, tuples, 4)
+	block := make([]byte, 16*len(resp.Header), size)
+	base, err := c.inst.alloc(ctx, uint32(size), 4)
 	if err != nil {
 		panic(err)
 	}
+	for i, h := range resp.Header {
+		for j, s := range h {
+			le.PutUint32(block[16*i+8*j:], base+uint32(len(block)))
+			le.PutUint32(block[16*i+8*j+4:], uint32(len(s)))
+			block = append(block, s...)
+		}
+	}
+	if !mod.Memory().Write(base, block) {
+		panic("oci plugin: cabi_realloc returned memory out of bounds")
+	}
+	tuplesPtr := base
 	area := make([]byte, 20)
 	le.PutUint16(area[4:], uint16(resp.Status))
 	le.PutUint32(area[8:], tuplesPtr)

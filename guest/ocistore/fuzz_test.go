@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,6 +169,19 @@ func FuzzRetryAfter(f *testing.F) {
 		d := retryAfter(v, now)
 		if d < 0 {
 			t.Fatalf("retryAfter(%q) = %v", v, d)
+		}
+	})
+}
+
+func FuzzParseDecimal(f *testing.F) {
+	for _, s := range []string{"0", "42", "18446744073709551615", "18446744073709551616", "99999999999999999999", "", "-1", "+1", "1_000", " 1", "0x10", "007"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := parseDecimal(s)
+		want, err := strconv.ParseUint(s, 10, 64)
+		if ok != (err == nil) || ok && got != want {
+			t.Fatalf("parseDecimal(%q) = %d, %v; strconv.ParseUint gives %d, %v", s, got, ok, want, err)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -128,14 +129,9 @@ func validDigest(d string) bool {
 	return ok && isHex64(h)
 }
 
+// isHex64 tells whether s is 64 lowercase hex digits, eight at a time
+// (decodeMAC): every get checks the digest it found in the cache.
 func isHex64(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
+	var mac abi.MAC
+	return decodeMAC(&mac, unsafe.Slice(unsafe.StringData(s), len(s)))
 }

@@ -3,6 +3,7 @@ package ocistore
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"math"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -114,9 +115,9 @@ func cacheValue(d descriptor) string { return d.Digest + " " + strconv.FormatInt
 
 func parseCacheValue(v string) (descriptor, bool) {
 	dg, sz, ok := strings.Cut(v, " ")
-	size, err := strconv.ParseInt(sz, 10, 64)
-	if !ok || err != nil || size < 0 || !validDigest(dg) {
+	size, isNumber := parseDecimal(sz)
+	if !ok || !isNumber || size > math.MaxInt64 || !validDigest(dg) {
 		return descriptor{}, false
 	}
-	return descriptor{Digest: dg, Size: size}, true
+	return descriptor{Digest: dg, Size: int64(size)}, true
 }

@@ -39,6 +39,7 @@ type testHost struct {
 	pending   map[abi.Pending]startedRequest
 	started   abi.Pending
 	abandoned int // started and never finished
+	slices    int // streams.slice calls
 }
 
 type startedRequest struct {
@@ -242,6 +243,9 @@ func (h *testHost) Digest(id abi.Stream) (string, uint64) {
 }
 
 func (h *testHost) Slice(id abi.Stream, skip, length uint64) abi.Stream {
+	h.mu.Lock()
+	h.slices++
+	h.mu.Unlock()
 	src := h.remove(id)
 	r := io.MultiReader(readerFunc(func([]byte) (int, error) {
 		if _, err := io.CopyN(io.Discard, src, int64(skip)); err != nil && err != io.EOF {

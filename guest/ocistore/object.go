@@ -158,7 +158,12 @@ func (c *call) fetchRange(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 			return 0, errorf(abi.ErrOther, "%s: registry %s answered Content-Range %q to Range bytes=%d-%d: refusing bytes that may be the wrong ones",
 				c.action(), s.loc.Registry, got, off, last)
 		}
-		// Slice also guards against a registry sending more than asked.
+		// An HTTP body ends at its Content-Length: when that is what was
+		// asked for, the body is the range, and a call to the host is
+		// saved. Otherwise Slice guards against a registry sending more.
+		if n, ok := parseDecimal(resp.Get("Content-Length")); ok && n == want {
+			return resp.Body, nil
+		}
 		return s.h.Slice(resp.Body, 0, want), nil
 	case 200:
 		// The registry ignored Range and sends the whole blob.

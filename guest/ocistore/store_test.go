@@ -397,6 +397,36 @@ func TestRangeIgnored(t *testing.T) {
 	wantCode(t, "Get past the end", err, abi.ErrRangeNotSatisfiable)
 }
 
+// TestRangeLonger: a 206 answer whose body is what was asked for is handed
+// over as it is; a longer one is cut to the range.
+func TestRangeLonger(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mws    []middleware
+		slices int
+	}{{"exact", nil, 0}, {"longer", []middleware{widenRange}, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := newHarness(t, tc.mws...)
+			mac := testMAC(1)
+			x.must("Put", x.put(abi.KindPackfile, mac, []byte("0123456789")))
+			before := x.host.slices
+			for _, r := range []struct {
+				off  uint64
+				n    uint32
+				want string
+			}{{2, 3, "234"}, {0, 4, "0123"}} {
+				b, err := x.get(abi.KindPackfile, mac, &abi.Range{Offset: r.off, Length: r.n})
+				if err != nil || string(b) != r.want {
+					t.Errorf("Get [%d+%d] = %q, %v; want %q", r.off, r.n, b, err, r.want)
+				}
+			}
+			if got := x.host.slices - before; got != tc.slices {
+				t.Errorf("%d streams.slice calls for 2 ranged gets, want %d", got, tc.slices)
+			}
+		})
+	}
+}
+
 func TestGetCorrupted(t *testing.T) {
 	x := newHarness(t, corruptBlobs)
 	mac := testMAC(1)

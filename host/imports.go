@@ -205,10 +205,9 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 	if !mod.Memory().Write(base, block) {
 		panic("oci plugin: cabi_realloc returned memory out of bounds")
 	}
-	tuplesPtr := base
 	area := make([]byte, 20)
 	le.PutUint16(area[4:], uint16(resp.Status))
-	le.PutUint32(area[8:], tuplesPtr)
+	le.PutUint32(area[8:], base)
 	le.PutUint32(area[12:], uint32(len(resp.Header)))
 	le.PutUint32(area[16:], uint32(resp.Body))
 	writeArea(mod, ret, area)

@@ -40,6 +40,7 @@ type testHost struct {
 	started   abi.Pending
 	abandoned int // started and never finished
 	slices    int // streams.slice calls
+	closes    int // streams.close calls
 }
 
 type startedRequest struct {
@@ -63,6 +64,7 @@ type testStream struct {
 	err    error
 	uri    string // of the request a response body answers
 	read   bool
+	empty  bool // an answer's body of Content-Length 0, which the store may leave to the host
 }
 
 func (s *testStream) Read(p []byte) (int, error) {
@@ -132,7 +134,8 @@ type closerFunc func() error
 func (f closerFunc) Close() error { return f() }
 
 // endCall does what the host does when an export returns: it closes what is
-// left, and here fails the test for response bodies the store forgot.
+// left, and here fails the test for response bodies the store forgot (but
+// empty ones, which discard leaves to the host).
 func (h *testHost) endCall() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -146,7 +149,7 @@ func (h *testHost) endCall() {
 		delete(h.pending, p)
 	}
 	for id, s := range h.streams {
-		if !s.owned {
+		if !s.owned && !s.empty {
 			h.t.Errorf("stream %d (a response body) left open by the store", id)
 		}
 		if s.c != nil {
@@ -194,7 +197,7 @@ func (h *testHost) RoundTrip(req *abi.Request) (*abi.Response, error) {
 			hdr = append(hdr, abi.Header{k, v})
 		}
 	}
-	id := h.add(&testStream{r: resp.Body, c: resp.Body, h: sha256.New(), uri: hr.URL.RequestURI()})
+	id := h.add(&testStream{r: resp.Body, c: resp.Body, h: sha256.New(), uri: hr.URL.RequestURI(), empty: resp.Header.Get("Content-Length") == "0"})
 	return &abi.Response{Status: resp.StatusCode, Header: hdr, Body: id}, nil
 }
 
@@ -266,6 +269,9 @@ func (h *testHost) Verify(id abi.Stream, digest string, size uint64) {
 }
 
 func (h *testHost) Close(id abi.Stream) {
+	h.mu.Lock()
+	h.closes++
+	h.mu.Unlock()
 	if s := h.remove(id); s.c != nil {
 		s.c.Close()
 	}

@@ -69,8 +69,16 @@ func (s *Store) failWith(action string, resp *abi.Response, body []byte) *abi.Er
 	return err
 }
 
-// discard closes the body of an answer whose content does not matter.
-func (s *Store) discard(resp *abi.Response) { s.h.Close(resp.Body) }
+// discard closes the body of an answer whose content does not matter. An
+// empty one (Content-Length: 0, as registries answer a POST or a PUT) is
+// left to the host, which closes what a call leaves open when it returns
+// (wit/storage.wit): a call to the host costs the sandboxed guest more
+// than the host's side of it, and a put would make three for nothing.
+func (s *Store) discard(resp *abi.Response) {
+	if resp.Get("Content-Length") != "0" {
+		s.h.Close(resp.Body)
+	}
+}
 
 // read reads st up to limit bytes, into buf if it has room; more tells
 // whether st had more. size, when it is not -1, is how many bytes st

@@ -427,6 +427,25 @@ func TestRangeLonger(t *testing.T) {
 	}
 }
 
+// TestPutLeavesEmptyAnswers: the registry's answers to a put have no body,
+// and the store leaves them to the host rather than close each one.
+func TestPutLeavesEmptyAnswers(t *testing.T) {
+	x := newHarness(t)
+	before := x.host.closes
+	x.must("Put", x.put(abi.KindPackfile, testMAC(1), []byte("0123456789")))
+	if got := x.host.closes - before; got != 0 {
+		t.Errorf("a put closed %d streams, want 0: its answers are empty", got)
+	}
+	// An answer with a body is still closed: a get of a missing object.
+	before = x.host.closes
+	if _, err := x.get(abi.KindPackfile, testMAC(2), nil); codeOf(err) != abi.ErrNotFound {
+		t.Fatalf("Get of a missing object: %v", err)
+	}
+	if x.host.closes == before {
+		t.Errorf("the answer to a get of a missing object was not closed")
+	}
+}
+
 func TestGetCorrupted(t *testing.T) {
 	x := newHarness(t, corruptBlobs)
 	mac := testMAC(1)

@@ -5,6 +5,7 @@ package main
 import (
 	"github.com/plakar-oci/ocistore/abi"
 	"github.com/plakar-oci/ocistore/guest/ocistore"
+	"unsafe"
 )
 
 // The exports of interface plakar:storage/store: each lifts its parameters,
@@ -100,10 +101,13 @@ func list(kind uint32) uint32 {
 	// point at.
 	n := uint32(len(macs))
 	ptr, block := alloc(n * (8 + abi.MACSize))
-	for i, mac := range macs {
-		data := n*8 + uint32(i)*abi.MACSize
-		copy(block[data:], mac[:])
-		le.PutUint32(block[i*8:], ptr+data)
+	if n > 0 {
+		// The MACs in one copy, then their descriptors: a copy per MAC
+		// was a call to memmove per MAC, in the sandbox.
+		copy(block[n*8:], unsafe.Slice(&macs[0][0], n*abi.MACSize))
+	}
+	for i := range n {
+		le.PutUint32(block[i*8:], ptr+n*8+i*abi.MACSize)
 		le.PutUint32(block[i*8+4:], abi.MACSize)
 	}
 	area := newArea(12)

@@ -201,7 +201,9 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
 	// a registry that ignores last repeats tags across pages.
 	for i := 1; i < len(macs); i++ {
-		if compareMAC(macs[i-1], macs[i]) >= 0 {
+		// macLess, its first words compared here: no call a MAC.
+		x, y := binary.BigEndian.Uint64(macs[i-1][:]), binary.BigEndian.Uint64(macs[i][:])
+		if x > y || x == y && compareMAC(macs[i-1], macs[i]) >= 0 {
 			slices.SortFunc(macs, compareMAC)
 			return slices.Compact(macs), nil
 		}

@@ -835,6 +835,7 @@ const (
 	childRoot     = "OCISTORE_RELIABILITY_ROOT"
 	childCache    = "OCISTORE_RELIABILITY_CACHE"
 	childPeers    = "OCISTORE_RELIABILITY_PEERS"
+	childBarrier  = "OCISTORE_RELIABILITY_BARRIER"
 )
 
 func runChild() int {
@@ -848,10 +849,15 @@ func runChild() int {
 }
 
 // barrierStore holds the first packfile put until the repository has
-// peers locks: every backup holds its lock at the same time as the others.
+// peers locks, and then until every peer has seen as many (each marks it
+// with a file in dir): every backup holds its lock at the same time as the
+// others, and none lets its lock go before the others have seen it. With
+// the first half alone, a backup could see both locks, finish and delete
+// its own before a slower one looked.
 type barrierStore struct {
 	storage.Store
 	peers int
+	dir   string
 	once  sync.Once
 	err   error
 }
@@ -863,10 +869,24 @@ func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac
 			for {
 				locks, err := b.Store.List(ctx, storage.StorageResourceLock)
 				if err == nil && len(locks) >= b.peers {
-					return
+					break
 				}
 				if time.Now().After(deadline) {
 					b.err = fmt.Errorf("waited a minute for %d locks, the last list gave %d (%v)", b.peers, len(locks), err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if b.err = os.WriteFile(filepath.Join(b.dir, fmt.Sprint(os.Getpid())), nil, 0o644); b.err != nil {
+				return
+			}
+			for {
+				seen, err := os.ReadDir(b.dir)
+				if err == nil && len(seen) >= b.peers {
+					return
+				}
+				if time.Now().After(deadline) {
+					b.err = fmt.Errorf("waited a minute for %d backups to see every lock, %d did (%v)", b.peers, len(seen), err)
 					return
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -898,7 +918,9 @@ func childBackup() (id objects.MAC, err error) {
 				mu.Unlock()
 			}
 		},
-		WrapStore: func(s storage.Store) storage.Store { return &barrierStore{Store: s, peers: peers} },
+		WrapStore: func(s storage.Store) storage.Store {
+			return &barrierStore{Store: s, peers: peers, dir: os.Getenv(childBarrier)}
+		},
 	})
 	if err != nil {
 		return objects.NilMac, err
@@ -949,6 +971,7 @@ func TestReliabilityConcurrentBackups(t *testing.T) {
 		err         error
 	}
 	results := make([]*result, len(srcs))
+	barrier := t.TempDir()
 	var wg sync.WaitGroup
 	for i, src := range srcs {
 		r := &result{}
@@ -960,6 +983,7 @@ func TestReliabilityConcurrentBackups(t *testing.T) {
 			childRoot+"="+src.root,
 			childCache+"="+t.TempDir(),
 			childPeers+"="+fmt.Sprint(len(srcs)),
+			childBarrier+"="+barrier,
 		)
 		cmd.Stdout, cmd.Stderr = &r.out, &r.errOut
 		wg.Add(1)

@@ -162,7 +162,7 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	}
 	o.setPhase("done")
 	// What a later command will see: the new snapshot is in the state.
-	if err := v.repo.RebuildState(); err != nil {
+	if err := v.rebuildState(); err != nil {
 		return nil, fmt.Errorf("reading the state back after the backup: %w", cause(kctx, err))
 	}
 
@@ -240,4 +240,17 @@ func scanTree(done, stop <-chan struct{}, root string) (files, bytes int64, ok b
 		return nil
 	})
 	return files, bytes, err == nil
+}
+
+// rebuildState reads the repository's state again. A backup running at
+// the same time may merge states and delete those it merged, between the
+// listing of the states and the reading of one: listed again, the merged
+// state is there instead.
+func (v *Vault) rebuildState() error {
+	for attempt := 1; ; attempt++ {
+		err := v.repo.RebuildState()
+		if err == nil || attempt == 3 || !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
 }

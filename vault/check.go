@@ -87,7 +87,7 @@ func (v *Vault) Remove(ref string) (objects.MAC, error) {
 	if err := v.repo.DeleteSnapshot(id); err != nil {
 		return objects.NilMac, fmt.Errorf("removing %x: %w", id[:4], cause(v.kctx, err))
 	}
-	if err := v.repo.RebuildState(); err != nil {
+	if err := v.rebuildState(); err != nil {
 		return objects.NilMac, fmt.Errorf("reading the state back after removing %x: %w", id[:4], cause(v.kctx, err))
 	}
 	return id, nil

@@ -18,11 +18,8 @@ var store *ocistore.Store
 //go:wasmexport plakar:storage/store@0.2.0#configure
 func configure(ptr, n uint32) uint32 {
 	options := map[string]string{}
-	pairs := take(ptr, n*16)
-	for i := uint32(0); i < n; i++ {
-		e := pairs[i*16:]
-		key := takeString(le.Uint32(e[0:]), le.Uint32(e[4:]))
-		options[key] = takeString(le.Uint32(e[8:]), le.Uint32(e[12:]))
+	for _, o := range takePairs(ptr, n) {
+		options[o[0]] = o[1]
 	}
 	err := guard(func() (err error) {
 		store, err = ocistore.New(host{}, options)

@@ -123,14 +123,16 @@ func liftResponse() (*abi.Response, error) {
 		return nil, errors.New(takeString(le.Uint32(b[4:]), le.Uint32(b[8:])))
 	}
 	resp := &abi.Response{Status: int(le.Uint16(b[4:])), Body: abi.Stream(le.Uint32(b[16:]))}
-	resp.Header = takeHeaders(le.Uint32(b[8:]), le.Uint32(b[12:]))
+	resp.Header = takePairs(le.Uint32(b[8:]), le.Uint32(b[12:]))
 	return resp, nil
 }
 
-// takeHeaders copies a list<tuple<string, string>> out of host memory. All
-// its strings go into one allocation: an answer has a dozen headers, and
-// two allocations each were a good part of what lifting it cost.
-func takeHeaders(ptr, n uint32) []abi.Header {
+// takePairs copies a list<tuple<string, string>> (an answer's headers,
+// configure's options) out of host memory. All its strings go into one
+// allocation, and one copy when they are contiguous, as our host lowers
+// them: an answer has a dozen headers, and two allocations each were a
+// good part of what lifting it cost.
+func takePairs(ptr, n uint32) []abi.Header {
 	list := view(ptr, n*16)
 	size := 0
 	contiguous := true // each string right after the one before, as our host lowers them

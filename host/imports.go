@@ -184,26 +184,9 @@ func lowerResponse(ctx context.Context, c callState, mod api.Module, ret uint64,
 		writeArea(mod, ret, errorArea(ctx, c, err.Error()))
 		return
 	}
-	// One block, one cabi_realloc: the header tuples, then their strings
-	// one after another (the guest copies them out at once).
-	size := 16 * len(resp.Header)
-	for _, h := range resp.Header {
-		size += len(h[0]) + len(h[1])
-	}
-	block := make([]byte, 16*len(resp.Header), size)
-	base, err := c.inst.alloc(ctx, uint32(size), 4)
+	base, err := c.inst.lowerPairs(ctx, resp.Header)
 	if err != nil {
 		panic(err)
-	}
-	for i, h := range resp.Header {
-		for j, s := range h {
-			le.PutUint32(block[16*i+8*j:], base+uint32(len(block)))
-			le.PutUint32(block[16*i+8*j+4:], uint32(len(s)))
-			block = append(block, s...)
-		}
-	}
-	if !mod.Memory().Write(base, block) {
-		panic("oci plugin: cabi_realloc returned memory out of bounds")
 	}
 	area := make([]byte, 20)
 	le.PutUint16(area[4:], uint16(resp.Status))

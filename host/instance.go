@@ -122,10 +122,41 @@ func (inst *instance) lower(ctx context.Context, b []byte, align uint32) (uint32
 		return 0, nil
 	}
 	ptr, err := inst.alloc(ctx, uint32(len(b)), align)
-	if err == nil && !inst.mod.Memory().Write(ptr, b) {
-		err = errors.New("oci plugin: cabi_realloc returned memory out of bounds")
+	if err == nil {
+		err = inst.write(ptr, b)
 	}
 	return ptr, err
+}
+
+// lowerPairs lowers a list<tuple<string, string>> (configure's options, an
+// answer's headers) in one block, with one cabi_realloc: the tuples, then
+// their strings one after another, which the guest can copy out at once.
+func (inst *instance) lowerPairs(ctx context.Context, pairs [][2]string) (uint32, error) {
+	size := 16 * len(pairs)
+	for _, p := range pairs {
+		size += len(p[0]) + len(p[1])
+	}
+	base, err := inst.alloc(ctx, uint32(size), 4)
+	if err != nil {
+		return 0, err
+	}
+	block := make([]byte, 16*len(pairs), size)
+	for i, p := range pairs {
+		for j, s := range p {
+			le.PutUint32(block[16*i+8*j:], base+uint32(len(block)))
+			le.PutUint32(block[16*i+8*j+4:], uint32(len(s)))
+			block = append(block, s...)
+		}
+	}
+	return base, inst.write(base, block)
+}
+
+// write copies b to guest memory at ptr, which cabi_realloc returned.
+func (inst *instance) write(ptr uint32, b []byte) error {
+	if !inst.mod.Memory().Write(ptr, b) {
+		return errors.New("oci plugin: cabi_realloc returned memory out of bounds")
+	}
+	return nil
 }
 
 func (inst *instance) alloc(ctx context.Context, n, align uint32) (uint32, error) {
@@ -141,26 +172,9 @@ func (inst *instance) alloc(ctx context.Context, n, align uint32) (uint32, error
 // discriminant at 0 and the error at 4, or at 8 for 8-aligned payloads.
 
 func (inst *instance) configure(ctx context.Context, sess *session.Session, options [][2]string) error {
-	// One allocation for the list of tuples and the strings after it.
-	size := uint32(16 * len(options))
-	for _, o := range options {
-		size += uint32(len(o[0]) + len(o[1]))
-	}
-	block := make([]byte, size)
-	ptr, err := inst.alloc(ctx, size, 4)
+	ptr, err := inst.lowerPairs(ctx, options)
 	if err != nil {
 		return err
-	}
-	data := uint32(16 * len(options))
-	for i, o := range options {
-		for j, s := range o {
-			le.PutUint32(block[16*i+8*j:], ptr+data)
-			le.PutUint32(block[16*i+8*j+4:], uint32(len(s)))
-			data += uint32(copy(block[data:], s))
-		}
-	}
-	if !inst.mod.Memory().Write(ptr, block) {
-		return errors.New("oci plugin: cabi_realloc returned memory out of bounds")
 	}
 	return inst.call(ctx, sess, abi.ExportConfigure, unitResult, uint64(ptr), uint64(len(options)))
 }

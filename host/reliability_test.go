@@ -866,30 +866,20 @@ func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac
 	if res == storage.StorageResourcePackfile {
 		b.once.Do(func() {
 			deadline := time.Now().Add(time.Minute)
-			for {
+			b.err = poll(deadline, func() (bool, error) {
 				locks, err := b.Store.List(ctx, storage.StorageResourceLock)
-				if err == nil && len(locks) >= b.peers {
-					break
-				}
-				if time.Now().After(deadline) {
-					b.err = fmt.Errorf("waited a minute for %d locks, the last list gave %d (%v)", b.peers, len(locks), err)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
+				return err == nil && len(locks) >= b.peers,
+					fmt.Errorf("waited a minute for %d locks, the last list gave %d (%v)", b.peers, len(locks), err)
+			})
+			if b.err == nil {
+				b.err = os.WriteFile(filepath.Join(b.dir, fmt.Sprint(os.Getpid())), nil, 0o644)
 			}
-			if b.err = os.WriteFile(filepath.Join(b.dir, fmt.Sprint(os.Getpid())), nil, 0o644); b.err != nil {
-				return
-			}
-			for {
-				seen, err := os.ReadDir(b.dir)
-				if err == nil && len(seen) >= b.peers {
-					return
-				}
-				if time.Now().After(deadline) {
-					b.err = fmt.Errorf("waited a minute for %d backups to see every lock, %d did (%v)", b.peers, len(seen), err)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
+			if b.err == nil {
+				b.err = poll(deadline, func() (bool, error) {
+					seen, err := os.ReadDir(b.dir)
+					return err == nil && len(seen) >= b.peers,
+						fmt.Errorf("waited a minute for %d backups to see every lock, %d did (%v)", b.peers, len(seen), err)
+				})
 			}
 		})
 		if b.err != nil {
@@ -897,6 +887,21 @@ func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac
 		}
 	}
 	return b.Store.Put(ctx, res, mac, rd)
+}
+
+// poll asks ready every 20 ms until it says yes, or until deadline, and
+// then returns the error it gave last.
+func poll(deadline time.Time, ready func() (bool, error)) error {
+	for {
+		ok, why := ready()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return why
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func childBackup() (id objects.MAC, err error) {

@@ -303,19 +303,15 @@ func (h *testHost) Log(level abi.Level, msg string) {
 }
 
 // takeRequests returns the requests made since the last call.
-func (h *testHost) takeRequests() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	r := h.requests
-	h.requests = nil
-	return r
-}
+func (h *testHost) takeRequests() []string { return h.take(&h.requests) }
 
 // takeEvents returns the events recorded since the last call.
-func (h *testHost) takeEvents() []string {
+func (h *testHost) takeEvents() []string { return h.take(&h.events) }
+
+func (h *testHost) take(log *[]string) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	e := h.events
-	h.events = nil
-	return e
+	l := *log
+	*log = nil
+	return l
 }

@@ -46,11 +46,17 @@ func (t *handles[T]) remove(h uint32) *T {
 	return v
 }
 
-// drain forgets everything and returns it, nil where one was removed. The
-// table gets a fresh array: the caller uses the old one outside the lock.
+// drain forgets everything and returns what was still there. The table
+// gets a fresh array: the caller uses the old one outside the lock.
 func (t *handles[T]) drain() []*T {
 	items := t.items
 	t.base += uint32(len(items))
 	t.items, t.live = nil, 0
-	return items
+	live := items[:0]
+	for _, v := range items {
+		if v != nil {
+			live = append(live, v)
+		}
+	}
+	return live
 }

@@ -76,9 +76,6 @@ func (s *Session) abandon() {
 	started := s.started.drain()
 	s.mu.Unlock()
 	for _, p := range started {
-		if p == nil {
-			continue
-		}
 		p.cancel()
 		go func() {
 			<-p.done

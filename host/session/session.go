@@ -231,9 +231,6 @@ func (s *Session) CloseAll() {
 	table := s.streams.drain()
 	s.mu.Unlock()
 	for _, st := range table {
-		if st == nil {
-			continue
-		}
 		if err := st.Close(); err != nil {
 			s.env.log.Debug("closing a stream left open", "error", err)
 		}

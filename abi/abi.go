@@ -251,6 +251,14 @@ const RefusedMarker = "outside the store's registry"
 // Host is what the host lends the guest, as Go: the imports of the world
 // plugin. The guest's store logic is written against it, so that it runs the
 // same inside wasm (through the imports) and natively (for comparison).
+//
+// Memory is lent for one export call, both ways, as the canonical ABI lends
+// it: what the guest passes (a request, its strings and bytes, a cache
+// entry, a digest to verify) may be reused by the guest once the export
+// call returns, so a host keeps a copy of what it keeps; what the host
+// returns (an answer, its headers, a digest, a cache value) may be reused
+// by the host, or by the guest's glue, once the export call returns. The
+// guest reuses that memory so as not to allocate (guest/internal/scratch).
 type Host interface {
 	// RoundTrip is http.round-trip.
 	RoundTrip(req *Request) (*Response, error)

@@ -18,7 +18,7 @@ var store *ocistore.Store
 //go:wasmexport plakar:storage/store@0.2.0#configure
 func configure(ptr, n uint32) uint32 {
 	options := map[string]string{}
-	for _, o := range takePairs(ptr, n) {
+	for _, o := range takePairs(ptr, n, nil, nil) {
 		options[o[0]] = o[1]
 	}
 	err := guard(func() (err error) {
@@ -211,6 +211,10 @@ func call(f func(*ocistore.Store) error) error {
 	if store == nil {
 		return abi.Errorf(abi.ErrInvalidConfig, "the plugin was called before configure")
 	}
+	// A new export call: the memory the last one lent the host, and what
+	// it lifted, are free again (abi.Host).
+	resetLifted()
+	store.Reset()
 	return guard(func() error { return f(store) })
 }
 

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/guest/internal/scratch"
 )
 
 // The imports of interfaces http, streams, cache and log, and host, the
@@ -115,6 +117,21 @@ func lowerRequest(req *abi.Request, call func(method, url, headers, body [2]uint
 	runtime.KeepAlive(headers)
 }
 
+// lifted is the memory of what the guest lifts from the host in an export
+// call (answers, their headers, digests, cache values), reused by the next
+// export call: abi.Host lends it for the call, and lifting then makes no
+// Go allocation (package scratch says why that matters).
+var lifted struct {
+	bytes     scratch.Bytes
+	responses scratch.Slots[abi.Response]
+}
+
+// resetLifted starts an export call.
+func resetLifted() {
+	lifted.bytes.Reset()
+	lifted.responses.Reset()
+}
+
 // liftResponse lifts the result<response, string> in ret.
 func liftResponse() (*abi.Response, error) {
 	defer releaseAll()
@@ -122,17 +139,24 @@ func liftResponse() (*abi.Response, error) {
 	if b[0] != 0 {
 		return nil, errors.New(takeString(le.Uint32(b[4:]), le.Uint32(b[8:])))
 	}
-	resp := &abi.Response{Status: int(le.Uint16(b[4:])), Body: abi.Stream(le.Uint32(b[16:]))}
-	resp.Header = takePairs(le.Uint32(b[8:]), le.Uint32(b[12:]))
+	resp := lifted.responses.Next()
+	*resp = abi.Response{Status: int(le.Uint16(b[4:])), Body: abi.Stream(le.Uint32(b[16:])),
+		Header: takePairs(le.Uint32(b[8:]), le.Uint32(b[12:]), resp.Header[:0], &lifted.bytes)}
 	return resp, nil
 }
 
+// liftString copies a string out of host memory into lifted.
+func liftString(ptr, n uint32) string {
+	return lifted.bytes.String(func(b []byte) []byte { return append(b, view(ptr, n)...) })
+}
+
 // takePairs copies a list<tuple<string, string>> (an answer's headers,
-// configure's options) out of host memory. All its strings go into one
-// allocation, and one copy when they are contiguous, as our host lowers
-// them: an answer has a dozen headers, and two allocations each were a
-// good part of what lifting it cost.
-func takePairs(ptr, n uint32) []abi.Header {
+// configure's options) out of host memory, appending to headers. Its
+// strings go to mem, or to the heap if mem is nil (configure's options,
+// which the store keeps), in one copy when they are contiguous, as our
+// host lowers them: an answer has a dozen headers, and two allocations
+// each were a good part of what lifting it cost.
+func takePairs(ptr, n uint32, headers []abi.Header, mem *scratch.Bytes) []abi.Header {
 	list := view(ptr, n*16)
 	size := 0
 	contiguous := true // each string right after the one before, as our host lowers them
@@ -142,16 +166,23 @@ func takePairs(ptr, n uint32) []abi.Header {
 		}
 		size += int(le.Uint32(list[i*8+4:]))
 	}
-	buf := make([]byte, 0, size)
-	if contiguous && n > 0 {
-		buf = append(buf, view(le.Uint32(list), uint32(size))...)
-	} else {
+	appendAll := func(buf []byte) []byte {
+		if contiguous && n > 0 {
+			return append(buf, view(le.Uint32(list), uint32(size))...)
+		}
 		for i := uint32(0); i < 2*n; i++ {
 			buf = append(buf, view(le.Uint32(list[i*8:]), le.Uint32(list[i*8+4:]))...)
 		}
+		return buf
 	}
-	all := unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
-	headers := make([]abi.Header, n)
+	var all string
+	if mem != nil {
+		all = mem.String(appendAll)
+	} else {
+		buf := appendAll(make([]byte, 0, size))
+		all = unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
+	}
+	headers = slices.Grow(headers, int(n))[:n]
 	off := 0
 	for i := range headers {
 		for j := range 2 {
@@ -193,7 +224,7 @@ func (host) Digest(s abi.Stream) (string, uint64) {
 	importDigest(uint32(s), ret.ptr())
 	defer releaseAll()
 	b := ret.bytes()
-	return takeString(le.Uint32(b[0:]), le.Uint32(b[4:])), le.Uint64(b[8:])
+	return liftString(le.Uint32(b[0:]), le.Uint32(b[4:])), le.Uint64(b[8:])
 }
 
 func (host) Slice(s abi.Stream, skip, length uint64) abi.Stream {
@@ -215,7 +246,7 @@ func (host) CacheGet(key string) (string, bool) {
 	if b[0] == 0 {
 		return "", false
 	}
-	return takeString(le.Uint32(b[4:]), le.Uint32(b[8:])), true
+	return liftString(le.Uint32(b[4:]), le.Uint32(b[8:])), true
 }
 
 func (host) CacheSet(key, value string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"unsafe"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -94,6 +95,16 @@ func readString(mod api.Module, ptr, n uint64) string {
 	return string(b)
 }
 
+// viewString is readString without the copy: for what the host uses
+// during the import call only, or copies itself.
+func viewString(mod api.Module, ptr, n uint64) string {
+	b, ok := mod.Memory().Read(uint32(ptr), uint32(n))
+	if !ok {
+		panic("oci plugin passed a string outside its memory")
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
 func writeArea(mod api.Module, ptr uint64, area []byte) {
 	if !mod.Memory().Write(uint32(ptr), area) {
 		panic("oci plugin passed a return area outside its memory")
@@ -148,12 +159,13 @@ func finish(ctx context.Context, mod api.Module, stack []uint64) {
 	lowerResponse(ctx, c, mod, stack[1], resp, err)
 }
 
-// liftRequest lifts the http.request of the first 9 stack slots. It copies
-// everything out of guest memory: a started request outlives the call.
+// liftRequest lifts the http.request of the first 9 stack slots as views
+// of guest memory: the session copies what it keeps of a request
+// (session.RoundTrip, Start), as it does for a guest linked with the host.
 func liftRequest(mod api.Module, stack []uint64) *abi.Request {
 	req := &abi.Request{
-		Method:   readString(mod, stack[0], stack[1]),
-		URL:      readString(mod, stack[2], stack[3]),
+		Method:   viewString(mod, stack[0], stack[1]),
+		URL:      viewString(mod, stack[2], stack[3]),
 		BodyKind: abi.BodyKind(stack[6]),
 	}
 	n := uint32(stack[5])
@@ -165,13 +177,17 @@ func liftRequest(mod api.Module, stack []uint64) *abi.Request {
 	for i := range req.Header {
 		e := list[16*i:]
 		req.Header[i] = abi.Header{
-			readString(mod, uint64(le.Uint32(e)), uint64(le.Uint32(e[4:]))),
-			readString(mod, uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:]))),
+			viewString(mod, uint64(le.Uint32(e)), uint64(le.Uint32(e[4:]))),
+			viewString(mod, uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:]))),
 		}
 	}
 	switch req.BodyKind {
 	case abi.BodyBytes:
-		req.Bytes = []byte(readString(mod, stack[7], stack[8]))
+		b, ok := mod.Memory().Read(uint32(stack[7]), uint32(stack[8]))
+		if !ok {
+			panic("oci plugin passed a body outside its memory")
+		}
+		req.Bytes = b
 	case abi.BodyStreamed:
 		req.Stream = abi.Stream(stack[7])
 	}
@@ -244,7 +260,7 @@ func streamSlice(ctx context.Context, _ api.Module, stack []uint64) {
 }
 
 func streamVerify(ctx context.Context, mod api.Module, stack []uint64) {
-	callOf(ctx).sess.Verify(abi.Stream(stack[0]), readString(mod, stack[1], stack[2]), stack[3])
+	callOf(ctx).sess.Verify(abi.Stream(stack[0]), viewString(mod, stack[1], stack[2]), stack[3])
 }
 
 func streamClose(ctx context.Context, _ api.Module, stack []uint64) {
@@ -253,7 +269,7 @@ func streamClose(ctx context.Context, _ api.Module, stack []uint64) {
 
 func cacheGet(ctx context.Context, mod api.Module, stack []uint64) {
 	c := callOf(ctx)
-	value, ok := c.sess.CacheGet(readString(mod, stack[0], stack[1]))
+	value, ok := c.sess.CacheGet(viewString(mod, stack[0], stack[1]))
 	area := make([]byte, 12)
 	if ok {
 		area[0] = 1
@@ -264,11 +280,11 @@ func cacheGet(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func cacheSet(ctx context.Context, mod api.Module, stack []uint64) {
-	callOf(ctx).sess.CacheSet(readString(mod, stack[0], stack[1]), readString(mod, stack[2], stack[3]))
+	callOf(ctx).sess.CacheSet(viewString(mod, stack[0], stack[1]), viewString(mod, stack[2], stack[3]))
 }
 
 func cacheRemove(ctx context.Context, mod api.Module, stack []uint64) {
-	callOf(ctx).sess.CacheRemove(readString(mod, stack[0], stack[1]))
+	callOf(ctx).sess.CacheRemove(viewString(mod, stack[0], stack[1]))
 }
 
 func logMessage(ctx context.Context, mod api.Module, stack []uint64) {

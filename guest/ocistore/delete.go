@@ -49,7 +49,7 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 // already.
 func (c *call) deleteRef(ref string) (status int, body []byte, lost bool, err error) {
 	c.retried = false
-	resp, err := c.exchange(&abi.Request{Method: "DELETE", URL: c.s.manifestURL(ref)})
+	resp, err := c.exchange(c.request("DELETE", c.s.manifestURL(ref)))
 	if err != nil {
 		return 0, nil, c.retried, err
 	}
@@ -138,7 +138,7 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 // manifestDigest returns the digest of the manifest ref names, and whether
 // there is one.
 func (c *call) manifestDigest(ref string) (digest string, exists bool, err error) {
-	resp, err := c.exchange(&abi.Request{Method: "HEAD", URL: c.s.manifestURL(ref), Header: []abi.Header{acceptManifest}})
+	resp, err := c.exchange(c.request("HEAD", c.s.manifestURL(ref), acceptManifest))
 	if err != nil {
 		return "", false, err
 	}

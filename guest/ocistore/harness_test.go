@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/guest/internal/scratch"
 )
 
 // harness is a Store on go-containerregistry's in-process registry, behind
@@ -60,7 +62,15 @@ func (x *harness) takeSlept() []time.Duration {
 // do runs one store call as an export call.
 func (x *harness) do(f func() error) error {
 	defer x.host.endCall()
+	x.store.Reset()
 	return f()
+}
+
+func TestMain(m *testing.M) {
+	// What the store keeps of a call's memory past the call reads as
+	// garbage, not as the next call's values.
+	scratch.Poison = true
+	os.Exit(m.Run())
 }
 
 func (x *harness) must(what string, err error) {

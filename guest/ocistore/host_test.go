@@ -265,7 +265,8 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func (h *testHost) Verify(id abi.Stream, digest string, size uint64) {
 	s := h.get(id)
-	s.verify, s.want, s.wantN = true, digest, size
+	// As every host, a copy of what it keeps (Store.Reset).
+	s.verify, s.want, s.wantN = true, strings.Clone(digest), size
 }
 
 func (h *testHost) Close(id abi.Stream) {
@@ -287,7 +288,7 @@ func (h *testHost) CacheGet(key string) (string, bool) {
 func (h *testHost) CacheSet(key, value string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.cache[key] = value
+	h.cache[strings.Clone(key)] = strings.Clone(value)
 }
 
 func (h *testHost) CacheRemove(key string) {

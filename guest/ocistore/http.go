@@ -31,6 +31,14 @@ func (c *call) send(req *abi.Request) (*abi.Response, error) {
 	return resp, nil
 }
 
+// request is a request in the call's memory (Store.Reset): each is its
+// own until the call ends, and a request retried is the same request.
+func (c *call) request(method, url string, header ...abi.Header) *abi.Request {
+	r := c.s.reqs.Next()
+	*r = abi.Request{Method: method, URL: url, Header: append(r.Header[:0], header...)}
+	return r
+}
+
 // start starts req in the host (http.start), for finish to pick up.
 func (c *call) start(req *abi.Request) abi.Pending { return c.s.h.Start(req) }
 
@@ -111,7 +119,7 @@ func (s *Store) read(st abi.Stream, buf []byte, limit, size int) (data []byte, m
 
 // atEnd tells whether st has no byte left to read.
 func (s *Store) atEnd(st abi.Stream) bool {
-	n, err := s.h.Read(st, make([]byte, 1))
+	n, err := s.h.Read(st, s.mem.Make(1))
 	return n == 0 && err == io.EOF
 }
 
@@ -151,8 +159,8 @@ func headerValues(header []abi.Header, name string) []string {
 func ok2xx(status int) bool { return status >= 200 && status < 300 }
 
 // Paths of the distribution API for the store's repository.
-func (s *Store) manifestURL(ref string) string { return s.manifests + ref }
+func (s *Store) manifestURL(ref string) string { return s.mem.Concat(s.manifests, ref) }
 
-func (s *Store) blobURL(digest string) string { return s.blobs + digest }
+func (s *Store) blobURL(digest string) string { return s.mem.Concat(s.blobs, digest) }
 
 var acceptManifest = abi.Header{"Accept", mediaTypeManifest}

@@ -109,7 +109,7 @@ const probePage = 10
 
 // tagPage is the request for the n tags after last.
 func (c *call) tagPage(n int, last string) *abi.Request {
-	return &abi.Request{Method: "GET", URL: c.s.tags + "?n=" + strconv.Itoa(n) + "&last=" + url.QueryEscape(last)}
+	return c.request("GET", c.s.tags+"?n="+strconv.Itoa(n)+"&last="+url.QueryEscape(last))
 }
 
 // listTags returns the MACs of the repository's tags that are prefix
@@ -163,7 +163,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			return nil, nil
 		case d.status == 400 && pages == 0 && sentN:
 			// Some registries refuse n or last; their own pages will do.
-			req, sentN = &abi.Request{Method: "GET", URL: s.tags}, false
+			req, sentN = c.request("GET", s.tags), false
 			continue
 		case d.status != 200:
 			return nil, d.err
@@ -230,7 +230,7 @@ func (c *call) linkedPage(current string, header []abi.Header, n int) *abi.Reque
 	if u == current {
 		return nil
 	}
-	return &abi.Request{Method: "GET", URL: u}
+	return c.request("GET", u)
 }
 
 // linkLast tells whether the query of a page's URL asks for the tags

@@ -30,7 +30,9 @@ const (
 var emptyBlob = []byte("{}")
 
 // artifactType is the artifactType (and layer media type) of kind k.
-func artifactType(k abi.Kind) string { return "application/vnd.plakar." + k.String() + ".v1" }
+func artifactType(k abi.Kind) string { return artifactTypes.of(k) }
+
+var artifactTypes = newPerKind(func(k abi.Kind) string { return "application/vnd.plakar." + k.String() + ".v1" })
 
 type descriptor struct {
 	MediaType string `json:"mediaType"`

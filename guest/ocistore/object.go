@@ -4,7 +4,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -30,11 +29,12 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := c.putManifest(tag, encodeObjectManifest(k, mac, blob)); err != nil {
+	raw := s.mem.Bytes(func(b []byte) []byte { return appendObjectManifest(b, k, mac, blob) })
+	if err := c.putManifest(tag, raw); err != nil {
 		return 0, err
 	}
 	if cacheable(k) {
-		s.h.CacheSet(key, cacheValue(blob))
+		s.h.CacheSet(key, s.cacheValue(blob))
 	}
 	return uint64(blob.Size), nil
 }
@@ -72,7 +72,7 @@ func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error)
 		return 0, err
 	}
 	if cacheable(k) {
-		s.h.CacheSet(key, cacheValue(blob))
+		s.h.CacheSet(key, s.cacheValue(blob))
 	}
 	return st, nil
 }
@@ -113,7 +113,7 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	if rng != nil {
 		return c.fetchRange(blob, rng)
 	}
-	resp, err := c.exchange(&abi.Request{Method: "GET", URL: s.blobURL(blob.Digest)})
+	resp, err := c.exchange(c.request("GET", s.blobURL(blob.Digest)))
 	if err != nil {
 		return 0, err
 	}
@@ -124,29 +124,16 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	return resp.Body, nil
 }
 
-// rangeRequest is a ranged GET in one allocation, and its URL and Range
-// in another: Kloset reads most of its data a range at a time, and each
-// allocation costs the sandbox a few microseconds.
-type rangeRequest struct {
-	req abi.Request
-	hdr [1]abi.Header
-}
-
 // fetchRange is fetch of the bytes rng of blob.
 func (c *call) fetchRange(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	s := c.s
 	off, size := rng.Offset, uint64(blob.Size)
 	last, want := rangeBounds(off, rng.Length, size)
-	b := make([]byte, 0, len(s.blobs)+len(blob.Digest)+len("bytes=-")+2*20)
-	b = append(append(b, s.blobs...), blob.Digest...)
-	n := len(b)
-	b = strconv.AppendUint(append(b, "bytes="...), off, 10)
-	b = strconv.AppendUint(append(b, '-'), last, 10)
-	all := unsafe.String(unsafe.SliceData(b), len(b)) // b is never written again
-	r := &rangeRequest{req: abi.Request{Method: "GET", URL: all[:n]}}
-	r.hdr[0] = abi.Header{"Range", all[n:]}
-	r.req.Header = r.hdr[:]
-	resp, err := c.exchange(&r.req)
+	byteRange := s.mem.String(func(b []byte) []byte {
+		b = strconv.AppendUint(append(b, "bytes="...), off, 10)
+		return strconv.AppendUint(append(b, '-'), last, 10)
+	})
+	resp, err := c.exchange(c.request("GET", s.blobURL(blob.Digest), abi.Header{"Range", byteRange}))
 	if err != nil {
 		return 0, err
 	}

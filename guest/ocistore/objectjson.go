@@ -7,15 +7,14 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-// encodeObjectManifest is objectManifest(k, mac, blob).encode() without
-// reflection: the same bytes (TestEncodeObjectManifest checks it), for a
+// appendObjectManifest appends objectManifest(k, mac, blob).encode() to b,
+// without reflection: the same bytes (TestEncodeObjectManifest checks it), for a
 // fraction of the guest's time, which every put pays for (encoding/json
 // costs the sandboxed guest about as much as a request: RATIONALE.md).
 // Every string in it is a media type, a kind name, a sha256 digest or hex,
 // none of which JSON escapes.
-func encodeObjectManifest(k abi.Kind, mac abi.MAC, blob descriptor) []byte {
+func appendObjectManifest(b []byte, k abi.Kind, mac abi.MAC, blob descriptor) []byte {
 	t := artifactType(k)
-	b := make([]byte, 0, 640)
 	b = append(b, `{"schemaVersion":2,"mediaType":"`+mediaTypeManifest+`","artifactType":"`...)
 	b = append(b, t...)
 	b = append(b, `","config":{"mediaType":"`+mediaTypeEmpty+`","digest":"`+emptyDigest+`","size":`...)

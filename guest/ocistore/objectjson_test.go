@@ -12,7 +12,7 @@ func TestEncodeObjectManifest(t *testing.T) {
 	blob := descriptor{MediaType: mediaTypeBlob, Digest: emptyDigest, Size: 16 << 20}
 	for _, k := range abi.Kinds() {
 		want := objectManifest(k, mac, blob).encode()
-		if got := encodeObjectManifest(k, mac, blob); !bytes.Equal(got, want) {
+		if got := appendObjectManifest(nil, k, mac, blob); !bytes.Equal(got, want) {
 			t.Errorf("%s:\n got %s\nwant %s", k, got, want)
 		}
 	}

@@ -233,7 +233,7 @@ func (d *doc) get(name string) string {
 // digest, headerDigest, or "" for no check). The error is for failures
 // that no status explains: no answer, an unreadable or oversized body.
 func (c *call) getDoc(what, url string, header []abi.Header, limit int, want string) (*doc, error) {
-	return c.getStartedDoc(what, &abi.Request{Method: "GET", URL: url, Header: header}, 0, docTuning{limit: limit, want: want})
+	return c.getStartedDoc(what, c.request("GET", url, header...), 0, docTuning{limit: limit, want: want})
 }
 
 // docTuning is how getStartedDoc reads a document: getDoc's limit and

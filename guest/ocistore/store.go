@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/guest/internal/scratch"
 	"github.com/plakar-oci/ocistore/internal/location"
 )
 
@@ -30,7 +31,13 @@ type Store struct {
 	// The strings every call starts from, made once: the location for
 	// messages, the API paths of the repository, the store's part of the
 	// host's cache.
-	where, manifests, blobs, tags, cacheSpace string
+	where, manifests, blobs, uploads, tags, cacheSpace string
+
+	// mem and reqs are the memory of the call in progress, reused by the
+	// next (package scratch, Reset): a put or a ranged get then makes no
+	// Go allocation.
+	mem  scratch.Bytes
+	reqs scratch.Slots[abi.Request]
 
 	pageSize int
 	// deleteMode is how Delete deletes on this registry; it only moves
@@ -68,10 +75,22 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 		where:      loc.String(),
 		manifests:  "/v2/" + loc.Repository + "/manifests/",
 		blobs:      "/v2/" + loc.Repository + "/blobs/",
+		uploads:    "/v2/" + loc.Repository + "/blobs/uploads/",
 		tags:       "/v2/" + loc.Repository + "/tags/list",
 		cacheSpace: loc.Registry + "/" + loc.Repository + ":",
 		pageSize:   defaultPageSize, sleep: sliceSleep, now: time.Now,
 	}, nil
+}
+
+// Reset ends a call: the memory of its requests and of the strings it
+// built is reused by the next. The store's caller (the guest's exports,
+// the native host) calls it between two calls, never during one. What a
+// call returns is not in that memory, but what it handed the host is: a
+// host that keeps any of it (a cache entry, a digest to verify) keeps a
+// copy, as the sandbox's host does by lifting it.
+func (s *Store) Reset() {
+	s.mem.Reset()
+	s.reqs.Reset()
 }
 
 // Location is the store's parsed location.

@@ -6,7 +6,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -17,21 +16,30 @@ const (
 )
 
 // tagPrefix is what every tag of kind k starts with.
-func tagPrefix(k abi.Kind) string {
-	if int(k) < len(tagPrefixes) {
-		return tagPrefixes[k]
-	}
-	return k.String() + "-"
+func tagPrefix(k abi.Kind) string { return tagPrefixes.of(k) }
+
+var tagPrefixes = newPerKind(func(k abi.Kind) string { return k.String() + "-" })
+
+// perKind is a string of every kind, made once rather than at every call.
+type perKind struct {
+	s    []string
+	make func(abi.Kind) string // for kinds the contract does not define
 }
 
-// tagPrefixes holds the prefix of every kind, made once.
-var tagPrefixes = func() []string {
-	p := make([]string, len(abi.Kinds())) // kinds are 0 to n-1
+func newPerKind(f func(abi.Kind) string) perKind {
+	p := perKind{s: make([]string, len(abi.Kinds())), make: f} // kinds are 0 to n-1
 	for _, k := range abi.Kinds() {
-		p[k] = k.String() + "-"
+		p.s[k] = f(k)
 	}
 	return p
-}()
+}
+
+func (p perKind) of(k abi.Kind) string {
+	if int(k) < len(p.s) {
+		return p.s[k]
+	}
+	return p.make(k)
+}
 
 // objectTag is the tag of object (k, mac).
 func objectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.EncodeToString(mac[:]) }
@@ -97,10 +105,9 @@ func (s *Store) cacheKey(tag string) string { return s.cacheSpace + tag }
 // one allocation: a ranged get needs both, and little else.
 func (s *Store) objectKey(k abi.Kind, mac abi.MAC) (tag, key string) {
 	prefix := tagPrefix(k)
-	b := make([]byte, 0, len(s.cacheSpace)+len(prefix)+hex.EncodedLen(len(mac)))
-	b = append(append(b, s.cacheSpace...), prefix...)
-	b = hex.AppendEncode(b, mac[:])
-	key = unsafe.String(unsafe.SliceData(b), len(b)) // b is never written again
+	key = s.mem.String(func(b []byte) []byte {
+		return hex.AppendEncode(append(append(b, s.cacheSpace...), prefix...), mac[:])
+	})
 	return key[len(s.cacheSpace):], key
 }
 
@@ -111,7 +118,9 @@ func cacheable(k abi.Kind) bool { return k != abi.KindLock }
 
 // cacheValue and parseCacheValue encode a blob's digest and size: Get needs
 // both to verify a download without reading the manifest.
-func cacheValue(d descriptor) string { return d.Digest + " " + strconv.FormatInt(d.Size, 10) }
+func (s *Store) cacheValue(d descriptor) string {
+	return s.mem.String(func(b []byte) []byte { return strconv.AppendInt(append(append(b, d.Digest...), ' '), d.Size, 10) })
+}
 
 func parseCacheValue(v string) (descriptor, bool) {
 	dg, sz, ok := strings.Cut(v, " ")

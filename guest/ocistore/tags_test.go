@@ -66,8 +66,12 @@ func TestTags(t *testing.T) {
 }
 
 func TestCacheValue(t *testing.T) {
+	s, err := New(nil, map[string]string{OptionLocation: "oci://reg:5000/team/backups"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := descriptor{Digest: emptyDigest, Size: 2}
-	v := cacheValue(d)
+	v := s.cacheValue(d)
 	got, ok := parseCacheValue(v)
 	if !ok || got.Digest != d.Digest || got.Size != d.Size {
 		t.Errorf("parseCacheValue(%q) = %+v, %v", v, got, ok)
@@ -76,10 +80,6 @@ func TestCacheValue(t *testing.T) {
 		if _, ok := parseCacheValue(bad); ok {
 			t.Errorf("parseCacheValue(%q) accepted", bad)
 		}
-	}
-	s, err := New(nil, map[string]string{OptionLocation: "oci://reg:5000/team/backups"})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if got, want := s.cacheKey("packfile-ab"), "reg:5000/team/backups:packfile-ab"; got != want {
 		t.Errorf("cacheKey = %q, want %q", got, want)

@@ -13,7 +13,7 @@ import (
 // the registry expires.
 func (c *call) startUpload() (string, error) {
 	s := c.s
-	resp, err := c.exchange(&abi.Request{Method: "POST", URL: s.blobs + "uploads/"})
+	resp, err := c.exchange(c.request("POST", s.uploads))
 	if err != nil {
 		return "", err
 	}
@@ -30,18 +30,18 @@ func (c *call) startUpload() (string, error) {
 }
 
 // withDigest adds the digest query parameter that commits an upload.
-func withDigest(loc, digest string) string {
+func (s *Store) withDigest(loc, digest string) string {
 	sep := "?"
 	if strings.Contains(loc, "?") {
 		sep = "&"
 	}
-	return loc + sep + "digest=" + digest
+	return s.mem.Concat(loc, sep, "digest=", digest)
 }
 
 // cancelUpload abandons a failed upload so that the registry frees it now
 // rather than at its own expiry. Its outcome does not matter.
 func (c *call) cancelUpload(loc string) {
-	if resp, err := c.send(&abi.Request{Method: "DELETE", URL: loc}); err == nil {
+	if resp, err := c.send(c.request("DELETE", loc)); err == nil {
 		c.s.discard(resp)
 	}
 }
@@ -83,15 +83,11 @@ func (c *call) uploadStreamOnce(body abi.Stream) (descriptor, error) {
 	if err != nil {
 		return descriptor{}, err
 	}
-	resp, err := c.send(&abi.Request{
-		Method: "PATCH",
-		URL:    loc,
-		// 100-continue: a registry (or proxy) that refuses the request
-		// does so before the body is sent, which keeps it replayable.
-		Header:   []abi.Header{{"Content-Type", mediaTypeBlob}, {"Expect", "100-continue"}},
-		BodyKind: abi.BodyStreamed,
-		Stream:   body,
-	})
+	// 100-continue: a registry (or proxy) that refuses the request does
+	// so before the body is sent, which keeps it replayable.
+	req := c.request("PATCH", loc, abi.Header{"Content-Type", mediaTypeBlob}, abi.Header{"Expect", "100-continue"})
+	req.BodyKind, req.Stream = abi.BodyStreamed, body
+	resp, err := c.send(req)
 	if err != nil {
 		if blob, ok := c.recoverUpload(loc, body); ok {
 			return blob, nil
@@ -150,7 +146,7 @@ func (c *call) recoverUpload(loc string, body abi.Stream) (descriptor, bool) {
 	if err != nil {
 		return descriptor{}, false
 	}
-	resp, err := c.send(&abi.Request{Method: "GET", URL: loc})
+	resp, err := c.send(c.request("GET", loc))
 	if err != nil {
 		return descriptor{}, false
 	}
@@ -196,7 +192,7 @@ func (c *call) uploadBytes(data []byte) (descriptor, error) {
 // blob itself tells whether the lost commit went through.
 func (c *call) commitUpload(loc string, blob descriptor, data []byte) error {
 	s := c.s
-	req := &abi.Request{Method: "PUT", URL: withDigest(loc, blob.Digest), Header: []abi.Header{{"Content-Type", mediaTypeBlob}}}
+	req := c.request("PUT", s.withDigest(loc, blob.Digest), abi.Header{"Content-Type", mediaTypeBlob})
 	if data != nil {
 		req.BodyKind, req.Bytes = abi.BodyBytes, data
 	}
@@ -219,7 +215,7 @@ func (c *call) commitUpload(loc string, blob descriptor, data []byte) error {
 
 // blobExists tells whether the registry has blob, whole.
 func (c *call) blobExists(blob descriptor) bool {
-	resp, err := c.exchange(&abi.Request{Method: "HEAD", URL: c.s.blobURL(blob.Digest)})
+	resp, err := c.exchange(c.request("HEAD", c.s.blobURL(blob.Digest)))
 	if err != nil {
 		return false
 	}
@@ -241,13 +237,9 @@ func (c *call) pushEmpty() error {
 func (c *call) putManifest(tag string, raw []byte) error {
 	s := c.s
 	for attempt := 0; ; attempt++ {
-		resp, err := c.exchange(&abi.Request{
-			Method:   "PUT",
-			URL:      s.manifestURL(tag),
-			Header:   []abi.Header{{"Content-Type", mediaTypeManifest}},
-			BodyKind: abi.BodyBytes,
-			Bytes:    raw,
-		})
+		req := c.request("PUT", s.manifestURL(tag), abi.Header{"Content-Type", mediaTypeManifest})
+		req.BodyKind, req.Bytes = abi.BodyBytes, raw
+		resp, err := c.exchange(req)
 		if err != nil {
 			return err
 		}

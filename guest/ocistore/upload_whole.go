@@ -1,8 +1,6 @@
 package ocistore
 
 import (
-	"strconv"
-
 	"github.com/plakar-oci/ocistore/abi"
 )
 
@@ -36,15 +34,12 @@ func (c *call) uploadWhole(body abi.Stream, blob descriptor) (descriptor, error)
 	if err != nil {
 		return descriptor{}, err
 	}
-	resp, err := c.send(&abi.Request{
-		Method: "PUT",
-		URL:    withDigest(loc, blob.Digest),
-		// The length is known: registries that refuse chunked bodies
-		// take it, and the host sends no more than it announces.
-		Header:   []abi.Header{{"Content-Type", mediaTypeBlob}, {"Content-Length", strconv.FormatInt(blob.Size, 10)}},
-		BodyKind: abi.BodyStreamed,
-		Stream:   body,
-	})
+	// The length is known: registries that refuse chunked bodies take
+	// it, and the host sends no more than it announces.
+	req := c.request("PUT", s.withDigest(loc, blob.Digest),
+		abi.Header{"Content-Type", mediaTypeBlob}, abi.Header{"Content-Length", s.mem.Uint(uint64(blob.Size))})
+	req.BodyKind, req.Stream = abi.BodyStreamed, body
+	resp, err := c.send(req)
 	if err != nil {
 		if c.blobExists(blob) {
 			return blob, nil

@@ -32,10 +32,7 @@ func (s *Session) Start(ar *abi.Request) abi.Pending {
 	if s.started.live >= maxPending {
 		return 0
 	}
-	if ar.BodyKind == abi.BodyBytes {
-		// The caller's bytes may be guest memory it reuses once Start returns.
-		ar.Bytes = append([]byte(nil), ar.Bytes...)
-	}
+	ar = cloneRequest(ar) // the request goes on after Start returns
 	ctx, cancel := context.WithCancel(s.ctx)
 	p := &pending{cancel: cancel, done: make(chan struct{})}
 	h := s.started.add(p)

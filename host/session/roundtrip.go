@@ -21,16 +21,28 @@ var errRequestOver = errors.New("the request this stream was the body of is over
 // RoundTrip is http.round-trip. HTTP error statuses are responses; the error
 // is for network, TLS and policy failures, and says what to do about them.
 //
-// The transport may read a BodyBytes body after RoundTrip returns (Go's
-// transport can finish writing in the background), so req.Bytes must not be
-// a view of memory the guest will reuse. A BodyStreamed stream is never read
-// after RoundTrip returns, so that its digest is settled.
+// A BodyStreamed stream is never read after RoundTrip returns, so that its
+// digest is settled.
 func (s *Session) RoundTrip(ar *abi.Request) (*abi.Response, error) {
-	resp, err := s.do(s.ctx, ar)
+	resp, err := s.do(s.ctx, cloneRequest(ar))
 	if err != nil {
 		return nil, err
 	}
 	return s.answer(resp, nil)
+}
+
+// cloneRequest copies a request the guest lent for its export call only
+// (abi.Host): the transport may finish writing a body after the answer
+// came, and an answer's stream keeps the URL for its messages.
+func cloneRequest(ar *abi.Request) *abi.Request {
+	c := *ar
+	c.Method, c.URL = strings.Clone(ar.Method), strings.Clone(ar.URL)
+	c.Header = make([]abi.Header, len(ar.Header))
+	for i, h := range ar.Header {
+		c.Header[i] = abi.Header{strings.Clone(h[0]), strings.Clone(h[1])}
+	}
+	c.Bytes = bytes.Clone(ar.Bytes)
+	return &c
 }
 
 // do performs the HTTP part of a round trip, in ctx.

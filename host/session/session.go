@@ -196,7 +196,7 @@ func (s *Session) Verify(h abi.Stream, digest string, size uint64) {
 		s.debugUnknown("verify", h)
 		return
 	}
-	st.verify, st.want, st.wantN = true, strings.ToLower(digest), size
+	st.verify, st.want, st.wantN = true, strings.ToLower(strings.Clone(digest)), size // lent (abi.Host)
 }
 
 // Close is streams.close.
@@ -254,5 +254,7 @@ func (s *Session) Log(level abi.Level, msg string) {
 // CacheGet, CacheSet and CacheRemove are the cache interface, over the
 // Env's cache.
 func (s *Session) CacheGet(key string) (string, bool) { return s.env.cache.Get(key) }
-func (s *Session) CacheSet(key, value string)         { s.env.cache.Set(key, value) }
-func (s *Session) CacheRemove(key string)             { s.env.cache.Remove(key) }
+func (s *Session) CacheSet(key, value string) {
+	s.env.cache.Set(strings.Clone(key), strings.Clone(value)) // lent (abi.Host)
+}
+func (s *Session) CacheRemove(key string) { s.env.cache.Remove(key) }

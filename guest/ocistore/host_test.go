@@ -265,7 +265,7 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func (h *testHost) Verify(id abi.Stream, digest string, size uint64) {
 	s := h.get(id)
-	// As every host, a copy of what it keeps (Store.Reset).
+	// As every host, a copy of what it keeps (abi.Host).
 	s.verify, s.want, s.wantN = true, strings.Clone(digest), size
 }
 

@@ -7,10 +7,11 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-// appendObjectManifest appends objectManifest(k, mac, blob).encode() to b,
-// without reflection: the same bytes (TestEncodeObjectManifest checks it), for a
-// fraction of the guest's time, which every put pays for (encoding/json
-// costs the sandboxed guest about as much as a request: RATIONALE.md).
+// appendObjectManifest appends objectManifest(k, mac, blob).encode() to
+// b, without reflection: the same bytes (TestEncodeObjectManifest checks
+// it), for a fraction of the guest's time, which every put pays for
+// (encoding/json costs the sandboxed guest about as much as a request:
+// RATIONALE.md).
 // Every string in it is a media type, a kind name, a sha256 digest or hex,
 // none of which JSON escapes.
 func appendObjectManifest(b []byte, k abi.Kind, mac abi.MAC, blob descriptor) []byte {

@@ -59,7 +59,7 @@ func main() {
 	var conc, only string
 	flag.Float64Var(&cfg.scale, "scale", 1, "size of the workloads: 1 is the full benchmark, 0.1 a quick run")
 	flag.IntVar(&cfg.rounds, "rounds", 8, "rounds each workload is cut into, every variant running its share of each round in turn")
-	flag.IntVar(&cfg.longRounds, "long-rounds", 2, "rounds of the long workloads (one big object, Kloset), each running it whole with every store")
+	flag.IntVar(&cfg.longRounds, "long-rounds", 4, "rounds of the long workloads (one big object, Kloset), each running it whole with every store")
 	flag.StringVar(&conc, "conc", "1,4", "concurrencies of the put and get workload")
 	flag.IntVar(&cfg.rangeConc, "range-conc", 4, "concurrency of the range reads, the small puts and Kloset's store")
 	flag.StringVar(&cfg.out, "out", "build/bench.json", "JSON report")

@@ -9,7 +9,8 @@ import (
 
 // Memory the host reaches into: the return areas and results of exports,
 // and what the host lowers through cabi_realloc. The guest copies out what
-// it keeps, so all of it is released wholesale: after an import's results
+// it keeps (into lifted, imports.go, which lasts until the next export
+// call), so all of it is released wholesale: after an import's results
 // are lifted (an export's parameters are lifted before any import is
 // called) and when the host calls a post-return function, having read an
 // export's results. The host may thus lower a whole result into one

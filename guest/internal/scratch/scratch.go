@@ -54,9 +54,9 @@ func (m *Bytes) Reset() {
 }
 
 // Bytes returns what f appends to an empty slice, which f gets over the
-// free part of the buffer. Appending past it moves the slice to the heap,
-// which is safe: the next Reset grows the buffer. f must not use m: the
-// free part is f's until it returns.
+// free part of the buffer, and returns appended to. Appending past it
+// moves the slice to the heap, which is safe: the next Reset grows the
+// buffer. f must not use m: the free part is f's until it returns.
 func (m *Bytes) Bytes(f func([]byte) []byte) []byte {
 	return m.keep(f(m.buf[len(m.buf):len(m.buf)]))
 }

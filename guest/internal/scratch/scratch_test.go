@@ -1,0 +1,66 @@
+package scratch
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestBytes(t *testing.T) {
+	var m Bytes
+	// A cold buffer hands out heap memory, counted for the next Reset.
+	a := m.Concat("abc", "def")
+	n := m.Uint(12345)
+	if a != "abcdef" || n != "12345" {
+		t.Fatalf("Concat, Uint = %q, %q", a, n)
+	}
+	m.Reset()
+	if cap(m.buf) < len(a)+len(n) {
+		t.Fatalf("after a call that spilled %d bytes, the buffer holds %d", len(a)+len(n), cap(m.buf))
+	}
+
+	// A warm one hands out its own, each piece apart from the others.
+	allocs := testing.AllocsPerRun(10, func() {
+		m.Reset()
+		a = m.Concat("abc", "def")
+		b := m.Make(3)
+		copy(b, "xyz")
+		n = m.Uint(12345)
+		if a != "abcdef" || string(b) != "xyz" || n != "12345" {
+			t.Fatalf("Concat, Make, Uint = %q, %q, %q", a, b, n)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a warm buffer allocated %v times", allocs)
+	}
+
+	// Appending to what was handed out cannot reach the next piece.
+	m.Reset()
+	b := m.Bytes(func(b []byte) []byte { return append(b, "12"...) })
+	c := m.String(func(b []byte) []byte { return append(b, "34"...) })
+	_ = append(b, "!!"...)
+	if c != "34" {
+		t.Errorf("appending to a piece overwrote the next: %q", c)
+	}
+
+	// Poison shows memory kept past Reset.
+	defer func(p bool) { Poison = p }(Poison)
+	Poison = true
+	m.Reset()
+	if strings.Contains(c, "34") {
+		t.Errorf("a piece kept past a poisoning Reset still reads %q", c)
+	}
+}
+
+func TestSlots(t *testing.T) {
+	type v struct{ s []int }
+	var s Slots[v]
+	p, q := s.Next(), s.Next()
+	if p == q {
+		t.Fatal("Next handed out one value twice in a call")
+	}
+	p.s = append(p.s, 1, 2, 3)
+	s.Reset()
+	if s.Next() != p || cap(p.s) != 3 {
+		t.Error("after Reset, Next does not hand out the values again, with what they kept")
+	}
+}

@@ -101,8 +101,8 @@ func atLeast(v uint64, c uint64) uint64 { return (v + (0x80-c)*bytesOf) & highBi
 // process shares: the same MAC may well be in two repositories (plakar sync).
 func (s *Store) cacheKey(tag string) string { return s.cacheSpace + tag }
 
-// objectKey returns the tag of object (k, mac) and its cache key, made in
-// one allocation: a ranged get needs both, and little else.
+// objectKey returns the tag of object (k, mac) and its cache key, one
+// string of the call's memory: a ranged get needs both, and little else.
 func (s *Store) objectKey(k abi.Kind, mac abi.MAC) (tag, key string) {
 	prefix := tagPrefix(k)
 	key = s.mem.String(func(b []byte) []byte {

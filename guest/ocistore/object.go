@@ -205,7 +205,7 @@ func contentRangeStart(v string) (uint64, bool) {
 // its generality: each ranged get parses two numbers, and the sandbox
 // runs strconv's checks several times slower than this loop.
 func parseDecimal(s string) (uint64, bool) {
-	if len(s) == 0 || len(s) > 20 {
+	if len(s) == 0 {
 		return 0, false
 	}
 	var n uint64

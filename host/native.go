@@ -77,6 +77,10 @@ func (inst *nativeInstance) run(sess *session.Session, f func(*ocistore.Store) e
 		}
 		inst.host.Session = nil
 	}()
+	// A new call: the last one's memory is the store's again, as the
+	// guest's exports do (ocistore.Store.Reset; the session copies what it
+	// keeps of a call).
+	inst.store.Reset()
 	return f(inst.store)
 }
 

@@ -113,8 +113,16 @@ type Slots[T any] struct {
 	used int
 }
 
+// maxSlots bounds the values Slots keeps: a call that needs more (a list
+// of many pages) gets new ones, and an owner that forgot Reset allocates
+// rather than grows without end.
+const maxSlots = 64
+
 // Next returns a value that no one else holds until Reset.
 func (s *Slots[T]) Next() *T {
+	if s.used == maxSlots {
+		return new(T)
+	}
 	if s.used == len(s.all) {
 		s.all = append(s.all, new(T))
 	}

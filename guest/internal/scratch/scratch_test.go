@@ -63,4 +63,18 @@ func TestSlots(t *testing.T) {
 	if s.Next() != p || cap(p.s) != 3 {
 		t.Error("after Reset, Next does not hand out the values again, with what they kept")
 	}
+
+	// Without Reset, a value is still never handed out twice, and what is
+	// kept stays bounded.
+	seen := map[*v]bool{}
+	for range 3 * maxSlots {
+		p := s.Next()
+		if seen[p] {
+			t.Fatal("Next handed out one value twice without a Reset")
+		}
+		seen[p] = true
+	}
+	if len(s.all) > maxSlots {
+		t.Errorf("Slots kept %d values, more than %d", len(s.all), maxSlots)
+	}
 }

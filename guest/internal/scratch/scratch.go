@@ -7,8 +7,8 @@
 // Why: an allocation costs the sandboxed guest a few microseconds, and
 // the first after a call to the host, which let the CPU caches go cold,
 // costs the most: it brings Go's allocator back into them. A put that
-// allocated 25 times took about 300 µs of guest time against a real
-// registry; without allocations, about 170 (RATIONALE.md, "what the
+// allocated 25 times took about 320 µs of guest time against a real
+// registry; without allocations, about 200 (RATIONALE.md, "what the
 // sandbox costs").
 //
 // The rule that makes it safe: nothing handed out may be kept once the

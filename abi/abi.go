@@ -231,16 +231,21 @@ type Response struct {
 	Body   Stream
 }
 
-// Get returns the value of the first header named name (case-insensitive).
+// Get returns the value of the first header named name.
 func (r *Response) Get(name string) string {
 	for _, h := range r.Header {
-		// Names of one length only, which hosts mostly give in Go's
-		// canonical form: the sandbox pays for every EqualFold.
-		if len(h[0]) == len(name) && (h[0] == name || strings.EqualFold(h[0], name)) {
+		if HeaderNamed(h, name) {
 			return h[1]
 		}
 	}
 	return ""
+}
+
+// HeaderNamed tells whether h is named name, case-insensitively. Names of
+// one length only, which hosts mostly give in Go's canonical form: the
+// sandbox pays for every EqualFold.
+func HeaderNamed(h Header, name string) bool {
+	return len(h[0]) == len(name) && (h[0] == name || strings.EqualFold(h[0], name))
 }
 
 // RefusedMarker is in the text of every error http.round-trip returns for a

@@ -3,9 +3,11 @@
 package main
 
 import (
-	"github.com/plakar-oci/ocistore/abi"
-	"github.com/plakar-oci/ocistore/guest/ocistore"
 	"unsafe"
+
+	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/guest/internal/scratch"
+	"github.com/plakar-oci/ocistore/guest/ocistore"
 )
 
 // The exports of interface plakar:storage/store: each lifts its parameters,
@@ -18,7 +20,9 @@ var store *ocistore.Store
 //go:wasmexport plakar:storage/store@0.2.0#configure
 func configure(ptr, n uint32) uint32 {
 	options := map[string]string{}
-	for _, o := range takePairs(ptr, n, nil, nil) {
+	// The store keeps its options: their strings come from memory that
+	// is never reused.
+	for _, o := range takePairs(ptr, n, nil, new(scratch.Bytes)) {
 		options[o[0]] = o[1]
 	}
 	err := guard(func() (err error) {

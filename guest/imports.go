@@ -152,8 +152,8 @@ func liftString(ptr, n uint32) string {
 
 // takePairs copies a list<tuple<string, string>> (an answer's headers,
 // configure's options) out of host memory, appending to headers. Its
-// strings go to mem, or to the heap if mem is nil (configure's options,
-// which the store keeps), in one copy when they are contiguous, as our
+// strings go to mem (a Bytes never reset, for what is kept for good, is
+// heap memory never reused), in one copy when they are contiguous, as our
 // host lowers them: an answer has a dozen headers, and two allocations
 // each were a good part of what lifting it cost.
 func takePairs(ptr, n uint32, headers []abi.Header, mem *scratch.Bytes) []abi.Header {
@@ -166,7 +166,7 @@ func takePairs(ptr, n uint32, headers []abi.Header, mem *scratch.Bytes) []abi.He
 		}
 		size += int(le.Uint32(list[i*8+4:]))
 	}
-	appendAll := func(buf []byte) []byte {
+	all := mem.String(func(buf []byte) []byte {
 		if contiguous && n > 0 {
 			return append(buf, view(le.Uint32(list), uint32(size))...)
 		}
@@ -174,14 +174,7 @@ func takePairs(ptr, n uint32, headers []abi.Header, mem *scratch.Bytes) []abi.He
 			buf = append(buf, view(le.Uint32(list[i*8:]), le.Uint32(list[i*8+4:]))...)
 		}
 		return buf
-	}
-	var all string
-	if mem != nil {
-		all = mem.String(appendAll)
-	} else {
-		buf := appendAll(make([]byte, 0, size))
-		all = unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
-	}
+	})
 	headers = slices.Grow(headers, int(n))[:n]
 	off := 0
 	for i := range headers {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"unsafe"
 
 	"github.com/tetratelabs/wazero"
@@ -86,22 +87,20 @@ func instantiateImports(ctx context.Context, rt wazero.Runtime) error {
 	return nil
 }
 
-// readString lifts the string (ptr, len) of two stack slots.
-func readString(mod api.Module, ptr, n uint64) string {
+// viewBytes is the guest memory (ptr, len) of two stack slots, not
+// copied: for what the host uses during the import call only, or copies
+// itself.
+func viewBytes(mod api.Module, ptr, n uint64) []byte {
 	b, ok := mod.Memory().Read(uint32(ptr), uint32(n))
 	if !ok {
-		panic("oci plugin passed a string outside its memory")
+		panic("oci plugin passed a string or a list outside its memory")
 	}
-	return string(b)
+	return b
 }
 
-// viewString is readString without the copy: for what the host uses
-// during the import call only, or copies itself.
+// viewString is viewBytes as a string.
 func viewString(mod api.Module, ptr, n uint64) string {
-	b, ok := mod.Memory().Read(uint32(ptr), uint32(n))
-	if !ok {
-		panic("oci plugin passed a string outside its memory")
-	}
+	b := viewBytes(mod, ptr, n)
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
@@ -183,11 +182,7 @@ func liftRequest(mod api.Module, stack []uint64) *abi.Request {
 	}
 	switch req.BodyKind {
 	case abi.BodyBytes:
-		b, ok := mod.Memory().Read(uint32(stack[7]), uint32(stack[8]))
-		if !ok {
-			panic("oci plugin passed a body outside its memory")
-		}
-		req.Bytes = b
+		req.Bytes = viewBytes(mod, stack[7], stack[8])
 	case abi.BodyStreamed:
 		req.Stream = abi.Stream(stack[7])
 	}
@@ -292,5 +287,6 @@ func logMessage(ctx context.Context, mod api.Module, stack []uint64) {
 	if level > abi.LevelError {
 		level = abi.LevelError
 	}
-	callOf(ctx).sess.Log(level, readString(mod, stack[1], stack[2]))
+	// A copy: a logger may keep the message.
+	callOf(ctx).sess.Log(level, strings.Clone(viewString(mod, stack[1], stack[2])))
 }

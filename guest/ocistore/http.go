@@ -149,7 +149,7 @@ func (c *call) readDoc(what string, resp *abi.Response, limit int, buf []byte) (
 func headerValues(header []abi.Header, name string) []string {
 	var vs []string
 	for _, h := range header {
-		if strings.EqualFold(h[0], name) {
+		if abi.HeaderNamed(h, name) {
 			vs = append(vs, h[1])
 		}
 	}

@@ -29,7 +29,9 @@ const poison = 0xA5
 
 // Bytes hands out bytes and strings from one buffer, a bump at a time. A
 // call that needs more than the buffer holds gets heap memory for the
-// rest, and the next Reset makes the buffer large enough for it.
+// rest, and the next Reset makes the buffer large enough for it. A Bytes
+// never reset hands out heap memory only, never reused: for what is kept
+// for good.
 type Bytes struct {
 	buf   []byte // buf[:len] is handed out
 	spill int    // bytes handed out from the heap since the last Reset

@@ -98,18 +98,18 @@ func list(kind uint32) uint32 {
 	if err != nil {
 		return resultUnit(err)
 	}
-	// One block: the list of (ptr, len) descriptors, then the MACs they
-	// point at.
+	// The list of (ptr, len) descriptors points at the MACs where List
+	// left them, in the store's memory until the next call, and pinned
+	// until the release when the store did not keep them (too many).
+	listed = macs
 	n := uint32(len(macs))
-	ptr, block := alloc(n * (8 + abi.MACSize))
+	ptr, block := alloc(n * 8)
 	if n > 0 {
-		// The MACs in one copy, then their descriptors: a copy per MAC
-		// was a call to memmove per MAC, in the sandbox.
-		copy(block[n*8:], unsafe.Slice(&macs[0][0], n*abi.MACSize))
-	}
-	for i := range n {
-		le.PutUint32(block[i*8:], ptr+n*8+i*abi.MACSize)
-		le.PutUint32(block[i*8+4:], abi.MACSize)
+		at := addr(unsafe.Slice(&macs[0][0], n*abi.MACSize))
+		for i := range n {
+			le.PutUint32(block[i*8:], at+i*abi.MACSize)
+			le.PutUint32(block[i*8+4:], abi.MACSize)
+		}
 	}
 	area := newArea(12)
 	le.PutUint32(area.b[4:], ptr)

@@ -5,6 +5,8 @@ package main
 import (
 	"encoding/binary"
 	"unsafe"
+
+	"github.com/plakar-oci/ocistore/abi"
 )
 
 // Memory the host reaches into: the return areas and results of exports,
@@ -28,6 +30,7 @@ var (
 	arena     [arenaWords]uint64
 	arenaUsed uint32 // in words
 	pins      = map[uint32][]uint64{}
+	listed    []abi.MAC // the MACs of the last list's result
 )
 
 // arenaWords is 64 KiB: the largest result of a usual call (a read of a
@@ -77,7 +80,7 @@ func cabiRealloc(oldPtr, oldSize, align, newSize uint32) uint32 {
 
 // releaseAll releases all memory the host could reach.
 func releaseAll() {
-	arenaUsed = 0
+	arenaUsed, listed = 0, nil
 	if len(pins) > 0 {
 		clear(pins)
 	}

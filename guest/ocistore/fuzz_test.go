@@ -54,6 +54,10 @@ func FuzzTagPage(f *testing.F) {
 	// eight bytes; and the empty prefix.
 	f.Add([]byte(`{"tags":["lock-`+strings.Repeat("1", 64)+`","lock-`+strings.Repeat("0", 64)+`","lock-`+strings.Repeat("0", 63)+`1","lock-`+strings.Repeat("0", 64)+`"]}`), "lock-")
 	f.Add([]byte(`{"tags":["`+strings.Repeat("a", 64)+`","`+strings.Repeat("b", 64)+`"]}`), "")
+	// A run of ours (ourRun) broken by a space, by a tag with a bad
+	// digit, and by a tag not ours.
+	run := func(h string) string { return `"packfile-` + strings.Repeat(h, 32) + `"` }
+	f.Add([]byte(`{"tags":[`+run("01")+`,`+run("02")+`, `+run("03")+`,`+run("04")+`,`+run("0g")+`,`+run("05")+`,"packfile-x",`+run("06")+`]}`), "packfile-")
 	f.Add([]byte(`{"TAGS":["b","a\u0041",null],"Tags":["c\n","c"]}`), "c")
 	f.Fuzz(func(t *testing.T, raw []byte, prefix string) {
 		info, macs, err := parseTagPage(raw, prefix, nil)

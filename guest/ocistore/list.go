@@ -18,7 +18,8 @@ const maxTagPage = 256 << 20
 // maxPages stops a registry whose links go round in circles.
 const maxPages = 1 << 20
 
-// List returns the MACs of the objects of kind k, sorted.
+// List returns the MACs of the objects of kind k, sorted, in the call's
+// memory (Reset).
 func (s *Store) List(k abi.Kind) ([]abi.MAC, error) {
 	return s.newCall("list ", k.String(), " objects in ").list(k)
 }
@@ -130,12 +131,15 @@ func (c *call) tagPage(n int, last string) *abi.Request {
 func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
 	req, sentN, lastSent, n := c.tagPage(first, prefix), true, prefix, first
-	var macs []abi.MAC
+	macs := s.listMACs.Take()
 	// The pages are read into one buffer, made for a page of ours with
 	// room to spare for the JSON around the tags: grown as it is read, it
 	// would be allocated and copied several times a page, which costs the
 	// sandbox more than its own work.
-	buf := make([]byte, 0, n*tagSize(prefix)+4<<10)
+	buf := s.listPage.Take()
+	if size := n*tagSize(prefix) + 4<<10; cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
 	for pages := 0; req != nil; pages++ {
 		if pages == maxPages {
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
@@ -198,6 +202,8 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			req = c.tagPage(n, lastSent)
 		}
 	}
+	s.listPage.Keep(buf)
+	s.listMACs.Keep(macs)
 	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
 	// a registry that ignores last repeats tags across pages.
 	for i := 1; i < len(macs); i++ {

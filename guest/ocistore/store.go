@@ -38,6 +38,10 @@ type Store struct {
 	// Go allocation.
 	mem  scratch.Bytes
 	reqs scratch.Slots[abi.Request]
+	// listPage and listMACs are a list's memory, kept for the next list:
+	// what List returns is in it.
+	listPage scratch.Buffer[byte]
+	listMACs scratch.Buffer[abi.MAC]
 
 	pageSize int
 	// deleteMode is how Delete deletes on this registry; it only moves
@@ -82,15 +86,17 @@ func New(h abi.Host, options map[string]string) (*Store, error) {
 	}, nil
 }
 
-// Reset ends a call: the memory of its requests and of the strings it
-// built is reused by the next. The store's caller (the guest's exports,
-// the native host) calls it between two calls, never during one. What a
-// call returns is not in that memory, but what it handed the host is: a
-// host that keeps any of it (a cache entry, a digest to verify) keeps a
-// copy, as the sandbox's host does by lifting it.
+// Reset ends a call: the memory of its requests, of the strings it built
+// and of its list is reused by the next. The store's caller (the guest's
+// exports, the native host) calls it between two calls, never during one.
+// The MACs List returns are in that memory, and so is what a call handed
+// the host: a host that keeps any of it (a cache entry, a digest to
+// verify, a list) keeps a copy, as the sandbox's host does by lifting it.
 func (s *Store) Reset() {
 	s.mem.Reset()
 	s.reqs.Reset()
+	s.listPage.Reset()
+	s.listMACs.Reset()
 }
 
 // Location is the store's parsed location.

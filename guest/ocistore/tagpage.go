@@ -134,6 +134,11 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 				}
 			}
 			info.n++
+			// Most often the rest of the page follows, a run of ours.
+			var run int
+			if macs, run = s.ourRun(&m, macs, &info); run > 0 {
+				tag = s.b[s.i-1-len(tag) : s.i-1]
+			}
 			prev, prevMAC = tag, len(macs)-1
 			continue
 		}
@@ -171,7 +176,7 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 func (s *scanner) ourTag(m *prefixMatch, mac *abi.MAC) (tag []byte, ok bool) {
 	start := s.i + 1
 	end := start + len(m.prefix) + 2*len(mac) // the closing quote
-	if end >= len(s.b) || s.b[s.i] != '"' || s.b[end] != '"' || !m.match(s.b[start:end]) {
+	if !m.raw || end >= len(s.b) || s.b[s.i] != '"' || s.b[end] != '"' || !m.match(s.b[start:end]) {
 		return nil, false
 	}
 	if !decodeMAC(mac, s.b[start+len(m.prefix):end]) {
@@ -181,6 +186,53 @@ func (s *scanner) ourTag(m *prefixMatch, mac *abi.MAC) (tag []byte, ok bool) {
 	return s.b[start:end], true
 }
 
+// ourRun reads the run of our tags that follows one of ours, written as
+// registries write them: each after a comma, with no space. It decodes
+// them into macs as ourTag does, counts them in info and checks their
+// order, and stops before anything else, which the caller reads. It is
+// the scanner's fast path: one call for the run, and one a tag (to
+// decodeMAC), where ourTag's way made five a tag, and the sandbox pays for
+// each call.
+func (s *scanner) ourRun(m *prefixMatch, macs []abi.MAC, info *pageInfo) (_ []abi.MAC, run int) {
+	b, i := s.b, s.i
+	size := len(m.prefix) + 2*abi.MACSize
+	words := len(m.words)
+	prevFirst := binary.BigEndian.Uint64(macs[len(macs)-1][:])
+	for ; ; run++ {
+		// ,"<prefix><hex>"
+		start := i + 2
+		end := start + size
+		if end >= len(b) || b[i] != ',' || b[start-1] != '"' || b[end] != '"' {
+			break
+		}
+		if words > 0 {
+			w := 0
+			for w < words-1 && binary.LittleEndian.Uint64(b[start+8*w:]) == m.words[w] {
+				w++
+			}
+			if w < words-1 || binary.LittleEndian.Uint64(b[start+8*w:])&m.last != m.words[w] {
+				break
+			}
+		}
+		macs = append(macs, abi.MAC{})
+		mac := &macs[len(macs)-1]
+		if !decodeMAC(mac, b[start+len(m.prefix):end]) {
+			macs = macs[:len(macs)-1]
+			break
+		}
+		// macLess, written out.
+		first := binary.BigEndian.Uint64(mac[:])
+		if info.sorted && (first < prevFirst || first == prevFirst && compareMAC(*mac, macs[len(macs)-2]) < 0) {
+			info.sorted = false
+		}
+		prevFirst = first
+		info.n++
+		i = end + 1
+	}
+	s.i = i
+	return macs, run
+}
+
 // prefixMatch tells whether bytes start with a prefix, eight at a time: a
 // page compares a thousand tags with it, and the sandbox pays for each
 // call of the runtime's comparison as much as for decoding the MAC.
@@ -188,10 +240,19 @@ type prefixMatch struct {
 	prefix string
 	words  []uint64 // the prefix in little-endian words, the last one padded with zeros
 	last   uint64   // the mask of the last word's bytes
+	// raw is whether a string that starts with the prefix in the page
+	// starts with it once decoded: the prefix is printable ASCII and has
+	// no quote or backslash. Ours all are; others take the slow path.
+	raw bool
 }
 
 func newPrefixMatch(prefix string) prefixMatch {
-	m := prefixMatch{prefix: prefix, last: ^uint64(0)}
+	m := prefixMatch{prefix: prefix, last: ^uint64(0), raw: true}
+	for _, c := range []byte(prefix) {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			m.raw = false
+		}
+	}
 	var w [8]byte
 	for i := 0; i < len(prefix); i += 8 {
 		clear(w[:])

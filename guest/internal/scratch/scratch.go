@@ -142,3 +142,49 @@ func (s *Slots[T]) Reset() {
 	}
 	s.used = 0
 }
+
+// Buffer lends one slice a call, whose capacity it keeps for the next
+// call: for what a call builds that is large and grows with the data, as
+// the pages of a tag list and the MACs read from them. Made anew at each
+// list, they were most of the sandbox's allocations, and its garbage
+// collections, when listing.
+type Buffer[T any] struct {
+	s    []T
+	lent bool
+}
+
+// maxBuffer bounds what a Buffer keeps, in bytes: the MACs of 32,768
+// objects, or a page of 13,000 tags. A larger list pays its allocations;
+// memory is not held for it between calls.
+const maxBuffer = 1 << 20
+
+// Take returns the slice, empty, with the capacity kept: the first time
+// in a call. Later in the same call it returns nil, so that two uses in
+// one call never share memory.
+func (b *Buffer[T]) Take() []T {
+	if b.lent {
+		return nil
+	}
+	b.lent = true
+	return b.s[:0]
+}
+
+// Keep keeps s, a slice the call made (from what Take returned, or not),
+// for the next call, if it holds more than what is kept and at most
+// maxBuffer bytes.
+func (b *Buffer[T]) Keep(s []T) {
+	if cap(s) > cap(b.s) && uintptr(cap(s))*unsafe.Sizeof(*new(T)) <= maxBuffer {
+		b.s = s[:0]
+	}
+}
+
+// Reset ends the call: what Take lent may be lent again.
+func (b *Buffer[T]) Reset() {
+	if Poison {
+		s := b.s[:cap(b.s)]
+		for i := range s {
+			s[i] = *new(T)
+		}
+	}
+	b.lent = false
+}

@@ -78,3 +78,33 @@ func TestSlots(t *testing.T) {
 		t.Errorf("Slots kept %d values, more than %d", len(s.all), maxSlots)
 	}
 }
+
+func TestBuffer(t *testing.T) {
+	var b Buffer[[4]byte]
+	s := append(b.Take(), [4]byte{1}, [4]byte{2})
+	if b.Take() != nil {
+		t.Fatal("Take lent the slice twice in one call")
+	}
+	b.Keep(s)
+	b.Reset()
+	if r := b.Take(); len(r) != 0 || cap(r) != cap(s) || &r[:1][0] != &s[0] {
+		t.Fatalf("after Keep and Reset, Take returned len %d cap %d, not the kept slice", len(r), cap(r))
+	}
+
+	// Neither what is smaller than the kept slice nor what is larger
+	// than maxBuffer replaces it.
+	b.Keep(make([][4]byte, 0, 1))
+	b.Keep(make([][4]byte, 0, maxBuffer/4+1))
+	b.Reset()
+	if r := b.Take(); cap(r) != cap(s) {
+		t.Errorf("Keep kept %d bytes, more than %d", 4*cap(r), maxBuffer)
+	}
+
+	// Poisoned, what was lent reads as zeros after Reset.
+	Poison = true
+	defer func() { Poison = false }()
+	b.Reset()
+	if s[0] != ([4]byte{}) || s[1] != ([4]byte{}) {
+		t.Errorf("after a poisoned Reset, the lent slice holds %v", s[:2])
+	}
+}

@@ -126,9 +126,10 @@ type bench struct {
 	// wasmBytes is the guest module the wasm variant runs.
 	wasmBytes []byte
 
-	// The objects of the last put/get run of each variant, at the highest
-	// concurrency, for the range reads (the stores keep their caches).
-	kept map[string]*keptObjects
+	// The objects the native store put in the last put/get run, at the
+	// highest concurrency, for the range reads (the store keeps its
+	// cache).
+	kept *keptObjects
 	// Buffers of the workers: the objects being put, and reads.
 	wbufs, rbufs [][]byte
 }
@@ -140,7 +141,7 @@ type keptObjects struct {
 }
 
 func run(cfg config) (*report, error) {
-	b := &bench{cfg: cfg, ctx: context.Background(), kept: map[string]*keptObjects{}, wasmBytes: host.EmbeddedGuest()}
+	b := &bench{cfg: cfg, ctx: context.Background(), wasmBytes: host.EmbeddedGuest()}
 	b.rep = newReport(cfg)
 	var err error
 	if cfg.guest != "" {
@@ -193,8 +194,8 @@ func run(cfg config) (*report, error) {
 			return b.rep, fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
-	for _, k := range b.kept {
-		k.t.close(b.ctx)
+	if b.kept != nil {
+		b.kept.t.close(b.ctx)
 	}
 	b.rep.LoadAfter = loadAverage()
 	b.rep.evaluate()
@@ -262,7 +263,7 @@ func (b *bench) newStore(v, repo string) (*storeTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &storeTarget{s: s, cnt: cnt}, nil
+	return &storeTarget{s: s, cnt: cnt, repo: repo}, nil
 }
 
 // buffers makes sure every worker has a buffer for objects of size bytes
@@ -498,14 +499,14 @@ func (b *bench) putGet() error {
 			return err
 		}
 		for _, v := range variants {
-			if conc != top {
+			if conc != top || v != native {
 				targets[v].close(b.ctx)
 				continue
 			}
-			if old := b.kept[v]; old != nil {
-				old.t.close(b.ctx)
+			if b.kept != nil {
+				b.kept.t.close(b.ctx)
 			}
-			b.kept[v] = &keptObjects{t: targets[v], macs: macs[v], size: packfileSize}
+			b.kept = &keptObjects{t: targets[v], macs: macs[v], size: packfileSize}
 		}
 	}
 	return nil
@@ -514,10 +515,14 @@ func (b *bench) putGet() error {
 // --- range reads ---
 
 // ranges reads 20,000 ranges of 4 KiB to 1 MiB (log-uniform) at random
-// offsets of the objects put last: the same ranges for every variant,
-// through the stores that put them (their caches know the blobs).
+// offsets of the objects the native store put last, the same ranges with
+// every variant. As in the list, every variant reads the same objects, so
+// that the registry's work is the same for all: the native store that put
+// them (its cache knows the blobs), and a raw client and a sandboxed store
+// of their own, which learn the blobs first (untimed): from the manifests,
+// and by reading a byte of each.
 func (b *bench) ranges() error {
-	if len(b.kept) == 0 {
+	if b.kept == nil {
 		if err := b.keepObjects(); err != nil {
 			return err
 		}
@@ -525,6 +530,32 @@ func (b *bench) ranges() error {
 	n := b.scaled(20000, 200)
 	conc := b.cfg.rangeConc
 	b.buffers(conc, len(b.firstWbuf()))
+	kept := b.kept
+	repo := kept.t.(*storeTarget).repo
+	readers := map[string]target{native: kept.t}
+	rt, err := newRawTarget(b.reg.Host, repo, conc)
+	if err != nil {
+		return err
+	}
+	readers[raw] = rt
+	ws, err := b.newStore(wasm, repo)
+	if err != nil {
+		return err
+	}
+	readers[wasm] = ws
+	defer func() {
+		rt.close(b.ctx)
+		ws.close(b.ctx)
+	}()
+	for _, mac := range kept.macs {
+		if err := rt.learn(b.ctx, mac); err != nil {
+			return err
+		}
+		if _, err := ws.get(b.ctx, mac, 0, 1, b.rbufs[0]); err != nil {
+			return err
+		}
+	}
+
 	type rng struct {
 		obj int
 		off uint64
@@ -532,7 +563,7 @@ func (b *bench) ranges() error {
 	}
 	r := rand.New(rand.NewPCG(20000, 4096))
 	var total int64
-	objs := len(b.kept[raw].macs)
+	objs := len(kept.macs)
 	rs := make([]rng, n)
 	for i := range rs {
 		size := int64(math.Exp(math.Log(4<<10) + r.Float64()*(math.Log(1<<20)-math.Log(4<<10))))
@@ -540,13 +571,9 @@ func (b *bench) ranges() error {
 		total += size
 	}
 	fmt.Printf("  %d ranges, %.1f MB in all\n", n, float64(total)/1e6)
-	targets := map[string]target{}
-	for v, k := range b.kept {
-		targets[v] = k.t
-	}
-	return b.interleave(fmt.Sprintf("range c%d", conc), variants, n, targets, func(ctx context.Context, v string, i, w int) (int64, error) {
+	return b.interleave(fmt.Sprintf("range c%d", conc), variants, n, readers, func(ctx context.Context, v string, i, w int) (int64, error) {
 		x := rs[i]
-		got, err := b.kept[v].t.get(ctx, b.kept[v].macs[x.obj], x.off, x.n, b.rbufs[w])
+		got, err := readers[v].get(ctx, kept.macs[x.obj], x.off, x.n, b.rbufs[w])
 		if err == nil && got != int64(x.n) {
 			err = fmt.Errorf("range %d: %d bytes, want %d", i, got, x.n)
 		}
@@ -561,30 +588,28 @@ func (b *bench) firstWbuf() []byte {
 	return make([]byte, packfileSize)
 }
 
-// keepObjects puts the objects the range reads need when putget did not
-// run.
+// keepObjects has the native store put the objects the range reads
+// need, when putget did not run.
 func (b *bench) keepObjects() error {
 	n := b.scaled(64, 4)
 	conc := b.cfg.rangeConc
 	b.buffers(conc, packfileSize)
-	for _, v := range variants {
-		t, err := b.newTarget(v, "ranges", conc)
-		if err != nil {
-			return err
-		}
-		macs := make([]objects.MAC, n)
-		for i := range macs {
-			macs[i] = objectMAC("ranges-"+v, i)
-		}
-		_, err = parallel(b.ctx, n, conc, func(ctx context.Context, i, w int) (int64, error) {
-			copy(b.wbufs[w], macs[i][:])
-			return 0, t.put(ctx, macs[i], b.wbufs[w])
-		})
-		if err != nil {
-			return err
-		}
-		b.kept[v] = &keptObjects{t: t, macs: macs, size: packfileSize}
+	t, err := b.newTarget(native, "ranges", conc)
+	if err != nil {
+		return err
 	}
+	macs := make([]objects.MAC, n)
+	for i := range macs {
+		macs[i] = objectMAC("ranges-"+native, i)
+	}
+	_, err = parallel(b.ctx, n, conc, func(ctx context.Context, i, w int) (int64, error) {
+		copy(b.wbufs[w], macs[i][:])
+		return 0, t.put(ctx, macs[i], b.wbufs[w])
+	})
+	if err != nil {
+		return err
+	}
+	b.kept = &keptObjects{t: t, macs: macs, size: packfileSize}
 	return nil
 }
 
@@ -601,17 +626,14 @@ func (b *bench) list() error {
 	conc := b.cfg.rangeConc
 	stores := []string{native, wasm}
 	targets := map[string]target{}
-	var nativeRepo string
 	for _, v := range stores {
 		t, err := b.newTarget(v, "list", conc)
 		if err != nil {
 			return err
 		}
 		targets[v] = t
-		if v == native {
-			nativeRepo = fmt.Sprintf("bench/list-%d-%s", b.repos, v)
-		}
 	}
+	nativeRepo := targets[native].(*storeTarget).repo
 	data := make([][]byte, conc)
 	for w := range data {
 		data[w] = make([]byte, 1<<10)

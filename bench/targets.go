@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,8 +46,9 @@ type target interface {
 
 // storeTarget is a storage.Store, native or sandboxed.
 type storeTarget struct {
-	s   storage.Store
-	cnt *counter
+	s    storage.Store
+	cnt  *counter
+	repo string
 }
 
 // kloset passes readers that are neither io.Seekers nor io.WriterTos (a
@@ -155,6 +157,26 @@ func (t *rawTarget) put(ctx context.Context, mac objects.MAC, data []byte) error
 	}
 	t.mu.Lock()
 	t.digests[mac] = d
+	t.mu.Unlock()
+	return nil
+}
+
+// learn finds the blob of object mac that a store put, from its
+// manifest, so that get can read it.
+func (t *rawTarget) learn(ctx context.Context, mac objects.MAC) error {
+	desc, err := t.puller.Get(ctx, t.repo.Tag("packfile-"+hex.EncodeToString(mac[:])))
+	if err != nil {
+		return err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		return err
+	}
+	if len(m.Layers) != 1 {
+		return fmt.Errorf("raw: the manifest of %x has %d layers, want 1", mac[:4], len(m.Layers))
+	}
+	t.mu.Lock()
+	t.digests[mac] = m.Layers[0].Digest
 	t.mu.Unlock()
 	return nil
 }

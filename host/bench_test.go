@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/objects"
@@ -33,6 +34,28 @@ type benchStore struct {
 	name     string
 	s        storage.Store
 	requests *atomic.Int64
+	times    *requestTimes
+}
+
+// requestTimes is when the first request of a call left (its first) and
+// when the last answer's body was done with (last), in nanoseconds since
+// 1970: the store's own time before the first request and after the last
+// answer is what it adds to a chain of requests.
+type requestTimes struct{ first, last atomic.Int64 }
+
+func (t *requestTimes) reset() { t.first.Store(0); t.last.Store(0) }
+
+type timedBody struct {
+	io.ReadCloser
+	t *requestTimes
+}
+
+func (b timedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.t.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // benchStores makes a native and a sandboxed store on their own
@@ -47,9 +70,9 @@ func benchStores(b *testing.B, r *registrytest.Registry, repo string) []benchSto
 	b.Cleanup(func() { p.Close(ctx) })
 	var stores []benchStore
 	for _, name := range []string{"native", "wasm"} {
-		n := new(atomic.Int64)
+		n, times := new(atomic.Int64), new(requestTimes)
 		count := host.WithTransport(func(next http.RoundTripper) http.RoundTripper {
-			return benchTransport{next, n}
+			return benchTransport{next, n, times}
 		})
 		config := map[string]string{"location": "oci://" + r.Host + "/" + repo + "-" + name}
 		var s storage.Store
@@ -65,19 +88,25 @@ func benchStores(b *testing.B, r *registrytest.Registry, repo string) []benchSto
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { s.Close(ctx) })
-		stores = append(stores, benchStore{name, s, n})
+		stores = append(stores, benchStore{name, s, n, times})
 	}
 	return stores
 }
 
 type benchTransport struct {
-	next http.RoundTripper
-	n    *atomic.Int64
+	next  http.RoundTripper
+	n     *atomic.Int64
+	times *requestTimes
 }
 
 func (t benchTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.n.Add(1)
-	return t.next.RoundTrip(req)
+	t.times.first.CompareAndSwap(0, time.Now().UnixNano())
+	resp, err := t.next.RoundTrip(req)
+	if err == nil {
+		resp.Body = timedBody{resp.Body, t.times}
+	}
+	return resp, err
 }
 
 // benchMAC names object i of a benchmark.
@@ -226,9 +255,14 @@ func BenchmarkList5000(b *testing.B) {
 	for _, st := range stores {
 		b.Run(st.name, func(b *testing.B) {
 			before, n, cpu := st.requests.Load(), 0, processCPU()
+			var head, tail int64
 			for b.Loop() {
 				n++
+				st.times.reset()
+				start := time.Now().UnixNano()
 				macs, err := st.s.List(context.Background(), storage.StorageResourcePackfile)
+				head += st.times.first.Load() - start
+				tail += time.Now().UnixNano() - st.times.last.Load()
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -238,6 +272,11 @@ func BenchmarkList5000(b *testing.B) {
 			}
 			b.ReportMetric(float64(st.requests.Load()-before)/float64(n), "req/op")
 			b.ReportMetric(float64(processCPU()-cpu)/float64(n)/1e3, "cpu-µs/op")
+			// The store's time on the list's chain of requests: before
+			// the first, and after the last answer (the registry's is
+			// the rest).
+			b.ReportMetric(float64(head)/float64(n)/1e3, "head-µs/op")
+			b.ReportMetric(float64(tail)/float64(n)/1e3, "tail-µs/op")
 		})
 	}
 }

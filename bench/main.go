@@ -137,7 +137,6 @@ type bench struct {
 type keptObjects struct {
 	t    target
 	macs []objects.MAC
-	size int
 }
 
 func run(cfg config) (*report, error) {
@@ -506,7 +505,7 @@ func (b *bench) putGet() error {
 			if b.kept != nil {
 				b.kept.t.close(b.ctx)
 			}
-			b.kept = &keptObjects{t: targets[v], macs: macs[v], size: packfileSize}
+			b.kept = &keptObjects{t: targets[v], macs: macs[v]}
 		}
 	}
 	return nil
@@ -609,7 +608,7 @@ func (b *bench) keepObjects() error {
 	if err != nil {
 		return err
 	}
-	b.kept = &keptObjects{t: t, macs: macs, size: packfileSize}
+	b.kept = &keptObjects{t: t, macs: macs}
 	return nil
 }
 

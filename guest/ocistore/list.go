@@ -207,9 +207,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
 	// a registry that ignores last repeats tags across pages.
 	for i := 1; i < len(macs); i++ {
-		// macLess, its first words compared here: no call a MAC.
-		x, y := binary.BigEndian.Uint64(macs[i-1][:]), binary.BigEndian.Uint64(macs[i][:])
-		if x > y || x == y && compareMAC(macs[i-1], macs[i]) >= 0 {
+		if !macLess(&macs[i-1], &macs[i]) {
 			slices.SortFunc(macs, compareMAC)
 			return slices.Compact(macs), nil
 		}

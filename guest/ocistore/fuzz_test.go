@@ -77,7 +77,7 @@ func FuzzTagPage(f *testing.F) {
 		want := pageInfo{n: len(page.Tags), sorted: true}
 		var wantMACs []abi.MAC
 		for i, tag := range page.Tags {
-			if i > 0 && page.Tags[i-1] > tag {
+			if i > 0 && page.Tags[i-1] >= tag {
 				want.sorted = false
 			}
 			if strings.HasPrefix(tag, prefix) {

@@ -229,6 +229,19 @@ func ignoreListParams(next http.Handler) http.Handler {
 	})
 }
 
+// inclusiveLast makes the registry's pages overlap: each starts with the
+// tag it was asked to follow, as if last were inclusive.
+func inclusiveLast(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if last := q.Get("last"); isTagList(r) && last != "" {
+			q.Set("last", last[:len(last)-1]+string(last[len(last)-1]-1))
+			r.URL.RawQuery = q.Encode()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

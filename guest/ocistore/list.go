@@ -137,6 +137,10 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// would be allocated and copied several times a page, which costs the
 	// sandbox more than its own work.
 	buf := s.listPage.Take()
+	// Sorted pages, each after the last, give sorted MACs (lowercase hex
+	// sorts as its bytes do); a registry that ignores last repeats tags
+	// across pages, and the MACs are then sorted here.
+	ordered := true
 	if size := n*tagSize(prefix) + 4<<10; cap(buf) < size {
 		buf = make([]byte, 0, size)
 	}
@@ -185,10 +189,12 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 		// slice's allocations cost the sandbox as much as the decoding.
 		macs = slices.Grow(macs, len(d.data)/tagSize(prefix))
 		var p pageInfo
+		from := len(macs)
 		p, macs, err = parseTagPage(d.data, prefix, macs)
 		if err != nil {
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
+		ordered = ordered && p.sorted && (from == 0 || from == len(macs) || macLess(&macs[from-1], &macs[from]))
 		buf = d.data // decoded: the next page may be read into it
 		// Past the prefix in a sorted list, no tag of ours is left. (A
 		// next page started here is then cancelled when the call returns.)
@@ -204,13 +210,9 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	}
 	s.listPage.Keep(buf)
 	s.listMACs.Keep(macs)
-	// Sorted pages give sorted MACs (lowercase hex sorts as its bytes do);
-	// a registry that ignores last repeats tags across pages.
-	for i := 1; i < len(macs); i++ {
-		if !macLess(&macs[i-1], &macs[i]) {
-			slices.SortFunc(macs, compareMAC)
-			return slices.Compact(macs), nil
-		}
+	if !ordered {
+		slices.SortFunc(macs, compareMAC)
+		macs = slices.Compact(macs)
 	}
 	return macs, nil
 }

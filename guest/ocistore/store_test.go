@@ -225,12 +225,17 @@ func TestListPagination(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		mws   []middleware
-		paged bool
+		pages int
 	}{
-		{"no Link (go-containerregistry)", nil, true},
-		{"relative Link", []middleware{linkPages(false)}, true},
-		{"absolute Link", []middleware{linkPages(true)}, true},
-		{"n and last ignored", []middleware{ignoreListParams}, false},
+		// 10 packfile tags in pages of 3, then the marker list.
+		{"no Link (go-containerregistry)", nil, 5},
+		{"relative Link", []middleware{linkPages(false)}, 5},
+		{"absolute Link", []middleware{linkPages(true)}, 5},
+		// Everything at once, twice.
+		{"n and last ignored", []middleware{ignoreListParams}, 2},
+		// Pages of 3 that each repeat the tag before them: the MACs
+		// repeated are listed once.
+		{"pages overlap", []middleware{inclusiveLast}, 6},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			x := newHarness(t, tt.mws...)
@@ -251,10 +256,8 @@ func TestListPagination(t *testing.T) {
 			}
 			reqs := x.host.takeRequests()
 			pages := countRequests(reqs, "GET /v2/team/backups/tags/list")
-			// 10 packfile tags in pages of 3, then the marker list; or
-			// everything at once, twice.
-			if want := map[bool]int{true: 5, false: 2}[tt.paged]; pages != want {
-				t.Errorf("%d tag list requests, want %d: %q", pages, want, reqs)
+			if pages != tt.pages {
+				t.Errorf("%d tag list requests, want %d: %q", pages, tt.pages, reqs)
 			}
 			if got := x.list(abi.KindState); len(got) != 4 {
 				t.Errorf("List(state) = %d MACs, want 4", len(got))

@@ -31,7 +31,7 @@ const maxDepth = 10000
 type pageInfo struct {
 	n      int    // how many tags the page has
 	last   string // its last tag
-	sorted bool   // whether they are sorted
+	sorted bool   // whether they are sorted, none twice
 	beyond bool   // whether, sorted, they went past the prefix: no later page has one of ours
 }
 
@@ -128,9 +128,9 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 			// their first eight bytes.
 			if info.n > 0 && info.sorted {
 				if prevMAC >= 0 {
-					info.sorted = !macLess(&macs[len(macs)-1], &macs[prevMAC])
+					info.sorted = macLess(&macs[prevMAC], &macs[len(macs)-1])
 				} else {
-					info.sorted = !less(tag, prev)
+					info.sorted = less(prev, tag)
 				}
 			}
 			info.n++
@@ -155,7 +155,7 @@ func (s *scanner) tags(prefix string, macs []abi.MAC) (pageInfo, []abi.MAC, erro
 			macs = append(macs, mac)
 		}
 		info.n++
-		if info.n > 1 && info.sorted && less(tag, prev) {
+		if info.n > 1 && info.sorted && !less(prev, tag) {
 			info.sorted = false
 		}
 		prev, prevMAC = tag, -1
@@ -208,7 +208,7 @@ func (s *scanner) ourRun(m *prefixMatch, macs []abi.MAC, info *pageInfo) (_ []ab
 			macs = macs[:len(macs)-1]
 			break
 		}
-		if info.sorted && macLess(mac, &macs[len(macs)-2]) {
+		if info.sorted && !macLess(&macs[len(macs)-2], mac) {
 			info.sorted = false
 		}
 		info.n++

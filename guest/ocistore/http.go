@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -129,9 +128,9 @@ func (s *Store) atEnd(st abi.Stream) bool {
 func (c *call) readDoc(what string, resp *abi.Response, limit int, buf []byte) ([]byte, error) {
 	s := c.s
 	defer s.h.Close(resp.Body)
-	size, err := strconv.Atoi(resp.Get("Content-Length"))
-	if err != nil {
-		size = -1
+	size := -1 // unknown: a tag list is most often sent in chunks
+	if n, ok := parseDecimal(resp.Get("Content-Length")); ok && n <= uint64(limit) {
+		size = int(n)
 	}
 	data, more, err := s.read(resp.Body, buf, limit, size)
 	if err != nil {

@@ -144,23 +144,25 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	if size := n*tagSize(prefix) + 4<<10; cap(buf) < size {
 		buf = make([]byte, 0, size)
 	}
+	// The answer's Link, and the page it names started from its headers:
+	// the headers of every 200 answer come here, so after a retry next is
+	// the last answer's. (Made once, not at every page: what a closure
+	// holds is allocated where it is declared.)
+	var current, next *abi.Request
+	var early abi.Pending
+	var earlyURL string
+	headers := func(header []abi.Header) {
+		next = c.linkedPage(current.URL, header, n)
+		if early == 0 && next != nil && linkLast(next.URL, prefix) {
+			early, earlyURL = c.start(next), next.URL
+		}
+	}
 	for pages := 0; req != nil; pages++ {
 		if pages == maxPages {
 			return nil, errorf(abi.ErrOther, "%s: the tag list of registry %s runs past %d pages: its pagination links loop", c.action(), s.loc.Registry, maxPages)
 		}
-		current := req
-		// The answer's Link, and the page it names started from its
-		// headers: the headers of every 200 answer come here, so after a
-		// retry next is the last answer's.
-		var next *abi.Request
-		var early abi.Pending
-		var earlyURL string
-		d, err := c.getStartedDoc("tag list", current, started, docTuning{limit: maxTagPage, buf: buf, headers: func(header []abi.Header) {
-			next = c.linkedPage(current.URL, header, n)
-			if early == 0 && next != nil && linkLast(next.URL, prefix) {
-				early, earlyURL = c.start(next), next.URL
-			}
-		}})
+		current, next, early, earlyURL = req, nil, 0, ""
+		d, err := c.getStartedDoc("tag list", current, started, docTuning{limit: maxTagPage, buf: buf, headers: headers})
 		started, req = 0, nil
 		if err != nil {
 			return nil, err

@@ -223,26 +223,38 @@ func (s *scanner) ourRun(m *prefixMatch, macs []abi.MAC, info *pageInfo) (_ []ab
 // call of the runtime's comparison as much as for decoding the MAC.
 type prefixMatch struct {
 	prefix string
-	words  []uint64 // the prefix in little-endian words, the last one padded with zeros
-	last   uint64   // the mask of the last word's bytes
+	// The prefix in little-endian words, the last one padded with zeros:
+	// an array, as a slice would be allocated at every page.
+	words [maxPrefix / 8]uint64
+	n     int    // how many words the prefix has
+	last  uint64 // the mask of the last word's bytes
 	// raw is whether a string that starts with the prefix in the page
-	// starts with it once decoded: the prefix is printable ASCII and has
-	// no quote or backslash. Ours all are; others take the slow path.
+	// starts with it once decoded: the prefix is printable ASCII, has no
+	// quote or backslash, and leaves room in a tag for a MAC. Ours all
+	// are; others take the slow path.
 	raw bool
 }
 
+// maxPrefix is the longest prefix that a tag (128 bytes at most) can have
+// before a MAC in hex.
+const maxPrefix = 128 - 2*abi.MACSize
+
 func newPrefixMatch(prefix string) prefixMatch {
-	m := prefixMatch{prefix: prefix, last: ^uint64(0), raw: true}
+	m := prefixMatch{prefix: prefix, last: ^uint64(0), raw: len(prefix) <= maxPrefix}
 	for _, c := range []byte(prefix) {
 		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
 			m.raw = false
 		}
 	}
+	if !m.raw {
+		return m
+	}
 	var w [8]byte
 	for i := 0; i < len(prefix); i += 8 {
 		clear(w[:])
 		copy(w[:], prefix[i:])
-		m.words = append(m.words, binary.LittleEndian.Uint64(w[:]))
+		m.words[m.n] = binary.LittleEndian.Uint64(w[:])
+		m.n++
 	}
 	if r := len(prefix) % 8; r != 0 {
 		m.last = 1<<(8*r) - 1
@@ -253,7 +265,7 @@ func newPrefixMatch(prefix string) prefixMatch {
 // match tells whether b starts with the prefix; b has at least 8 bytes
 // more than the prefix.
 func (m *prefixMatch) match(b []byte) bool {
-	n := len(m.words)
+	n := m.n
 	if n == 0 {
 		return true
 	}

@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,8 +59,8 @@ func main() {
 	var cfg config
 	var conc, only string
 	flag.Float64Var(&cfg.scale, "scale", 1, "size of the workloads: 1 is the full benchmark, 0.1 a quick run")
-	flag.IntVar(&cfg.rounds, "rounds", 8, "rounds each workload is cut into, every variant running its share of each round in turn")
-	flag.IntVar(&cfg.longRounds, "long-rounds", 4, "rounds of the long workloads (one big object, Kloset), each running it whole with every store")
+	flag.IntVar(&cfg.rounds, "rounds", 12, "rounds each workload is cut into, every variant running its share of each round in turn (a multiple of 6: every order of three variants twice)")
+	flag.IntVar(&cfg.longRounds, "long-rounds", 6, "rounds of the long workloads (one big object, Kloset), each running it whole with every store (even: both orders of two stores as often)")
 	flag.StringVar(&conc, "conc", "1,4", "concurrencies of the put and get workload")
 	flag.IntVar(&cfg.rangeConc, "range-conc", 4, "concurrency of the range reads, the small puts and Kloset's store")
 	flag.StringVar(&cfg.out, "out", "build/bench.json", "JSON report")
@@ -216,12 +217,29 @@ func (b *bench) scaled(n, least int) int {
 	return max(least, int(math.Round(float64(n)*b.cfg.scale)))
 }
 
-// order rotates the variants from one repetition to the next, so that no
-// variant always runs first (on an idle registry) or last.
-func order(rep int, vs []string) []string {
-	out := make([]string, len(vs))
-	for i := range vs {
-		out[i] = vs[(i+rep)%len(vs)]
+// order is the order of the variants in a round: every order in turn
+// (two for two variants, six for three), so that over a multiple of that
+// many rounds each variant runs first, last and after each other one as
+// often as the others. Rotating them only made the wasm store run after
+// the native one in every round, and last more often than it with eight
+// rounds: whatever drifts during a workload, or what one variant leaves
+// the registry to do (its garbage), weighed on one variant more.
+func order(round int, vs []string) []string {
+	perms := permutations(vs)
+	return perms[round%len(perms)]
+}
+
+// permutations lists every order of vs, in lexical order of positions.
+func permutations(vs []string) [][]string {
+	if len(vs) <= 1 {
+		return [][]string{slices.Clone(vs)}
+	}
+	var out [][]string
+	for i, v := range vs {
+		rest := slices.Concat(vs[:i:i], vs[i+1:])
+		for _, p := range permutations(rest) {
+			out = append(out, append([]string{v}, p...))
+		}
 	}
 	return out
 }
@@ -315,6 +333,7 @@ func parallel(ctx context.Context, n, conc int, op func(ctx context.Context, i, 
 // workload's total for variant v.
 func (b *bench) slice(workload, v string, t target, ops int, f func() (int64, error)) error {
 	resetPeakRSS()
+	settle()
 	before := t.requests()
 	start, cpu := time.Now(), cpuTime()
 	n, err := f()

@@ -137,13 +137,13 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// would be allocated and copied several times a page, which costs the
 	// sandbox more than its own work.
 	buf := s.listPage.Take()
-	// Sorted pages, each after the last, give sorted MACs (lowercase hex
-	// sorts as its bytes do); a registry that ignores last repeats tags
-	// across pages, and the MACs are then sorted here.
-	ordered := true
 	if size := n*tagSize(prefix) + 4<<10; cap(buf) < size {
 		buf = make([]byte, 0, size)
 	}
+	// Sorted pages, each after the one before, give sorted MACs (lowercase
+	// hex sorts as its bytes do); a registry that ignores last repeats
+	// tags across pages, and the MACs are then sorted here.
+	ordered := true
 	// The answer's Link, and the page it names started from its headers:
 	// the headers of every 200 answer come here, so after a retry next is
 	// the last answer's. (Made once, not at every page: what a closure

@@ -516,15 +516,12 @@ func (b *bench) putGet() error {
 		if err != nil {
 			return err
 		}
-		for _, v := range variants {
-			if conc != top || v != native {
-				targets[v].close(b.ctx)
+		for v, t := range targets {
+			if conc == top && v == native && b.kept == nil {
+				b.kept = &keptObjects{t: t, macs: macs[v]}
 				continue
 			}
-			if b.kept != nil {
-				b.kept.t.close(b.ctx)
-			}
-			b.kept = &keptObjects{t: targets[v], macs: macs[v]}
+			t.close(b.ctx)
 		}
 	}
 	return nil

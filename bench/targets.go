@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/guest/ocistore"
 	"github.com/plakar-oci/ocistore/host"
 )
 
@@ -164,7 +165,7 @@ func (t *rawTarget) put(ctx context.Context, mac objects.MAC, data []byte) error
 // learn finds the blob of object mac that a store put, from its
 // manifest, so that get can read it.
 func (t *rawTarget) learn(ctx context.Context, mac objects.MAC) error {
-	desc, err := t.puller.Get(ctx, t.repo.Tag("packfile-"+hex.EncodeToString(mac[:])))
+	desc, err := t.puller.Get(ctx, t.repo.Tag(ocistore.ObjectTag(abi.KindPackfile, mac)))
 	if err != nil {
 		return err
 	}

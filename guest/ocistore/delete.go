@@ -16,7 +16,7 @@ const (
 // Delete removes object (k, mac); a missing (or already deleted) object is
 // abi.ErrNotFound.
 func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
-	tag := objectTag(k, mac)
+	tag := ObjectTag(k, mac)
 	c := s.newCall("delete ", tag, " from ")
 	if err := c.checkKind(k); err != nil {
 		return err
@@ -121,7 +121,7 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // goes first: if the second PUT fails, the object is still whole, and
 // List, which checks the object tag of every marker, still shows it.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
-	tag := objectTag(k, mac)
+	tag := ObjectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err

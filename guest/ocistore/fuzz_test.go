@@ -115,7 +115,7 @@ func FuzzParseTag(f *testing.F) {
 				if !ok {
 					continue
 				}
-				want := objectTag(k, mac)
+				want := ObjectTag(k, mac)
 				if prefix != tagPrefix(k) {
 					want = markerTag(k, mac)
 				}

@@ -85,7 +85,7 @@ func (x *harness) put(k abi.Kind, mac abi.MAC, data []byte) error {
 	return x.do(func() error {
 		n, err := x.store.Put(k, mac, x.host.AddReader(bytes.NewReader(data)))
 		if err == nil && n != uint64(len(data)) {
-			x.t.Errorf("Put(%s) = %d, want %d", objectTag(k, mac), n, len(data))
+			x.t.Errorf("Put(%s) = %d, want %d", ObjectTag(k, mac), n, len(data))
 		}
 		return err
 	})

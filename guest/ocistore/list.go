@@ -51,7 +51,7 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		}
 		// A marker stays once written; the object is alive again if its
 		// tag was put after the deletion.
-		digest, exists, err := c.manifestDigest(objectTag(k, mac))
+		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
 		if err != nil {
 			return nil, err
 		}

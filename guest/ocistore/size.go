@@ -18,7 +18,7 @@ func (s *Store) Size() (int64, error) {
 			return 0, err
 		}
 		for _, mac := range macs {
-			tag := objectTag(k, mac)
+			tag := ObjectTag(k, mac)
 			blob, ok := descriptor{}, false
 			if cacheable(k) {
 				if v, hit := s.h.CacheGet(s.cacheKey(tag)); hit {

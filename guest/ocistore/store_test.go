@@ -123,7 +123,7 @@ func TestStore(t *testing.T) {
 		t.Errorf("cold Get made %d requests, want 2: %q", len(reqs), reqs)
 	}
 	// A cache pointing at a blob the registry lost: fall back to the tag.
-	x.host.CacheSet(s.cacheKey(objectTag(abi.KindState, st1)), s.cacheValue(descriptor{Digest: tombstoneDigest, Size: 3}))
+	x.host.CacheSet(s.cacheKey(ObjectTag(abi.KindState, st1)), s.cacheValue(descriptor{Digest: tombstoneDigest, Size: 3}))
 	if b, err := x.get(abi.KindState, st1, nil); err != nil || string(b) != "state" {
 		t.Errorf("Get with a stale cache = %q, %v", b, err)
 	}

@@ -41,12 +41,14 @@ func (p perKind) of(k abi.Kind) string {
 	return p.make(k)
 }
 
-// objectTag is the tag of object (k, mac).
-func objectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.EncodeToString(mac[:]) }
+// ObjectTag is the tag of object (k, mac): the store's layout, which
+// other clients of the same repository (the benchmark's raw one) read
+// objects by.
+func ObjectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.EncodeToString(mac[:]) }
 
 // markerTag is the tag that marks object (k, mac) deleted on registries
 // that cannot delete.
-func markerTag(k abi.Kind, mac abi.MAC) string { return markerPrefix + objectTag(k, mac) }
+func markerTag(k abi.Kind, mac abi.MAC) string { return markerPrefix + ObjectTag(k, mac) }
 
 // parseTag returns the MAC of tag if it is prefix followed by 64 lowercase
 // hex digits. Other tags, ours or not, are not objects of that kind. It

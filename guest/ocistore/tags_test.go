@@ -22,11 +22,11 @@ func testMAC(b byte) abi.MAC {
 func TestTags(t *testing.T) {
 	mac := testMAC(0xa0)
 	hex := "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-	if got, want := objectTag(abi.KindPackfile, mac), "packfile-"+hex; got != want {
-		t.Errorf("objectTag = %q, want %q", got, want)
+	if got, want := ObjectTag(abi.KindPackfile, mac), "packfile-"+hex; got != want {
+		t.Errorf("ObjectTag = %q, want %q", got, want)
 	}
-	if got, want := objectTag(abi.KindECCState, mac), "ecc-state-"+hex; got != want {
-		t.Errorf("objectTag = %q, want %q", got, want)
+	if got, want := ObjectTag(abi.KindECCState, mac), "ecc-state-"+hex; got != want {
+		t.Errorf("ObjectTag = %q, want %q", got, want)
 	}
 	if got, want := markerTag(abi.KindLock, mac), "deleted-lock-"+hex; got != want {
 		t.Errorf("markerTag = %q, want %q", got, want)
@@ -87,8 +87,8 @@ func TestCacheValue(t *testing.T) {
 	mac := abi.MAC{0xab, 31: 0x01}
 	for _, k := range abi.Kinds() {
 		tag, key := s.objectKey(k, mac)
-		if tag != objectTag(k, mac) || key != s.cacheKey(tag) {
-			t.Errorf("objectKey(%v) = %q, %q; want %q, %q", k, tag, key, objectTag(k, mac), s.cacheKey(objectTag(k, mac)))
+		if tag != ObjectTag(k, mac) || key != s.cacheKey(tag) {
+			t.Errorf("objectKey(%v) = %q, %q; want %q, %q", k, tag, key, ObjectTag(k, mac), s.cacheKey(ObjectTag(k, mac)))
 		}
 	}
 }

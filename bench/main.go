@@ -775,7 +775,11 @@ func (b *bench) restoreRoot(name string) (string, error) {
 // and Kloset cache, as a later plakar command would.
 func (b *bench) kloset() error {
 	size := int64(500e6 * b.cfg.scale)
-	src := filepath.Join(goroot(), "src")
+	root, err := goroot()
+	if err != nil {
+		return err
+	}
+	src := filepath.Join(root, "src")
 	roots, srcBytes, err := sourceRoots(src, size*157/500)
 	if err != nil {
 		return err

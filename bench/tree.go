@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 )
@@ -18,13 +17,12 @@ import (
 // and generated files (sizes from 4 KiB to 8 MiB, half random, half
 // compressible), size bytes in all.
 
-func goroot() string {
-	if out, err := exec.Command("go", "env", "GOROOT").Output(); err == nil {
-		if s := strings.TrimSpace(string(out)); s != "" {
-			return s
-		}
+func goroot() (string, error) {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if s := strings.TrimSpace(string(out)); err == nil && s != "" {
+		return s, nil
 	}
-	return runtime.GOROOT()
+	return "", fmt.Errorf("finding the Go source tree to back up (go env GOROOT): %v: put the go command on PATH", err)
 }
 
 // treeSize is the bytes of the regular files under root.

@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -529,9 +528,10 @@ func containsMAC(macs []objects.MAC, mac objects.MAC) bool {
 // buildFaultyGuest builds the guest with faults on demand (guest/faults.go).
 func buildFaultyGuest(t *testing.T) []byte {
 	t.Helper()
+	// go test puts its own GOROOT/bin first on PATH.
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = runtime.GOROOT() + "/bin/go"
+		t.Fatalf("building the faulty guest needs the go command: %v", err)
 	}
 	out := t.TempDir() + "/faultyguest.wasm"
 	cmd := exec.Command(goTool, "build", "-trimpath", "-buildmode=c-shared", "-tags", "faults", "-o", out, "../guest")

@@ -232,6 +232,10 @@ func parseFlags(fs *flag.FlagSet, args []string, stopAtFirst bool) ([]string, er
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, usagef("%s: -h: run 'ocibackup help %s'", fs.Name(), fs.Name())
 			}
+			if fs.Name() == "ocibackup" {
+				// main prefixes every message with the program's name.
+				return nil, usageError{err.Error()}
+			}
 			return nil, usagef("%s: %v", fs.Name(), err)
 		}
 		args = fs.Args()

@@ -90,6 +90,10 @@ func cmdBackup(a *app, args []string) error {
 	if len(rest) != 1 {
 		return usagef("backup DIR: one directory to back up")
 	}
+	if rest[0] == "" {
+		// filepath.Abs("") is the working directory: not what was meant.
+		return usagef("backup: the directory to back up is empty (\"\"): give a path, or . for the current directory")
+	}
 	dir, err := filepath.Abs(rest[0])
 	if err != nil {
 		return err

@@ -34,11 +34,11 @@ func TestLocationErrors(t *testing.T) {
 		args []string
 	}{
 		{"no location", 2, []string{"no store given", "-at", "OCIBACKUP_LOCATION"}, []string{"ls"}},
-		{"no scheme", 1, []string{"localhost:5000/x", "must start with oci://"}, []string{"-at", "localhost:5000/x", "ls"}},
-		{"other scheme", 1, []string{"must start with oci://"}, []string{"-at", "https://localhost:5000/x", "backup", "."}},
-		{"no path", 1, []string{"repository path is required"}, []string{"-at", "oci://" + closed, "ls"}},
-		{"uppercase", 1, []string{"must be lowercase"}, []string{"-at", "oci://" + closed + "/Team", "ls"}},
-		{"unknown option", 1, []string{"unknown key", "colour"}, []string{"-at", "oci://" + closed + "/x", "-o", "colour=blue", "ls"}},
+		{"no scheme", 2, []string{"localhost:5000/x", "must start with oci://"}, []string{"-at", "localhost:5000/x", "ls"}},
+		{"other scheme", 2, []string{"must start with oci://"}, []string{"-at", "https://localhost:5000/x", "backup", "."}},
+		{"no path", 2, []string{"repository path is required"}, []string{"-at", "oci://" + closed, "ls"}},
+		{"uppercase", 2, []string{"must be lowercase"}, []string{"-at", "oci://" + closed + "/Team", "ls"}},
+		{"unknown option", 2, []string{"unknown key", "colour"}, []string{"-at", "oci://" + closed + "/x", "-o", "colour=blue", "ls"}},
 		{"unreachable", 1, []string{closed, "connection refused"}, []string{"-at", "oci://" + closed + "/x", "ls"}},
 		{"unreachable create", 1, []string{closed, "connection refused"}, []string{"-at", "oci://" + closed + "/x", "create"}},
 		{"not a registry", 1, []string{notOCI, "is it a registry?"}, []string{"-at", "oci://" + notOCI + "/x", "ls"}},
@@ -46,11 +46,18 @@ func TestLocationErrors(t *testing.T) {
 		{"no named store", 1, []string{"no store named", "nobody"}, []string{"-at", "@nobody", "ls"}},
 		{"unknown command", 2, []string{"unknown command", "frob"}, []string{"frob"}},
 		{"bad flag", 2, []string{"backup", "-frob"}, []string{"backup", "-frob", "."}},
+		{"option without value", 2, []string{"invalid value", "novalue", "key=value"}, []string{"-at", "oci://" + closed + "/x", "-o", "novalue", "ls"}},
+		{"bad option value", 2, []string{"concurrency"}, []string{"-at", "oci://" + closed + "/x", "-o", "concurrency=lots", "ls"}},
+		{"store add bad option", 2, []string{"store add", "colour"}, []string{"store", "add", "x", "oci://" + closed + "/x", "colour=blue"}},
+		{"empty backup path", 2, []string{"backup", "empty", "."}, []string{"-at", "oci://" + closed + "/x", "backup", ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := *e
 			e.t = t
-			e.fails(tc.code, tc.want, tc.args...)
+			r := e.fails(tc.code, tc.want, tc.args...)
+			if strings.Contains(r.stderr, "ocibackup: ocibackup:") {
+				t.Errorf("the program's name twice: %s", r)
+			}
 		})
 	}
 }

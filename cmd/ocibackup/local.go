@@ -141,11 +141,36 @@ func cmdRegistry(a *app, args []string) error {
 		a.con.Printf("ocibackup: warning: %s is not a loopback address: anyone who reaches it can read and write this registry (plain HTTP, no authentication)", reg.Addr)
 	}
 	a.sayf("OCI registry listening on http://%s, storage in %s (log: %s)", reg.Addr, reg.Dir, displayPath(reg.Dir+string(os.PathSeparator)+"registry.log"))
-	a.sayf("Try: ocibackup -at oci://%s/my/backups create (Ctrl-C stops the registry)", reg.Addr)
+	a.sayf("Try: %s", tryCommand(reg.Addr))
 	select {
 	case <-a.ctx.Done():
 		return nil
 	case <-reg.Done():
 		return fmt.Errorf("registry: %v", reg.Err())
 	}
+}
+
+// tryCommand is the command that 'ocibackup registry' suggests, with a
+// location that reaches the registry at addr. A wildcard address (0.0.0.0,
+// [::]) listens everywhere but is no address to dial: this machine reaches
+// it on 127.0.0.1, other machines by its name. Plain HTTP is the default
+// for a loopback registry only.
+func tryCommand(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("ocibackup -at oci://%s/my/backups create (Ctrl-C stops the registry)", addr)
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip != nil && ip.IsUnspecified():
+		other := "this machine's name"
+		if name, err := os.Hostname(); err == nil && name != "" {
+			other = name
+		}
+		return fmt.Sprintf("ocibackup -at oci://%s/my/backups create (Ctrl-C stops the registry; from other machines: -at oci://%s/my/backups -o use_tls=false)",
+			net.JoinHostPort("127.0.0.1", port), net.JoinHostPort(other, port))
+	case host == "localhost" || ip != nil && ip.IsLoopback():
+		return fmt.Sprintf("ocibackup -at oci://%s/my/backups create (Ctrl-C stops the registry)", addr)
+	}
+	return fmt.Sprintf("ocibackup -at oci://%s/my/backups -o use_tls=false create (Ctrl-C stops the registry)", addr)
 }

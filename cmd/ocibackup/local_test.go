@@ -62,39 +62,7 @@ func TestLocalRegistry(t *testing.T) {
 	}
 
 	// The registry command, on the same data, on a port of its choosing.
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
-	defer cancel()
-	srv := e.command(ctx, "registry", "-addr", "127.0.0.1:0")
-	out, err := srv.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Stderr = srv.Stdout
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := bufio.NewScanner(out)
-	ready := make(chan string, 1)
-	listening := regexp.MustCompile(`listening on http://(127\.0\.0\.1:\d+),`)
-	go func() {
-		for lines.Scan() {
-			if m := listening.FindStringSubmatch(lines.Text()); m != nil {
-				ready <- m[1]
-			}
-		}
-		io.Copy(io.Discard, out)
-		exited <- srv.Wait()
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-		t.Logf("ocibackup registry listens on %s", addr)
-	case err := <-exited:
-		t.Fatalf("ocibackup registry exited: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("ocibackup registry did not say it listens within 20s")
-	}
+	srv, addr, _ := startRegistry(t, e, "-addr", "127.0.0.1:0")
 	// oci://local goes through it (it does not wait for the storage),
 	// and so does its address.
 	if r := e.ok("-at", "oci://local/my/backups", "ls"); !strings.Contains(r.stdout, id) || strings.Contains(r.stderr, "waiting") {
@@ -108,11 +76,85 @@ func TestLocalRegistry(t *testing.T) {
 	sameTree(t, src, dest)
 
 	// SIGINT stops it, exit 0.
-	if err := srv.Process.Signal(os.Interrupt); err != nil {
+	srv.stop(t)
+	// The data outlive it.
+	if r := e.ok("-at", "oci://local/my/backups", "check", id); !strings.Contains(r.stdout, "ok") {
+		t.Errorf("check after the registry stopped: %s", r)
+	}
+}
+
+// TestRegistrySuggestion: 'ocibackup registry' on a wildcard address
+// suggests a location that works from this machine, and it does.
+func TestRegistrySuggestion(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase)
+	srv, _, try := startRegistry(t, e, "-addr", "0.0.0.0:0", "-dir", t.TempDir())
+	defer srv.stop(t)
+	args := strings.Fields(try)
+	if len(args) < 2 || args[0] != "ocibackup" || strings.Contains(try, "0.0.0.0") {
+		t.Fatalf("the suggestion %q names no location this machine can reach", try)
+	}
+	e.ok(args[1:]...)
+}
+
+// registryCommand is a running 'ocibackup registry'.
+type registryCommand struct {
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+// startRegistry starts 'ocibackup registry args...' and returns once it
+// says where it listens: the address and the command it suggests trying.
+func startRegistry(t *testing.T, e *env, args ...string) (*registryCommand, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	t.Cleanup(cancel)
+	srv := &registryCommand{cmd: e.command(ctx, append([]string{"registry"}, args...)...), exited: make(chan error, 1)}
+	out, err := srv.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Stderr = srv.cmd.Stdout
+	if err := srv.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(out)
+	ready := make(chan [2]string, 1)
+	listening := regexp.MustCompile(`listening on http://([^,]+),`)
+	suggests := regexp.MustCompile(`^Try: (.*) \(Ctrl-C`)
+	go func() {
+		var addr string
+		for lines.Scan() {
+			if m := listening.FindStringSubmatch(lines.Text()); m != nil {
+				addr = m[1]
+			}
+			if m := suggests.FindStringSubmatch(lines.Text()); m != nil {
+				ready <- [2]string{addr, m[1]}
+			}
+		}
+		io.Copy(io.Discard, out)
+		srv.exited <- srv.cmd.Wait()
+	}()
+	select {
+	case r := <-ready:
+		t.Logf("ocibackup registry listens on %s and suggests %s", r[0], r[1])
+		return srv, r[0], r[1]
+	case err := <-srv.exited:
+		t.Fatalf("ocibackup registry exited: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("ocibackup registry did not say it listens within 20s")
+	}
+	return nil, "", ""
+}
+
+// stop interrupts the registry, as Ctrl-C does, and expects exit 0.
+func (srv *registryCommand) stop(t *testing.T) {
+	t.Helper()
+	if err := srv.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
+	case err := <-srv.exited:
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			t.Errorf("ocibackup registry exited with %v after SIGINT, want 0", err)
@@ -121,9 +163,5 @@ func TestLocalRegistry(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("ocibackup registry did not stop within 20s of SIGINT")
-	}
-	// The data outlive it.
-	if r := e.ok("-at", "oci://local/my/backups", "check", id); !strings.Contains(r.stdout, "ok") {
-		t.Errorf("check after the registry stopped: %s", r)
 	}
 }

@@ -203,8 +203,10 @@ func (a *app) storeConfig() (map[string]string, error) {
 		}
 		cfg[k] = v
 	}
+	// A location or option the store refuses is a bad command line (exit
+	// 2), as docs/cli.md says, whether -at, -o or a saved store gave it.
 	if err := checkLocation(cfg["location"]); err != nil {
-		return nil, err
+		return nil, usageError{err.Error()}
 	}
 	if isLocal(cfg["location"]) {
 		if err := a.useLocalRegistry(cfg); err != nil {
@@ -212,7 +214,7 @@ func (a *app) storeConfig() (map[string]string, error) {
 		}
 	}
 	if _, err := host.ParseConfig(cfg); err != nil {
-		return nil, a.displayError(err)
+		return nil, usageError{a.displayError(err).Error()}
 	}
 	return cfg, nil
 }
@@ -244,7 +246,7 @@ func cmdStore(a *app, args []string) error {
 			return fmt.Errorf("store add: %q already exists: 'ocibackup store rm %s' first", name, name)
 		}
 		if err := checkLocation(loc); err != nil {
-			return err
+			return usageError{err.Error()}
 		}
 		e := storeEntry{Location: loc, Options: map[string]string{}}
 		for _, kv := range rest[3:] {
@@ -263,7 +265,7 @@ func cmdStore(a *app, args []string) error {
 			check["location"] = localAlias(loc, "127.0.0.1:1")
 		}
 		if _, err := host.ParseConfig(check); err != nil {
-			return fmt.Errorf("store add: %w", err)
+			return usagef("store add: %v", err)
 		}
 		if len(e.Options) == 0 {
 			e.Options = nil

@@ -368,15 +368,23 @@ func withLocation(loc string, err error) error {
 	return fmt.Errorf("%s: %w", loc, err)
 }
 
-// cause returns what cancelled kctx when err is the cancellation.
+// cause returns what cancelled kctx when err is the cancellation: Kloset
+// cancels its context when a worker fails (a packfile that could not be
+// put), and the operation then ends on "context canceled", a consequence.
+// The message is the cause's; both stay in the chain.
 func cause(kctx *kcontext.KContext, err error) error {
 	if err != nil && errors.Is(err, context.Canceled) {
 		if c := context.Cause(kctx); c != nil && c != err && !errors.Is(err, c) {
-			return fmt.Errorf("%w (%w)", err, c)
+			return stoppedError{cause: c, err: err}
 		}
 	}
 	return err
 }
+
+type stoppedError struct{ cause, err error }
+
+func (e stoppedError) Error() string   { return e.cause.Error() }
+func (e stoppedError) Unwrap() []error { return []error{e.cause, e.err} }
 
 // Location is the store's location, as given to Open.
 func (v *Vault) Location() string { return v.location }

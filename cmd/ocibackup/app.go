@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/term"
 )
@@ -56,6 +57,12 @@ type app struct {
 	doing string
 	// The local registry's address in messages is shown as oci://local.
 	localFrom, localTo string
+
+	mu          sync.Mutex
+	klosetLines []string // klosetLog's
+	// later are warnings shown after the command's error, if any: what
+	// closing found (a lock left behind) follows from the failure.
+	later []string
 }
 
 func (a *app) onClose(f func()) { a.closers = append(a.closers, f) }

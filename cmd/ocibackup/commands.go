@@ -12,6 +12,7 @@ import (
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/dustin/go-humanize"
 
+	"github.com/plakar-oci/ocistore/host"
 	"github.com/plakar-oci/ocistore/vault"
 )
 
@@ -110,7 +111,7 @@ func cmdBackup(a *app, args []string) error {
 	r, err := v.Backup(dir, &vault.BackupOptions{Name: *name, Tags: tags, Excludes: excludes})
 	stop()
 	if err != nil {
-		return a.displayError(err)
+		return a.displayError(storeFailed(err, "the backup stopped and nothing was committed", "run it again"))
 	}
 	a.printErrors("could not back up", r.Errors, r.NumErrors)
 	a.sayf("snapshot %s of %s: %s files, %s; read %s, stored %s (after deduplication and compression) in %s",
@@ -120,6 +121,22 @@ func cmdBackup(a *app, args []string) error {
 		return exitError{code: exitPartial, err: fmt.Errorf("snapshot %s was saved without %d path(s) that could not be read", r.ShortID(), r.NumErrors)}
 	}
 	return nil
+}
+
+// storeFailed puts the store's error first when an operation failed
+// because of it: Kloset's words around it say what it was doing, which
+// what is the store's message says already. A registry that did not answer
+// is worth trying again once it does.
+func storeFailed(err error, what, retry string) error {
+	var se *host.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	msg := fmt.Sprintf("%s; %s", strings.TrimSuffix(se.Message, "; try again"), what)
+	if errors.Is(se, host.ErrTransient) {
+		msg += ": " + retry + " once the registry answers"
+	}
+	return displayedError{err: err, msg: msg}
 }
 
 // printErrors prints the first per-path errors of an operation.

@@ -29,6 +29,7 @@ type slowProxy struct {
 	rate      int           // bytes per second
 	uploading chan struct{} // closed once an upload body passed uploadMark
 	once      sync.Once
+	srv       *http.Server
 }
 
 const uploadMark = 1 << 20
@@ -57,6 +58,7 @@ func newSlowProxy(t *testing.T, registry string, rate int) *slowProxy {
 		t.Fatal(err)
 	}
 	p.Host = ln.Addr().String()
+	p.srv = srv
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return p
@@ -214,5 +216,67 @@ func getJSON(t *testing.T, u string, v any) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatalf("GET %s: %v", u, err)
+	}
+}
+
+// TestRegistryDiesMidBackup: when the registry goes away in the middle of
+// a packfile upload (its connections cut, new ones refused), the backup
+// fails with one line that says so first, then what to do, and nothing
+// is committed.
+func TestRegistryDiesMidBackup(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	proxy := newSlowProxy(t, reg.URL, 4<<20)
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src, 8, 6, 4<<20)
+
+	e := newEnv(t)
+	slow := "oci://" + proxy.Host + "/dies/store"
+	e.ok("-at", "oci://"+reg.Host+"/dies/store", "create", "-no-encryption")
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	cmd := e.command(ctx, "-at", slow, "-o", "concurrency=2", "backup", src)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-proxy.uploading:
+	case err := <-exited:
+		t.Fatalf("the backup ended before any upload was under way (%v)\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no upload under way after 30s\nstdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+	}
+	proxy.srv.Close()
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(runTimeout):
+		t.Fatalf("the backup did not stop within %v of the registry's end\nstderr:\n%s", runTimeout, &stderr)
+	}
+	t.Logf("stderr:\n%s", &stderr)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("the backup exited with %v, want 1\nstderr:\n%s", err, &stderr)
+	}
+	// The error first; a warning of what closing found (the backup's
+	// lock, which the registry could not take back) may follow.
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "ocibackup: warning: ") {
+			t.Errorf("more than the error on stderr: %q", l)
+		}
+	}
+	msg := lines[0]
+	for _, want := range []string{"no answer from registry " + proxy.Host, "nothing was committed", "run it again once the registry answers"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not say %q: %s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "context canceled") {
+		t.Errorf("the error blames a cancellation, not the registry: %s", msg)
 	}
 }

@@ -92,9 +92,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	a.closeAll()
 	con.Clear()
 
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if err == nil {
+		for _, l := range append(a.klosetLines, a.later...) {
+			con.Printf("%s", l)
+		}
 		return exitOK
 	}
+	defer func() {
+		for _, l := range a.later {
+			fmt.Fprintln(stderr, l)
+		}
+	}()
 	code := exitFailure
 	var ue usageError
 	var ee exitError

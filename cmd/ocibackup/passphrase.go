@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/term"
 
@@ -103,7 +104,7 @@ func (a *app) open() (*vault.Vault, error) {
 	}
 	a.onClose(func() {
 		if err := v.Close(); err != nil && !errors.Is(err, context.Canceled) {
-			a.con.Printf("ocibackup: warning: %s", oneLine(a.displayError(err).Error()))
+			a.later = append(a.later, "ocibackup: warning: "+oneLine(a.displayError(err).Error()))
 		}
 	})
 	return v, nil
@@ -121,14 +122,20 @@ func (a *app) vaultOptions() (*vault.Options, error) {
 	}, nil
 }
 
-// klosetLog passes Kloset's warnings and errors to the console, but for
-// those that follow an interruption: every worker then reports the
-// cancellation, which says nothing the summary does not.
+// klosetLog keeps Kloset's warnings and errors until the command is over,
+// and run shows them only if it succeeded: when it fails, its error says
+// why, and Kloset's lines are that failure (or the interruption) told
+// again by each worker it stopped.
 type klosetLog struct{ a *app }
 
+// maxKlosetLines bounds the lines kept.
+const maxKlosetLines = 100
+
 func (l klosetLog) Write(p []byte) (int, error) {
-	if l.a.ctx.Err() != nil {
-		return len(p), nil
+	l.a.mu.Lock()
+	defer l.a.mu.Unlock()
+	if len(l.a.klosetLines) < maxKlosetLines {
+		l.a.klosetLines = append(l.a.klosetLines, "kloset: "+strings.TrimRight(string(p), "\n"))
 	}
-	return l.a.con.Write(append([]byte("kloset: "), p...))
+	return len(p), nil
 }

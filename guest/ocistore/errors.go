@@ -15,10 +15,30 @@ import (
 const maxErrorBody = 64 << 10
 
 // registryError is one entry of the OCI distribution error body,
-// {"errors":[{"code":...,"message":...}]}.
+// {"errors":[{"code":...,"message":...,"detail":...}]}. The message is
+// often generic ("unknown error"); the detail, any JSON, is where a
+// registry says why ("no space left on device").
 type registryError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+	Detail  json.RawMessage `json:"detail"`
+}
+
+// detail is the entry's detail as text: a string as it is, anything else
+// as compact JSON; empty when absent, null, or the message again.
+func (e registryError) detail() string {
+	var s string
+	if json.Unmarshal(e.Detail, &s) != nil {
+		s = string(e.Detail)
+		if s == "null" || s == "{}" || s == "[]" || s == `""` {
+			s = ""
+		}
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if strings.EqualFold(s, strings.TrimSpace(e.Message)) {
+		return ""
+	}
+	return s
 }
 
 // parseRegistryErrors returns the errors of body, or nil if it is not an
@@ -73,6 +93,9 @@ func describeStatus(status int, errs []registryError) string {
 		}
 		if msg := strings.TrimSpace(e.Message); msg != "" {
 			s += ": " + truncate(msg, 200)
+		}
+		if d := e.detail(); d != "" {
+			s += " (" + truncate(d, 200) + ")"
 		}
 	}
 	return s

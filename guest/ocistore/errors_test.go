@@ -38,6 +38,13 @@ func TestHTTPError(t *testing.T) {
 		{409, "", abi.ErrOther, []string{"409 Conflict"}},
 		{418, "", abi.ErrOther, []string{"answered 418"}},
 		{400, `{"errors":[{"code":"A","message":"one"},{"code":"B"}]}`, abi.ErrOther, []string{"400 A: one; B"}},
+		// A registry whose disk is full says so in the detail, behind a
+		// generic message (distribution's UNKNOWN).
+		{500, `{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":"write /var/lib/registry/x: no space left on device"}]}`, abi.ErrTransient,
+			[]string{"500 UNKNOWN: unknown error (write /var/lib/registry/x: no space left on device)"}},
+		{400, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{"reason":"bad layer"}}]}`, abi.ErrOther,
+			[]string{`400 MANIFEST_INVALID: manifest invalid ({"reason":"bad layer"})`}},
+		{500, `{"errors":[{"code":"UNKNOWN","message":"boom","detail":"boom"}]}`, abi.ErrTransient, []string{"(500 UNKNOWN: boom): try again later"}},
 	}
 	for _, tt := range tests {
 		e := httpError(loc, "put x", tt.status, []byte(tt.body))

@@ -3,12 +3,17 @@ package vault
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"time"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/objects"
+	"github.com/PlakarKorp/kloset/repository"
+	"github.com/PlakarKorp/kloset/resources"
 	"github.com/PlakarKorp/kloset/snapshot"
+
+	"github.com/plakar-oci/ocistore/host"
 )
 
 // ErrCheckFailed: Check found damage.
@@ -63,6 +68,7 @@ func (v *Vault) Check(ref string) (*CheckResult, error) {
 		Fetched:  p.BytesFetched,
 		Duration: time.Since(o.started),
 	}
+	v.diagnoseMissingChunks(o)
 	r.Errors, r.NumErrors = o.Errors()
 	if err != nil && r.NumErrors == 0 {
 		r.Errors, r.NumErrors = []string{err.Error()}, 1
@@ -71,6 +77,31 @@ func (v *Vault) Check(ref string) (*CheckResult, error) {
 		return r, fmt.Errorf("%w: snapshot %x: %d problem(s), the first: %s", ErrCheckFailed, r.ID[:4], r.NumErrors, r.Errors[0])
 	}
 	return r, nil
+}
+
+// diagnoseMissingChunks reads again each chunk Kloset reported missing:
+// Kloset says "missing" of any chunk it could not read, but one whose
+// bytes the store returned and that does not decrypt or decompress is
+// corrupted, and one the registry did not serve is unreadable, not gone.
+func (v *Vault) diagnoseMissingChunks(o *op) {
+	o.mu.Lock()
+	macs := append([]objects.MAC(nil), o.missingChunks...)
+	o.mu.Unlock()
+	for _, mac := range macs {
+		subject := fmt.Sprintf("chunk %x", mac)
+		_, err := v.repo.GetBlobBytes(resources.RT_CHUNK, mac)
+		var se *host.Error
+		switch {
+		case err == nil:
+			o.replaceError(subject, subject+": could not be read during the check, and reads now: check again")
+		case errors.Is(err, repository.ErrBlobNotFound), errors.Is(err, repository.ErrPackfileNotFound), errors.Is(err, fs.ErrNotExist):
+			// Missing indeed.
+		case errors.As(err, &se):
+			o.replaceError(subject, fmt.Sprintf("%s: could not be read from the store: %v", subject, cause(v.kctx, err)))
+		default:
+			o.replaceError(subject, fmt.Sprintf("%s: corrupted: the store returned its packfile's bytes, but they do not decode (%v)", subject, err))
+		}
+	}
 }
 
 // Remove removes snapshot ref (see Resolve) from the store, as plakar rm

@@ -10,6 +10,7 @@ import (
 	"github.com/PlakarKorp/kloset/events"
 	"github.com/PlakarKorp/kloset/kcontext"
 	"github.com/PlakarKorp/kloset/objects"
+	"github.com/PlakarKorp/kloset/snapshot"
 	"github.com/google/uuid"
 )
 
@@ -65,9 +66,13 @@ type op struct {
 	// the events.
 	countsFromExporter bool
 
-	mu     sync.Mutex
-	errors []string
-	seen   map[string]bool // subjects already reported
+	mu       sync.Mutex
+	errors   []string
+	subjects []string        // errors' subjects, in the same order
+	seen     map[string]bool // subjects already reported
+	// missingChunks are the chunks Kloset reported missing (the first
+	// maxErrorsKept): it says so of any chunk it could not read.
+	missingChunks []objects.MAC
 }
 
 func newOp(name string, store *CountingStore, totalsFromEvents bool) *op {
@@ -97,6 +102,18 @@ func (o *op) addError(subject, msg string) {
 	o.errorsCounted.Add(1)
 	if len(o.errors) < maxErrorsKept {
 		o.errors = append(o.errors, msg)
+		o.subjects = append(o.subjects, subject)
+	}
+}
+
+// replaceError says better what went wrong with subject.
+func (o *op) replaceError(subject, msg string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, s := range o.subjects {
+		if s == subject {
+			o.errors[i] = msg
+		}
 	}
 }
 
@@ -227,6 +244,13 @@ func (o *op) apply(ev *events.Event, e *Event) {
 			}
 		}
 		o.addError(what, fmt.Sprintf("%s: %s", what, e.Error))
+		if mac, ok := ev.Data["mac"].(objects.MAC); ok && ev.Type == "chunk.error" && ev.Data["error"] == snapshot.ErrChunkMissing {
+			o.mu.Lock()
+			if len(o.missingChunks) < maxErrorsKept {
+				o.missingChunks = append(o.missingChunks, mac)
+			}
+			o.mu.Unlock()
+		}
 		return
 	}
 	if o.countsFromExporter && (ev.Type == "file.ok" || ev.Type == "file.cached") {

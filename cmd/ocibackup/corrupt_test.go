@@ -1,0 +1,60 @@
+package main_test
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+// TestCorruptedChunk: a packfile whose bytes changed on the registry's
+// disk (where nothing checks them against the blob's digest until it is
+// read whole) is reported as corrupted by check, not as missing.
+func TestCorruptedChunk(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{})
+	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase, "OCIBACKUP_LOCATION", "oci://"+reg.Host+"/corrupt/store")
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src, 9, 1, 2<<20)
+	e.ok("create")
+	id := snapshotID(t, e.ok("backup", src))
+
+	// The largest blob is the packfile: flip a byte in every 64 KiB of it.
+	var packfile string
+	var size int64
+	err := filepath.WalkDir(filepath.Join(reg.Dir, "docker", "registry", "v2", "blobs"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Name() != "data" {
+			return err
+		}
+		fi, err := d.Info()
+		if err == nil && fi.Size() > size {
+			packfile, size = p, fi.Size()
+		}
+		return err
+	})
+	if err != nil || packfile == "" {
+		t.Fatalf("no blob in %s: %v", reg.Dir, err)
+	}
+	b, err := os.ReadFile(packfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(b); i += 64 << 10 {
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(packfile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r := e.run("check", id)
+	t.Logf("check says:\n%s", r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "chunk") || !strings.Contains(r.stderr, "corrupted: the store returned") {
+		t.Errorf("check does not say a chunk is corrupted; %s", r)
+	}
+	if strings.Contains(r.stderr, "missing") {
+		t.Errorf("a corrupted chunk is reported missing: %s", r)
+	}
+}

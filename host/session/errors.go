@@ -48,9 +48,17 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 			hop = u
 		}
 	}
+	// What to check: the store's location, or, when the hop is where the
+	// registry redirected to (object storage, a CDN), the registry's
+	// redirect, which the location has no say in.
 	name := hostKey(hop)
+	checkName := "check the host name in the store's location"
+	checkRunning := "is the registry running and is the location right?"
 	if sameHost(hop, &s.env.base) {
 		name = "registry " + name
+	} else {
+		checkName = fmt.Sprintf("registry %s redirected %s %s there: the host it sends downloads to must be reachable from this machine (see the registry's storage settings)", hostKey(&s.env.base), req.Method, where(req.URL))
+		checkRunning = checkName
 	}
 
 	var (
@@ -73,11 +81,11 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 		strings.HasPrefix(inner.Error(), "tls: "):
 		return &hostError{fmt.Sprintf("TLS handshake with %s failed: %v; set ca_file for a private CA or use_tls=false for a plain-HTTP registry", name, inner), err}
 	case errors.As(err, &dnsErr):
-		return &hostError{fmt.Sprintf("cannot resolve %s: %v: check the host name in the store's location", name, dnsErr), err}
+		return &hostError{fmt.Sprintf("cannot resolve %s: %v: %s", name, dnsErr, checkName), err}
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return &hostError{fmt.Sprintf("cannot reach %s: connection refused: is the registry running and is the location right?", name), err}
+		return &hostError{fmt.Sprintf("cannot reach %s: connection refused: %s", name, checkRunning), err}
 	case errors.As(err, &opErr) && opErr.Op == "dial":
-		return &hostError{fmt.Sprintf("cannot reach %s: %v: is the registry running and is the location right?", name, opErr.Err), err}
+		return &hostError{fmt.Sprintf("cannot reach %s: %v: %s", name, opErr.Err, checkRunning), err}
 	case ue != nil && ue.Timeout():
 		return &hostError{fmt.Sprintf("%s did not answer %s %s in time (%v): check the network, or raise the client's timeout", name, req.Method, where(req.URL), inner), err}
 	}

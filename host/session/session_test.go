@@ -750,6 +750,43 @@ func TestTransportErrors(t *testing.T) {
 			t.Fatalf("status %d", resp.Status)
 		}
 	})
+	// A registry that redirects downloads to a host this machine cannot
+	// resolve or reach: the error names that host and the redirect, not
+	// the store's location.
+	t.Run("redirect to an unreachable host", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := l.Addr().String()
+		l.Close()
+		reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			target := map[string]string{"/unresolvable": "https://blobs.example.invalid/data", "/refused": "https://" + closed + "/data"}[r.URL.Path]
+			http.Redirect(w, r, target+"?sig=secret", http.StatusTemporaryRedirect)
+		}))
+		defer reg.Close()
+		env, _ := newEnv(t, Config{Registry: reg.URL})
+		s := env.NewSession(context.Background())
+		defer s.CloseAll()
+		for path, want := range map[string]string{
+			"/unresolvable": "cannot resolve blobs.example.invalid",
+			"/refused":      "cannot reach " + closed + ": connection refused",
+		} {
+			_, err := s.RoundTrip(&abi.Request{Method: http.MethodGet, URL: path})
+			if err == nil {
+				t.Fatalf("GET %s succeeded", path)
+			}
+			msg := err.Error()
+			for _, w := range []string{want, "registry " + strings.TrimPrefix(reg.URL, "http://") + " redirected GET", "reachable from this machine"} {
+				if !strings.Contains(msg, w) {
+					t.Errorf("GET %s: %q does not say %q", path, msg, w)
+				}
+			}
+			if strings.Contains(msg, "location") || strings.Contains(msg, "secret") {
+				t.Errorf("GET %s: %q blames the store's location or shows the query", path, msg)
+			}
+		}
+	})
 	t.Run("failing body", func(t *testing.T) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
 		defer srv.Close()

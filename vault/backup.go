@@ -10,6 +10,7 @@ import (
 
 	"github.com/PlakarKorp/kloset/connectors"
 	"github.com/PlakarKorp/kloset/connectors/importer"
+	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/locate"
 	"github.com/PlakarKorp/kloset/objects"
 	"github.com/PlakarKorp/kloset/repository"
@@ -43,9 +44,13 @@ type BackupResult struct {
 	// not read again.
 	BytesRead int64
 	// BytesStored are the bytes the store received (packfiles and
-	// states), after deduplication, compression and encryption.
+	// states), after deduplication, compression and encryption: the new
+	// data, and the snapshot's index (a few MiB, whatever the backup's
+	// size: the whole of a small backup's).
 	BytesStored int64
-	Duration    time.Duration
+	// Packfiles and States are the objects the store received.
+	Packfiles, States int
+	Duration          time.Duration
 
 	// Errors are the paths that could not be backed up (the first
 	// maxErrorsKept of NumErrors); the snapshot records them too.
@@ -73,6 +78,7 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	if _, err := os.Stat(root); err != nil {
 		return nil, fmt.Errorf("nothing to back up: %w", err)
 	}
+	statsBefore := v.store.Stats()
 	o := newOp("backup", v.store, false)
 	v.events.begin(o)
 	defer v.events.end(o)
@@ -175,6 +181,12 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 		BytesStored: p.BytesStored,
 		Duration:    time.Since(o.started),
 	}
+	puts := v.store.Stats().Since(statsBefore)
+	put := func(res storage.StorageResource) int {
+		k := StoreOp{"Put", res}
+		return puts.Calls[k] - puts.Errors[k]
+	}
+	r.Packfiles, r.States = put(storage.StorageResourcePackfile), put(storage.StorageResourceState)
 	for _, s := range snap.Header.Sources {
 		sum := s.Summary
 		r.Files += sum.Directory.Files + sum.Below.Files

@@ -114,9 +114,15 @@ func cmdBackup(a *app, args []string) error {
 		return a.displayError(storeFailed(err, "the backup stopped and nothing was committed", "run it again"))
 	}
 	a.printErrors("could not back up", r.Errors, r.NumErrors)
-	a.sayf("snapshot %s of %s: %s files, %s; read %s, stored %s (after deduplication and compression) in %s",
+	// What is stored is the new data and the snapshot's index, which a
+	// small backup is mostly made of: said when it is most of it.
+	what := "new data after deduplication and compression, and the snapshot's index"
+	if r.BytesStored > 2*r.BytesRead+1<<20 {
+		what = "mostly the snapshot's index, a few MiB for any backup; then the new data after deduplication and compression"
+	}
+	a.sayf("snapshot %s of %s: %s files, %s; read %s, stored %s in %d packfile(s) and %d state(s) (%s) in %s",
 		r.ShortID(), r.Root, humanize.Comma(int64(r.Files)), ibytes(int64(r.Size)),
-		ibytes(r.BytesRead), ibytes(r.BytesStored), formatDuration(r.Duration))
+		ibytes(r.BytesRead), ibytes(r.BytesStored), r.Packfiles, r.States, what, formatDuration(r.Duration))
 	if r.NumErrors > 0 {
 		return exitError{code: exitPartial, err: fmt.Errorf("snapshot %s was saved without %d path(s) that could not be read", r.ShortID(), r.NumErrors)}
 	}

@@ -32,7 +32,7 @@ func TestWorkflow(t *testing.T) {
 	// Backup, and the snapshot in the list.
 	r = e.ok("backup", src)
 	id := snapshotID(t, r)
-	first := regexp.MustCompile(`: 8 files, (\S+ \S+); read (\S+ \S+), stored (\S+ \S+) \(after deduplication and compression\) in \S+$`).FindStringSubmatch(strings.TrimSpace(r.stdout))
+	first := regexp.MustCompile(`: 8 files, (\S+ \S+); read (\S+ \S+), stored (\S+ \S+) in \d+ packfile\(s\) and \d+ state\(s\) \([^()]+\) in \S+$`).FindStringSubmatch(strings.TrimSpace(r.stdout))
 	if first == nil || first[1] != first[2] || first[1] != "14 MiB" {
 		t.Fatalf("the backup summary lacks files, bytes read and stored, time: %s", r)
 	}

@@ -103,23 +103,8 @@ func TestInterruptedBackup(t *testing.T) {
 	e.ok("-at", direct, "create", "-no-encryption")
 
 	// The backup, through the proxy; SIGINT once a packfile is uploading.
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
-	defer cancel()
-	cmd := e.command(ctx, "-at", slow, "-o", "concurrency=2", "backup", src)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case <-proxy.uploading:
-	case err := <-exited:
-		t.Fatalf("the backup ended before any upload was under way (%v)\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no upload under way after 30s\nstdout:\n%s\nstderr:\n%s", &stdout, &stderr)
-	}
+	b := startUploading(t, e, proxy, "-at", slow, "-o", "concurrency=2", "backup", src)
+	cmd, exited, stdout, stderr := b.cmd, b.exited, b.stdout, b.stderr
 	interrupted := time.Now()
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
@@ -128,18 +113,18 @@ func TestInterruptedBackup(t *testing.T) {
 	select {
 	case err = <-exited:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the backup did not stop within 30s of SIGINT\nstdout:\n%s\nstderr:\n%s", &stdout, &stderr)
+		t.Fatalf("the backup did not stop within 30s of SIGINT\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
 	}
-	t.Logf("the backup stopped %v after SIGINT\nstderr:\n%s", time.Since(interrupted).Round(time.Millisecond), &stderr)
+	t.Logf("the backup stopped %v after SIGINT\nstderr:\n%s", time.Since(interrupted).Round(time.Millisecond), stderr)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
-		t.Fatalf("the interrupted backup exited with %v, want 130\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
+		t.Fatalf("the interrupted backup exited with %v, want 130\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}
 	if !strings.Contains(stderr.String(), "interrupted") || !strings.Contains(stderr.String(), "nothing was committed") {
-		t.Errorf("the interrupted backup does not say what happened:\n%s", &stderr)
+		t.Errorf("the interrupted backup does not say what happened:\n%s", stderr)
 	}
 	if strings.Contains(stderr.String(), "kloset:") {
-		t.Errorf("the interrupted backup shows Kloset's noise:\n%s", &stderr)
+		t.Errorf("the interrupted backup shows Kloset's noise:\n%s", stderr)
 	}
 
 	// Nothing committed, the lock removed, no tag on a partial blob.
@@ -161,6 +146,35 @@ func TestInterruptedBackup(t *testing.T) {
 		t.Errorf("check: %s", r)
 	}
 	checkTags(t, reg.URL, "interrupted/store")
+}
+
+// uploadingBackup is an ocibackup command running through a slowProxy.
+type uploadingBackup struct {
+	cmd            *exec.Cmd
+	exited         chan error
+	stdout, stderr *bytes.Buffer
+}
+
+// startUploading starts ocibackup with args and returns once an upload
+// through proxy is under way.
+func startUploading(t *testing.T, e *env, proxy *slowProxy, args ...string) *uploadingBackup {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	t.Cleanup(cancel)
+	b := &uploadingBackup{cmd: e.command(ctx, args...), exited: make(chan error, 1), stdout: new(bytes.Buffer), stderr: new(bytes.Buffer)}
+	b.cmd.Stdout, b.cmd.Stderr = b.stdout, b.stderr
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.exited <- b.cmd.Wait() }()
+	select {
+	case <-proxy.uploading:
+	case err := <-b.exited:
+		t.Fatalf("the backup ended before any upload was under way (%v)\nstdout:\n%s\nstderr:\n%s", err, b.stdout, b.stderr)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no upload under way after 30s\nstdout:\n%s\nstderr:\n%s", b.stdout, b.stderr)
+	}
+	return b
 }
 
 // checkTags fails t unless every object tag of repo names a manifest
@@ -233,34 +247,19 @@ func TestRegistryDiesMidBackup(t *testing.T) {
 	e := newEnv(t)
 	slow := "oci://" + proxy.Host + "/dies/store"
 	e.ok("-at", "oci://"+reg.Host+"/dies/store", "create", "-no-encryption")
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
-	defer cancel()
-	cmd := e.command(ctx, "-at", slow, "-o", "concurrency=2", "backup", src)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case <-proxy.uploading:
-	case err := <-exited:
-		t.Fatalf("the backup ended before any upload was under way (%v)\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no upload under way after 30s\nstdout:\n%s\nstderr:\n%s", &stdout, &stderr)
-	}
+	b := startUploading(t, e, proxy, "-at", slow, "-o", "concurrency=2", "backup", src)
+	exited, stderr := b.exited, b.stderr
 	proxy.srv.Close()
 	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(runTimeout):
-		t.Fatalf("the backup did not stop within %v of the registry's end\nstderr:\n%s", runTimeout, &stderr)
+		t.Fatalf("the backup did not stop within %v of the registry's end\nstderr:\n%s", runTimeout, stderr)
 	}
-	t.Logf("stderr:\n%s", &stderr)
+	t.Logf("stderr:\n%s", stderr)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("the backup exited with %v, want 1\nstderr:\n%s", err, &stderr)
+		t.Fatalf("the backup exited with %v, want 1\nstderr:\n%s", err, stderr)
 	}
 	// The error first; a warning of what closing found (the backup's
 	// lock, which the registry could not take back) may follow.

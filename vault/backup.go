@@ -30,6 +30,10 @@ type BackupOptions struct {
 	StagingDir string
 }
 
+// ErrCommitted is wrapped by the error of a backup that failed once its
+// snapshot was committed: the snapshot is in the store.
+var ErrCommitted = errors.New("the snapshot was committed")
+
 // BackupResult describes a committed snapshot.
 type BackupResult struct {
 	ID   objects.MAC
@@ -164,12 +168,12 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	}
 	closed = true
 	if err := snap.Close(); err != nil {
-		return nil, fmt.Errorf("closing the snapshot: %w", err)
+		return nil, fmt.Errorf("closing the snapshot: %w (%w)", err, ErrCommitted)
 	}
 	o.setPhase("done")
 	// What a later command will see: the new snapshot is in the state.
 	if err := v.rebuildState(); err != nil {
-		return nil, fmt.Errorf("reading the state back after the backup: %w", cause(kctx, err))
+		return nil, fmt.Errorf("reading the state back after the backup: %w (%w)", cause(kctx, err), ErrCommitted)
 	}
 
 	v.events.sync(kctx, v.repo.Configuration().RepositoryID)

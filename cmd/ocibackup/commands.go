@@ -118,7 +118,7 @@ func cmdBackup(a *app, args []string) error {
 	// small backup is mostly made of: said when it is most of it.
 	what := "new data after deduplication and compression, and the snapshot's index"
 	if r.BytesStored > 2*r.BytesRead+1<<20 {
-		what = "mostly the snapshot's index, a few MiB for any backup; then the new data after deduplication and compression"
+		what = "mostly the snapshot's index, a few MiB for any backup, then the new data after deduplication and compression"
 	}
 	a.sayf("snapshot %s of %s: %s files, %s; read %s, stored %s in %d packfile(s) and %d state(s) (%s) in %s",
 		r.ShortID(), r.Root, humanize.Comma(int64(r.Files)), ibytes(int64(r.Size)),
@@ -130,12 +130,13 @@ func cmdBackup(a *app, args []string) error {
 }
 
 // storeFailed puts the store's error first when an operation failed
-// because of it: Kloset's words around it say what it was doing, which
-// what is the store's message says already. A registry that did not answer
-// is worth trying again once it does.
+// because of it, then what, and retry when the registry did not answer.
+// Kloset's words around the store's error ("committing the snapshot:
+// failed to flush packer: ...") say what it was doing, which the store's
+// message says already.
 func storeFailed(err error, what, retry string) error {
 	var se *host.Error
-	if !errors.As(err, &se) {
+	if !errors.As(err, &se) || errors.Is(err, vault.ErrCommitted) {
 		return err
 	}
 	msg := fmt.Sprintf("%s; %s", strings.TrimSuffix(se.Message, "; try again"), what)

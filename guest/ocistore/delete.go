@@ -2,6 +2,7 @@ package ocistore
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -22,23 +23,91 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 		return err
 	}
 	s.h.CacheRemove(s.cacheKey(tag))
-	for {
-		mode := s.deleteMode.Load()
+	known, err := c.deletionMode()
+	if err != nil {
+		return err
+	}
+	for mode := known; ; mode++ {
 		var done bool
-		var err error
 		switch mode {
 		case deleteByTag:
 			done, err = c.deleteTag(tag)
 		case deleteByDigest:
 			done, err = c.deleteDigest(tag)
 		default:
-			return c.bury(k, mac)
+			done, err = true, c.bury(k, mac)
 		}
-		if done || err != nil {
-			return err
+		if !done {
+			s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
+			continue
 		}
-		s.deleteMode.CompareAndSwap(mode, mode+1)
-		s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
+		if mode != known && (err == nil || codeOf(err) == abi.ErrNotFound) {
+			// Learned after the object was released, so that the first
+			// delete of a store is not one request longer.
+			c.recordDeletionMode(mode)
+		}
+		return err
+	}
+}
+
+// deletionMode is how this store's registry deletes: from the host's
+// cache (every instance of this store in this process), else from the
+// record in the repository (every process of the store), else the first
+// way. Each way a registry refuses is then tried once per store, not once
+// per process: the first delete of a process is the request that releases
+// the object, not a refused DELETE before it.
+func (c *call) deletionMode() (int32, error) {
+	if mode, ok := c.cachedDeletionMode(); ok {
+		return mode, nil
+	}
+	return c.readDeletionMode(0)
+}
+
+func (c *call) cachedDeletionMode() (int32, bool) {
+	v, ok := c.s.h.CacheGet(c.s.cacheKey(deletionModeTag))
+	if !ok || len(v) != 1 || v[0] < '0' || v[0] > '2' {
+		return 0, false
+	}
+	return int32(v[0] - '0'), true
+}
+
+// readDeletionMode reads the record of how the registry deletes (a HEAD of
+// its tag, started already if started is not 0) into the host's cache. A
+// record this version does not know is the first way: trying it again
+// costs one refused request, and writes a record this version knows.
+func (c *call) readDeletionMode(started abi.Pending) (int32, error) {
+	resp, err := c.exchangeStarted(c.deletionModeHead(), started)
+	if err != nil {
+		return 0, err
+	}
+	var mode int32
+	switch resp.Status {
+	case 404:
+	case 200:
+		mode = int32(slices.Index(deletionModeDigests[:], resp.Get(headerDigest)))
+		mode = max(mode, deleteByTag)
+	default:
+		return 0, c.s.fail(c.action(), resp)
+	}
+	c.s.discard(resp)
+	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	return mode, nil
+}
+
+func (c *call) deletionModeHead() *abi.Request {
+	return c.request("HEAD", c.s.manifestURL(deletionModeTag), acceptManifest)
+}
+
+// recordDeletionMode remembers mode in the host's cache and in the
+// repository. A failure to record costs the next process one refused
+// request, nothing more: it is logged, never returned.
+func (c *call) recordDeletionMode(mode int32) {
+	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	if mode == deleteByTag {
+		return // the default: nothing to record
+	}
+	if err := c.putManifest(deletionModeTag, deletionModeManifests[mode]); err != nil {
+		c.s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: recording how registry %s deletes: %v", c.s.loc.Registry, err))
 	}
 }
 
@@ -117,22 +186,38 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 	return true, httpError(c.s.loc, c.action(), status, body)
 }
 
-// bury deletes by tombstone, on registries that cannot delete. The marker
-// goes first: if the second PUT fails, the object is still whole, and
-// List, which checks the object tag of every marker, still shows it.
+// bury deletes by tombstone, on registries that cannot delete. The
+// object's tag moves to the tombstone first: that one request releases the
+// object (Get finds a tombstone; a lock is read by the host as Kloset
+// lists locks, and one that reads as missing is not listed). The marker
+// follows, so that List drops the object without reading its tag. A
+// process that dies between the two leaves a tombstone without its marker:
+// deleting the object again writes the marker. No order of the two leaves
+// a marker on a live tag, which List would read as an object put again.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	tag := ObjectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
 	}
-	if !exists || digest == tombstoneDigest {
+	if !exists {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
-	if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
+	marker := markerTag(k, mac)
+	if digest == tombstoneDigest {
+		_, marked, err := c.manifestDigest(marker)
+		switch {
+		case err != nil:
+			return err
+		case marked:
+			return errorf(abi.ErrNotFound, "%s: no such object", c.action())
+		}
+		return c.putManifest(marker, tombstone)
+	}
+	if err := c.putManifest(tag, tombstone); err != nil {
 		return err
 	}
-	return c.putManifest(tag, tombstone)
+	return c.putManifest(marker, tombstone)
 }
 
 // manifestDigest returns the digest of the manifest ref names, and whether

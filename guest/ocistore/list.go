@@ -35,6 +35,13 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// while it makes the objects' pages.
 	markerFirst := min(c.s.pageSize, probePage)
 	markerPage := c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	// Kloset lists the locks before it releases one: the record of how the
+	// registry deletes is read then, alongside, so that the release is one
+	// request from the start (Delete).
+	var modeHead abi.Pending
+	if _, known := c.cachedDeletionMode(); !known {
+		modeHead = c.start(c.deletionModeHead())
+	}
 	macs, err := c.listTags(prefix, c.s.pageSize, 0)
 	if err != nil {
 		return nil, err
@@ -43,14 +50,19 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	if err != nil {
 		return nil, err
 	}
+	if modeHead != 0 {
+		// A failure here is the release's to report, if it meets it.
+		c.readDeletionMode(modeHead)
+	}
 	var dead []bool // by index in macs; markers are rare
 	for _, mac := range markers {
 		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
 		if !found {
 			continue
 		}
-		// A marker stays once written; the object is alive again if its
-		// tag was put after the deletion.
+		// A marker stays once written, and is written after the tag moved
+		// to the tombstone (bury): the object is alive again if its tag was
+		// put after the deletion.
 		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
 		if err != nil {
 			return nil, err

@@ -1,0 +1,164 @@
+package host_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/PlakarKorp/kloset/connectors/storage"
+
+	"github.com/plakar-oci/ocistore/internal/faultproxy"
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+const lock = storage.StorageResourceLock
+
+// TestReleaseKilledAtEveryStep releases a lock from a process that dies
+// after its k-th request, for every k, on registries that delete by tag,
+// by digest (distribution v2.8) and not at all (tombstones): the lock is
+// then either live, whole, if none of the requests that went through
+// wrote anything, or released, never in between. A lock taken again
+// under the same MAC afterwards is live, and released by its next delete.
+// The first process of a store learns what the registry refuses; every
+// later one makes no refused request, and releases the lock with its
+// first write, after one HEAD at most: the way is recorded in the
+// repository.
+func TestReleaseKilledAtEveryStep(t *testing.T) {
+	regs := []struct {
+		name  string
+		start func(testing.TB) *registrytest.Registry
+	}{
+		{"distribution-nodelete", func(t testing.TB) *registrytest.Registry {
+			return registrytest.Distribution(t, registrytest.Options{Delete: false})
+		}},
+		{"distribution-delete", func(t testing.TB) *registrytest.Registry {
+			return registrytest.Distribution(t, registrytest.Options{Delete: true})
+		}},
+		{"docker-registry-v2.8", func(t testing.TB) *registrytest.Registry {
+			return registrytest.DockerRegistry(t, registrytest.Options{Delete: true})
+		}},
+	}
+	for _, r := range regs {
+		t.Run(r.name, func(t *testing.T) {
+			rig := newFaultRig(t, r.start(t))
+			for _, later := range []bool{false, true} {
+				steps := 0
+				for k := 0; ; k++ {
+					done := releaseKilledAfter(t, rig, fmt.Sprintf("release/k%d-later%v", k, later), k, later)
+					if done {
+						steps = k
+						break
+					}
+				}
+				if steps == 0 {
+					t.Fatalf("later %v: the release made no request", later)
+				}
+				t.Logf("later %v: the release is %d requests", later, steps)
+			}
+		})
+	}
+}
+
+// releaseKilledAfter puts a lock in repo, lists the locks from a new
+// process (as Kloset does before it releases one: the list reads how the
+// registry deletes), then releases it from that process, which dies after
+// k requests of the release. It checks what another process sees, and
+// tells whether the release had finished before its process died. later
+// has an earlier process release a lock in repo first.
+func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later bool) (finished bool) {
+	t.Helper()
+	ctx := context.Background()
+	direct := func() storage.Store {
+		return newStoreWith(t, map[string]string{"location": "oci://" + rig.reg.Host + "/" + repo})
+	}
+	mac, data := randomMAC(), randomBytes(200)
+	if later {
+		earlier := randomMAC()
+		s := direct()
+		put(t, s, lock, earlier, data)
+		if err := s.Delete(ctx, lock, earlier); err != nil {
+			t.Fatalf("the earlier process's release: %v", err)
+		}
+	}
+	put(t, direct(), lock, mac, data)
+
+	p := rig.store(t, repo)
+	if got := list(t, p, lock); !containsMAC(got, mac) {
+		t.Fatalf("k=%d: the lock is not listed before its release", k)
+	}
+	rig.proxy.Requests()
+	dying, die := context.WithCancel(ctx)
+	defer die()
+	var seen atomic.Int32
+	cut := rig.proxy.Add(faultproxy.Rule{
+		Match: func(*http.Request) bool {
+			if int(seen.Add(1)) <= k {
+				return false
+			}
+			die()
+			return true
+		},
+		Fault: faultproxy.Fault{Kind: faultproxy.Delay, Delay: time.Hour},
+	})
+	err := p.Delete(dying, lock, mac)
+	rig.proxy.Clear()
+	sent := rig.proxy.Requests()
+	finished = cut.Hits() == 0
+	if finished && err != nil {
+		t.Fatalf("k=%d: the release failed with no fault: %v", k, err)
+	}
+	// What went through: the requests before the cut.
+	wrote, refused := false, 0
+	for i, e := range sent {
+		if i >= k && !finished {
+			break
+		}
+		switch {
+		case (e.Method == "PUT" || e.Method == "DELETE") && e.Status/100 == 2:
+			if !wrote && later && i > 1 {
+				t.Errorf("k=%d: the release's first write is its request %d (%v): want one request, after a HEAD at most", k, i+1, sent)
+			}
+			wrote = true
+		case e.Status == 400 || e.Status == 405:
+			refused++
+		}
+	}
+	if later && refused > 0 {
+		t.Errorf("k=%d: a later process's release was refused %d times: %v", k, refused, sent)
+	}
+
+	o := direct()
+	listed := containsMAC(list(t, o, lock), mac)
+	got, gerr := readAll(ctx, o, lock, mac, nil)
+	switch {
+	case wrote && (listed || !errors.Is(gerr, fs.ErrNotExist)):
+		t.Fatalf("k=%d: after %v the lock is still there (listed %v, get %v)", k, sent, listed, gerr)
+	case !wrote && (!listed || gerr != nil || !bytes.Equal(got, data)):
+		t.Fatalf("k=%d: after %v, which wrote nothing, the lock is not whole (listed %v, get %v)", k, sent, listed, gerr)
+	}
+
+	// Taken again under the same MAC, then released for good.
+	data2 := randomBytes(100)
+	put(t, direct(), lock, mac, data2)
+	o = direct()
+	if !containsMAC(list(t, o, lock), mac) {
+		t.Fatalf("k=%d: the lock taken again is not listed", k)
+	}
+	if got := get(t, o, lock, mac, nil); !bytes.Equal(got, data2) {
+		t.Fatalf("k=%d: the lock taken again reads back wrong", k)
+	}
+	if err := direct().Delete(ctx, lock, mac); err != nil {
+		t.Fatalf("k=%d: releasing the lock taken again: %v", k, err)
+	}
+	if got := list(t, direct(), lock); containsMAC(got, mac) {
+		t.Fatalf("k=%d: the lock is listed after its second release", k)
+	}
+	return finished
+}
+

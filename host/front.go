@@ -287,9 +287,16 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 	if kind == abi.KindLock {
 		f.lockRead(mac)
 	}
-	return f.do(ctx, res, func(inst I, sess *session.Session) error {
+	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
 		return inst.delete(ctx, sess, kind, mac)
 	})
+	if kind == abi.KindLock && errors.Is(err, fs.ErrNotExist) {
+		// Released already, by its owner or by another process removing
+		// it as stale: Kloset fails a command on a lock it cannot
+		// delete, and this one is gone, as asked.
+		return nil
+	}
+	return err
 }
 
 // Close closes the idle instances; calls in flight finish on theirs, which

@@ -5,13 +5,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/objects"
 
 	"github.com/plakar-oci/ocistore/internal/faultproxy"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
@@ -162,3 +166,112 @@ func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later b
 	return finished
 }
 
+// peerReleaser releases a peer's lock right after the first list of locks
+// it sees, before Kloset reads the locks listed: the peer's release falls
+// exactly between the list and the get.
+type peerReleaser struct {
+	storage.Store
+	peer storage.Store // another process's store on the same repository
+	mu   sync.Mutex
+	own  []objects.MAC // the locks put through this store
+	done bool
+	err  error
+	gone []objects.MAC
+}
+
+func (p *peerReleaser) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
+	if res == storage.StorageResourceLock {
+		p.mu.Lock()
+		p.own = append(p.own, mac)
+		p.mu.Unlock()
+	}
+	return p.Store.Put(ctx, res, mac, rd)
+}
+
+func (p *peerReleaser) List(ctx context.Context, res storage.StorageResource) ([]objects.MAC, error) {
+	macs, err := p.Store.List(ctx, res)
+	if err != nil || res != storage.StorageResourceLock {
+		return macs, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done {
+		return macs, nil
+	}
+	p.done = true
+	for _, mac := range macs {
+		if !containsMAC(p.own, mac) {
+			if p.err = p.peer.Delete(ctx, res, mac); p.err != nil {
+				break
+			}
+			p.gone = append(p.gone, mac)
+		}
+	}
+	return macs, nil
+}
+
+// TestReliabilityPeerLockReleasedBetweenListAndGet runs backup A until it
+// holds its lock, then backup B, whose list of locks (A's and its own) is
+// followed at once by A's lock being released, before Kloset reads it:
+// B sees a released lock, never an error, and both snapshots are whole.
+func TestReliabilityPeerLockReleasedBetweenListAndGet(t *testing.T) {
+	for _, deletes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+			reg := registrytest.Distribution(t, registrytest.Options{Delete: deletes})
+			cfg := map[string]string{"location": "oci://" + reg.Host + "/reliability/peer"}
+			createStore(t, cfg)
+			srcA, srcB := reliabilitySource(t, 21, 5), reliabilitySource(t, 22, 5)
+
+			gate := &gateStore{reached: make(chan struct{}), release: make(chan struct{})}
+			vA := openVault(t, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
+				gate.Store = s
+				return gate
+			})
+			var idA objects.MAC
+			doneA := make(chan error, 1)
+			go func() {
+				var err error
+				idA, err = vA.backup(srcA)
+				doneA <- err
+			}()
+			released := false
+			defer func() {
+				if !released {
+					close(gate.release)
+					<-doneA
+				}
+			}()
+			select {
+			case <-gate.reached:
+			case err := <-doneA:
+				t.Fatalf("backup A ended before its first packfile: %v", err)
+			}
+
+			hook := &peerReleaser{peer: newStoreWith(t, cfg)}
+			vB := openVault(t, cfg, reliabilityPassphrase, func(s storage.Store) storage.Store {
+				hook.Store = s
+				return hook
+			})
+			idB, err := vB.backup(srcB)
+			if hook.err != nil || len(hook.gone) != 1 {
+				t.Fatalf("the hook released %d peer locks (%v), want A's", len(hook.gone), hook.err)
+			}
+			if err != nil {
+				t.Fatalf("backup B, whose peer released its lock between list and get: %v", err)
+			}
+			vB.checkClean(t, "backup B")
+			close(gate.release)
+			released = true
+			if err := <-doneA; err != nil {
+				t.Fatalf("backup A: %v", err)
+			}
+
+			v := openVault(t, cfg, reliabilityPassphrase, nil)
+			if got, want := v.snapshotIDs(t), sortedMACs(idA, idB); !slices.Equal(got, want) {
+				t.Fatalf("snapshots: %x, want %x", got, want)
+			}
+			v.check(t, idA, idB)
+			v.restoreSame(t, idB, srcB)
+		})
+	}
+}

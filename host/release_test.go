@@ -29,6 +29,7 @@ const lock = storage.StorageResourceLock
 // then either live, whole, if none of the requests that went through
 // wrote anything, or released, never in between. A lock taken again
 // under the same MAC afterwards is live, and released by its next delete.
+// A state (deleted by maintenance only) is whole or gone at every step.
 // The first process of a store learns what the registry refuses; every
 // later one makes no refused request, and releases the lock with its
 // first write, after one HEAD at most: the way is recorded in the
@@ -51,31 +52,38 @@ func TestReleaseKilledAtEveryStep(t *testing.T) {
 	for _, r := range regs {
 		t.Run(r.name, func(t *testing.T) {
 			rig := newFaultRig(t, r.start(t))
-			for _, later := range []bool{false, true} {
-				steps := 0
-				for k := 0; ; k++ {
-					done := releaseKilledAfter(t, rig, fmt.Sprintf("release/k%d-later%v", k, later), k, later)
-					if done {
-						steps = k
-						break
+			for _, res := range []storage.StorageResource{lock, storage.StorageResourceState} {
+				for _, later := range []bool{false, true} {
+					steps := 0
+					for k := 0; ; k++ {
+						done := deleteKilledAfter(t, rig, res, fmt.Sprintf("release/%s-k%d-later%v", res, k, later), k, later)
+						if done {
+							steps = k
+							break
+						}
 					}
+					if steps == 0 {
+						t.Fatalf("%s, later %v: the delete made no request", res, later)
+					}
+					t.Logf("%s, later %v: the delete is %d requests", res, later, steps)
 				}
-				if steps == 0 {
-					t.Fatalf("later %v: the release made no request", later)
-				}
-				t.Logf("later %v: the release is %d requests", later, steps)
 			}
 		})
 	}
 }
 
-// releaseKilledAfter puts a lock in repo, lists the locks from a new
-// process (as Kloset does before it releases one: the list reads how the
-// registry deletes), then releases it from that process, which dies after
-// k requests of the release. It checks what another process sees, and
-// tells whether the release had finished before its process died. later
-// has an earlier process release a lock in repo first.
-func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later bool) (finished bool) {
+// deleteKilledAfter puts an object of kind res in repo, lists them from a
+// new process (as Kloset lists the locks before it releases one: the list
+// reads how the registry deletes), then deletes it from that process,
+// which dies after k requests of the delete. It checks what another
+// process sees, and tells whether the delete had finished before its
+// process died. later has an earlier process delete an object of the kind
+// in repo first.
+//
+// A lock is released by the first write of its delete. Other objects,
+// which maintenance alone deletes, may take more than one write, and are
+// then whole, listed and readable, until the last.
+func deleteKilledAfter(t *testing.T, rig *faultRig, res storage.StorageResource, repo string, k int, later bool) (finished bool) {
 	t.Helper()
 	ctx := context.Background()
 	direct := func() storage.Store {
@@ -85,15 +93,15 @@ func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later b
 	if later {
 		earlier := randomMAC()
 		s := direct()
-		put(t, s, lock, earlier, data)
-		if err := s.Delete(ctx, lock, earlier); err != nil {
+		put(t, s, res, earlier, data)
+		if err := s.Delete(ctx, res, earlier); err != nil {
 			t.Fatalf("the earlier process's release: %v", err)
 		}
 	}
-	put(t, direct(), lock, mac, data)
+	put(t, direct(), res, mac, data)
 
 	p := rig.store(t, repo)
-	if got := list(t, p, lock); !containsMAC(got, mac) {
+	if got := list(t, p, res); !containsMAC(got, mac) {
 		t.Fatalf("k=%d: the lock is not listed before its release", k)
 	}
 	rig.proxy.Requests()
@@ -110,7 +118,7 @@ func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later b
 		},
 		Fault: faultproxy.Fault{Kind: faultproxy.Delay, Delay: time.Hour},
 	})
-	err := p.Delete(dying, lock, mac)
+	err := p.Delete(dying, res, mac)
 	rig.proxy.Clear()
 	sent := rig.proxy.Requests()
 	finished = cut.Hits() == 0
@@ -118,17 +126,17 @@ func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later b
 		t.Fatalf("k=%d: the release failed with no fault: %v", k, err)
 	}
 	// What went through: the requests before the cut.
-	wrote, refused := false, 0
+	wrote, refused := 0, 0
 	for i, e := range sent {
 		if i >= k && !finished {
 			break
 		}
 		switch {
 		case (e.Method == "PUT" || e.Method == "DELETE") && e.Status/100 == 2:
-			if !wrote && later && i > 1 {
-				t.Errorf("k=%d: the release's first write is its request %d (%v): want one request, after a HEAD at most", k, i+1, sent)
+			if wrote == 0 && later && i > 1 {
+				t.Errorf("k=%d: the delete's first write is its request %d (%v): want one request, after a HEAD at most", k, i+1, sent)
 			}
-			wrote = true
+			wrote++
 		case e.Status == 400 || e.Status == 405:
 			refused++
 		}
@@ -138,30 +146,39 @@ func releaseKilledAfter(t *testing.T, rig *faultRig, repo string, k int, later b
 	}
 
 	o := direct()
-	listed := containsMAC(list(t, o, lock), mac)
-	got, gerr := readAll(ctx, o, lock, mac, nil)
+	listed := containsMAC(list(t, o, res), mac)
+	got, gerr := readAll(ctx, o, res, mac, nil)
+	whole := listed && gerr == nil && bytes.Equal(got, data)
+	gone := !listed && errors.Is(gerr, fs.ErrNotExist)
 	switch {
-	case wrote && (listed || !errors.Is(gerr, fs.ErrNotExist)):
+	case res == lock && wrote > 0 && !gone:
 		t.Fatalf("k=%d: after %v the lock is still there (listed %v, get %v)", k, sent, listed, gerr)
-	case !wrote && (!listed || gerr != nil || !bytes.Equal(got, data)):
-		t.Fatalf("k=%d: after %v, which wrote nothing, the lock is not whole (listed %v, get %v)", k, sent, listed, gerr)
+	case wrote == 0 && !whole:
+		t.Fatalf("k=%d: after %v, which wrote nothing, the %s is not whole (listed %v, get %v)", k, sent, res, listed, gerr)
+	case !whole && !gone:
+		t.Fatalf("k=%d: after %v the %s is neither whole nor gone (listed %v, get %v)", k, sent, res, listed, gerr)
 	}
 
-	// Taken again under the same MAC, then released for good.
+	// Put again under the same MAC (a lock taken again), then deleted for
+	// good.
 	data2 := randomBytes(100)
-	put(t, direct(), lock, mac, data2)
+	put(t, direct(), res, mac, data2)
 	o = direct()
-	if !containsMAC(list(t, o, lock), mac) {
-		t.Fatalf("k=%d: the lock taken again is not listed", k)
+	if !containsMAC(list(t, o, res), mac) {
+		t.Fatalf("k=%d: the %s put again is not listed", k, res)
 	}
-	if got := get(t, o, lock, mac, nil); !bytes.Equal(got, data2) {
-		t.Fatalf("k=%d: the lock taken again reads back wrong", k)
+	if got := get(t, o, res, mac, nil); !bytes.Equal(got, data2) {
+		t.Fatalf("k=%d: the %s put again reads back wrong", k, res)
 	}
-	if err := direct().Delete(ctx, lock, mac); err != nil {
-		t.Fatalf("k=%d: releasing the lock taken again: %v", k, err)
+	if err := direct().Delete(ctx, res, mac); err != nil {
+		t.Fatalf("k=%d: deleting the %s put again: %v", k, res, err)
 	}
-	if got := list(t, direct(), lock); containsMAC(got, mac) {
-		t.Fatalf("k=%d: the lock is listed after its second release", k)
+	o = direct()
+	if containsMAC(list(t, o, res), mac) {
+		t.Fatalf("k=%d: the %s is listed after its second delete", k, res)
+	}
+	if _, err := readAll(ctx, o, res, mac, nil); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("k=%d: get of the %s after its second delete: %v", k, res, err)
 	}
 	return finished
 }

@@ -651,8 +651,8 @@ func TestReliabilityDeleteFaults(t *testing.T) {
 	mac := randomMAC()
 	put(t, s, storage.StorageResourceLock, mac, data)
 
-	// The marker goes up, the object's own tag cannot be moved: the
-	// delete fails and the lock is still there, whole.
+	// The lock's tag cannot be moved to the tombstone: the delete fails
+	// and the lock is still there, whole.
 	p.Add(faultproxy.Rule{Match: faultproxy.Tagged(faultproxy.ManifestPut, "lock-"), Fault: faultproxy.Fault{Kind: faultproxy.Status, Status: 503}})
 	if err := s.Delete(ctx, storage.StorageResourceLock, mac); !errors.Is(err, host.ErrTransient) {
 		t.Fatalf("delete with the tag PUT failing: %v, want a transient error", err)

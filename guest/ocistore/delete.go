@@ -186,38 +186,37 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 	return true, httpError(c.s.loc, c.action(), status, body)
 }
 
-// bury deletes by tombstone, on registries that cannot delete. The
-// object's tag moves to the tombstone first: that one request releases the
-// object (Get finds a tombstone; a lock is read by the host as Kloset
-// lists locks, and one that reads as missing is not listed). The marker
-// follows, so that List drops the object without reading its tag. A
-// process that dies between the two leaves a tombstone without its marker:
-// deleting the object again writes the marker. No order of the two leaves
-// a marker on a live tag, which List would read as an object put again.
+// bury deletes by tombstone, on registries that cannot delete: the
+// object's tag moves to the tombstone, so that Get finds a tombstone.
+//
+// A lock needs nothing more: the host reads every lock List finds, as
+// Kloset does right after, and leaves out those that read as missing, so
+// the one request that moves the tag releases the lock, whatever happens
+// next, and a lock taken again under the same MAC reads as live. Locks
+// are released by every command: a marker each would pile up, and List
+// would read every one of them.
+//
+// Other objects are deleted by maintenance only, and their List is not
+// checked by reading: a marker tag, deleted-<kind>-<hex>, tells List to
+// leave the object out without reading its tag. The marker goes first: a
+// delete that stops half-way leaves a marker on a live tag, which List
+// reads as an object put again (alive, and readable), never an object
+// listed that cannot be read; deleting it again completes the deletion.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	tag := ObjectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
 	}
-	if !exists {
+	if !exists || digest == tombstoneDigest {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
-	marker := markerTag(k, mac)
-	if digest == tombstoneDigest {
-		_, marked, err := c.manifestDigest(marker)
-		switch {
-		case err != nil:
+	if k != abi.KindLock {
+		if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
 			return err
-		case marked:
-			return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 		}
-		return c.putManifest(marker, tombstone)
 	}
-	if err := c.putManifest(tag, tombstone); err != nil {
-		return err
-	}
-	return c.putManifest(marker, tombstone)
+	return c.putManifest(tag, tombstone)
 }
 
 // manifestDigest returns the digest of the manifest ref names, and whether

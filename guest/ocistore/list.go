@@ -32,9 +32,13 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// Deletion markers are few, or none where the registry deletes: the
 	// first page after their prefix is then the objects' own tags, and a
 	// short one saves reading a thousand of them. The registry makes it
-	// while it makes the objects' pages.
+	// while it makes the objects' pages. Locks have none (bury): the host
+	// reads every lock listed, and leaves out those released.
 	markerFirst := min(c.s.pageSize, probePage)
-	markerPage := c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	var markerPage abi.Pending
+	if k != abi.KindLock {
+		markerPage = c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	}
 	// Kloset lists the locks before it releases one: the record of how the
 	// registry deletes is read then, alongside, so that the release is one
 	// request from the start (Delete).
@@ -46,9 +50,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	if err != nil {
 		return nil, err
 	}
-	markers, err := c.listTags(markerPrefix+prefix, markerFirst, markerPage)
-	if err != nil {
-		return nil, err
+	var markers []abi.MAC
+	if k != abi.KindLock {
+		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
+			return nil, err
+		}
 	}
 	if modeHead != 0 {
 		// A failure here is the release's to report, if it meets it.
@@ -60,9 +66,10 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		if !found {
 			continue
 		}
-		// A marker stays once written, and is written after the tag moved
-		// to the tombstone (bury): the object is alive again if its tag was
-		// put after the deletion.
+		// A marker stays once written, and is written before the tag moves
+		// to the tombstone (bury): the object is alive if its tag is not a
+		// tombstone (put again after the deletion, or a deletion that
+		// stopped half-way).
 		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
 		if err != nil {
 			return nil, err

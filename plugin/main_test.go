@@ -459,3 +459,80 @@ func TestPluginFinishesDeleteOnShutdown(t *testing.T) {
 		})
 	}
 }
+
+// TestPluginKilledAtEveryStepOfRelease releases a lock through plakar's
+// gRPC client and kills the plugin process (SIGKILL) as the release's
+// request k+1 reaches the registry, for every k, on a registry that
+// refuses DELETE and on one that deletes: the lock is then whole if none
+// of the requests that went through wrote anything, and released
+// otherwise.
+func TestPluginKilledAtEveryStepOfRelease(t *testing.T) {
+	for _, deletes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+			ctx := context.Background()
+			reg := registrytest.Distribution(t, registrytest.Options{Delete: deletes})
+			proxy := faultproxy.Start(t, reg.URL)
+			env := pluginEnv(t.TempDir())
+			for k := 0; ; k++ {
+				repo := fmt.Sprintf("plakar/killed-%d", k)
+				p := spawn(t, env)
+				st, err := p.store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/" + repo})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mac, data := randomMAC(), []byte(fmt.Sprintf("lock %d", k))
+				if _, err := st.Put(ctx, storage.StorageResourceLock, mac, bytes.NewReader(data)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := st.List(ctx, storage.StorageResourceLock); err != nil {
+					t.Fatal(err)
+				}
+				proxy.Requests()
+				var seen atomic.Int32
+				var killed atomic.Bool
+				proxy.Add(faultproxy.Rule{
+					Match: func(*http.Request) bool {
+						if int(seen.Add(1)) <= k {
+							return false
+						}
+						if !killed.Swap(true) {
+							p.conn.cmd.Process.Kill()
+						}
+						return true
+					},
+					Fault: faultproxy.Fault{Kind: faultproxy.Delay, Delay: time.Hour},
+				})
+				err = st.Delete(ctx, storage.StorageResourceLock, mac)
+				p.stop()
+				proxy.Clear()
+				sent := proxy.Requests()
+				if !killed.Load() && err != nil {
+					t.Fatalf("k=%d: the release failed with no fault: %v", k, err)
+				}
+				wrote := false
+				for i, e := range sent {
+					if i < k && (e.Method == "PUT" || e.Method == "DELETE") && e.Status/100 == 2 {
+						wrote = true
+					}
+				}
+
+				check, err := host.New(ctx, "oci", map[string]string{"location": "oci://" + reg.Host + "/" + repo})
+				if err != nil {
+					t.Fatal(err)
+				}
+				locks, err := check.List(ctx, storage.StorageResourceLock)
+				check.Close(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if listed := slices.Contains(locks, mac); listed == wrote {
+					t.Fatalf("k=%d: after %v (wrote %v), the lock is listed: %v", k, sent, wrote, listed)
+				}
+				if !killed.Load() {
+					t.Logf("the release is %d requests", k)
+					return
+				}
+			}
+		})
+	}
+}

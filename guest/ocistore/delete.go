@@ -23,10 +23,8 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 		return err
 	}
 	s.h.CacheRemove(s.cacheKey(tag))
-	known, err := c.deletionMode()
-	if err != nil {
-		return err
-	}
+	known := c.deletionMode()
+	var err error
 	for mode := known; ; mode++ {
 		var done bool
 		switch mode {
@@ -41,9 +39,10 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 			s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
 			continue
 		}
-		if mode != known && (err == nil || codeOf(err) == abi.ErrNotFound) {
+		if mode != known && err == nil {
 			// Learned after the object was released, so that the first
-			// delete of a store is not one request longer.
+			// delete of a store is not one request longer. (A missing
+			// object may have ended the delete before this way was tried.)
 			c.recordDeletionMode(mode)
 		}
 		return err
@@ -55,12 +54,17 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 // record in the repository (every process of the store), else the first
 // way. Each way a registry refuses is then tried once per store, not once
 // per process: the first delete of a process is the request that releases
-// the object, not a refused DELETE before it.
-func (c *call) deletionMode() (int32, error) {
+// the object, not a refused DELETE before it. A record that cannot be
+// read costs refused requests, never the delete.
+func (c *call) deletionMode() int32 {
 	if mode, ok := c.cachedDeletionMode(); ok {
-		return mode, nil
+		return mode
 	}
-	return c.readDeletionMode(0)
+	mode, err := c.readDeletionMode(0)
+	if err != nil {
+		return deleteByTag
+	}
+	return mode
 }
 
 func (c *call) cachedDeletionMode() (int32, bool) {

@@ -98,9 +98,7 @@ func (c *call) readDeletionMode(started abi.Pending) (int32, error) {
 	return mode, nil
 }
 
-func (c *call) deletionModeHead() *abi.Request {
-	return c.request("HEAD", c.s.manifestURL(deletionModeTag), acceptManifest)
-}
+func (c *call) deletionModeHead() *abi.Request { return c.manifestHead(deletionModeTag) }
 
 // recordDeletionMode remembers mode in the host's cache and in the
 // repository. A failure to record costs the next process one refused
@@ -226,7 +224,18 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 // manifestDigest returns the digest of the manifest ref names, and whether
 // there is one.
 func (c *call) manifestDigest(ref string) (digest string, exists bool, err error) {
-	resp, err := c.exchange(c.request("HEAD", c.s.manifestURL(ref), acceptManifest))
+	return c.manifestDigestStarted(ref, c.manifestHead(ref), 0)
+}
+
+// manifestHead is the HEAD of the manifest ref names.
+func (c *call) manifestHead(ref string) *abi.Request {
+	return c.request("HEAD", c.s.manifestURL(ref), acceptManifest)
+}
+
+// manifestDigestStarted is manifestDigest with its HEAD, req, started
+// already if started is not 0.
+func (c *call) manifestDigestStarted(ref string, req *abi.Request, started abi.Pending) (digest string, exists bool, err error) {
+	resp, err := c.exchangeStarted(req, started)
 	if err != nil {
 		return "", false, err
 	}

@@ -60,25 +60,39 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		// A failure here is the release's to report, if it meets it.
 		c.readDeletionMode(modeHead)
 	}
-	var dead []bool // by index in macs; markers are rare
+	// A marker stays once written, and is written before the tag moves to
+	// the tombstone (bury): the object is alive if its tag is not a
+	// tombstone (put again after the deletion, or a deletion that stopped
+	// half-way). The tags of marked objects still listed are read a few at
+	// a time: a store carries a marker for every object maintenance ever
+	// deleted.
+	var dead []bool // by index in macs
+	var check []int // the same, of the marked objects
 	for _, mac := range markers {
-		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
-		if !found {
-			continue
+		if i, found := slices.BinarySearchFunc(macs, mac, compareMAC); found {
+			check = append(check, i)
 		}
-		// A marker stays once written, and is written before the tag moves
-		// to the tombstone (bury): the object is alive if its tag is not a
-		// tombstone (put again after the deletion, or a deletion that
-		// stopped half-way).
-		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
-		if err != nil {
-			return nil, err
+	}
+	for len(check) > 0 {
+		batch := check[:min(len(check), markerReads)]
+		check = check[len(batch):]
+		var reqs [markerReads]*abi.Request
+		var started [markerReads]abi.Pending
+		for j, i := range batch {
+			reqs[j] = c.manifestHead(ObjectTag(k, macs[i]))
+			started[j] = c.start(reqs[j])
 		}
-		if !exists || digest == tombstoneDigest {
-			if dead == nil {
-				dead = make([]bool, len(macs))
+		for j, i := range batch {
+			digest, exists, err := c.manifestDigestStarted(ObjectTag(k, macs[i]), reqs[j], started[j])
+			if err != nil {
+				return nil, err
 			}
-			dead[i] = true
+			if !exists || digest == tombstoneDigest {
+				if dead == nil {
+					dead = make([]bool, len(macs))
+				}
+				dead[i] = true
+			}
 		}
 	}
 	if dead != nil {
@@ -126,6 +140,11 @@ func compareMAC(a, b abi.MAC) int {
 
 // probePage is the n of the first page of deletion markers.
 const probePage = 10
+
+// markerReads is how many tags of marked objects List reads at once: a
+// page of the list started early may still be in flight, and the host
+// lets a call have 8.
+const markerReads = 4
 
 // tagPage is the request for the n tags after last.
 func (c *call) tagPage(n int, last string) *abi.Request {

@@ -547,3 +547,29 @@ func TestErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestListManyMarkers lists objects with more markers than List reads at
+// once: deleted ones are left out, those put again after their deletion
+// are listed.
+func TestListManyMarkers(t *testing.T) {
+	x := newHarness(t, refuseDelete)
+	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))
+	var want []abi.MAC
+	for i := range 11 {
+		mac := testMAC(byte(10 + i))
+		x.must("Put", x.put(abi.KindState, mac, []byte{byte(i)}))
+		if i%5 == 0 {
+			want = append(want, mac) // kept
+			continue
+		}
+		x.must("Delete", x.del(abi.KindState, mac))
+		if i%3 == 0 {
+			x.must("Put again", x.put(abi.KindState, mac, []byte{byte(i), 1}))
+			want = append(want, mac)
+		}
+	}
+	slices.SortFunc(want, compareMAC)
+	if got := x.list(abi.KindState); !slices.Equal(got, want) {
+		t.Errorf("List = %x, want %x", got, want)
+	}
+}

@@ -68,7 +68,7 @@
 // when the host's cache knows the object's blob, two otherwise. List is one
 // request per page of tags, twice (objects and deletion markers; once for
 // locks, which have no markers), plus one HEAD per marker whose object tag
-// is still listed. Size lists every kind
+// is still listed (four at a time). Size lists every kind
 // and reads every object's manifest it has not cached: it is slow on big
 // stores and meant for occasional reporting.
 //

@@ -1,10 +1,13 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"sync"
 	"sync/atomic"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
@@ -47,6 +50,11 @@ type front[I backend] struct {
 	// modeSeen is the answer of the first successful mode call: Kloset
 	// asks for every file it opens, and the answer does not change.
 	modeSeen atomic.Uint32
+
+	// locksRead are the bytes of the locks the last List of locks read,
+	// each kept for the one Get that Kloset makes of it next (readLocks).
+	locksMu   sync.Mutex
+	locksRead map[objects.MAC][]byte
 }
 
 func newFront[I backend](config map[string]string, o storeOptions, newInst func(context.Context, *front[I]) (I, error)) (*front[I], error) {
@@ -148,13 +156,82 @@ func (f *front[I]) List(ctx context.Context, res storage.StorageResource) ([]obj
 		macs, err = inst.list(ctx, sess, kind)
 		return err
 	})
+	if err == nil && kind == abi.KindLock {
+		macs, err = f.readLocks(ctx, macs)
+	}
 	return macs, err
+}
+
+// maxLock bounds a lock read whole at list time: Kloset's are a few
+// hundred bytes.
+const maxLock = 1 << 20
+
+// readLocks reads the locks a list found, and returns those that are
+// still there. Kloset lists the locks and then reads each, and fails the
+// command on a lock it cannot read: a peer that releases its lock in
+// between would fail a backup. So a lock that is gone by the time it is
+// read is left out of the list, as the released lock it is, and the
+// bytes read are what the next Get of that lock returns: the lock as it
+// was at list time, which is what a list promises. Kloset reads every
+// listed lock anyway, so this costs no request.
+func (f *front[I]) readLocks(ctx context.Context, macs []objects.MAC) ([]objects.MAC, error) {
+	bodies := make([][]byte, len(macs))
+	errs := make([]error, len(macs))
+	sem := make(chan struct{}, max(f.config.Concurrency, 1))
+	var wg sync.WaitGroup
+	for i, mac := range macs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rd, err := f.get(ctx, storage.StorageResourceLock, abi.KindLock, mac, nil)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer rd.Close()
+			bodies[i], errs[i] = io.ReadAll(io.LimitReader(rd, maxLock+1))
+			if errs[i] == nil && len(bodies[i]) > maxLock {
+				errs[i] = fmt.Errorf("oci store: lock %x is more than %d bytes: it is not Kloset's", mac[:4], maxLock)
+			}
+		}()
+	}
+	wg.Wait()
+	read := make(map[objects.MAC][]byte, len(macs))
+	alive := macs[:0]
+	for i, mac := range macs {
+		switch {
+		case errors.Is(errs[i], fs.ErrNotExist):
+			continue
+		case errs[i] != nil:
+			return nil, errs[i]
+		}
+		alive = append(alive, mac)
+		read[mac] = bodies[i]
+	}
+	f.locksMu.Lock()
+	f.locksRead = read
+	f.locksMu.Unlock()
+	return alive, nil
+}
+
+// lockRead takes the bytes of lock mac as the last list read them, if it
+// read them and nothing since put or deleted that lock here.
+func (f *front[I]) lockRead(mac objects.MAC) ([]byte, bool) {
+	f.locksMu.Lock()
+	defer f.locksMu.Unlock()
+	b, ok := f.locksRead[mac]
+	delete(f.locksRead, mac)
+	return b, ok
 }
 
 func (f *front[I]) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
 	kind, err := kindOf(res)
 	if err != nil {
 		return -1, err
+	}
+	if kind == abi.KindLock {
+		f.lockRead(mac)
 	}
 	body, err := readAhead(ctx, res, rd, f.opts)
 	if err != nil {
@@ -177,12 +254,21 @@ func (f *front[I]) Get(ctx context.Context, res storage.StorageResource, mac obj
 	if err != nil {
 		return nil, err
 	}
+	if kind == abi.KindLock && rng == nil {
+		if b, ok := f.lockRead(mac); ok {
+			return io.NopCloser(bytes.NewReader(b)), nil
+		}
+	}
+	return f.get(ctx, res, kind, mac, rng)
+}
+
+func (f *front[I]) get(ctx context.Context, res storage.StorageResource, kind abi.Kind, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
 	var r *abi.Range
 	if rng != nil {
 		r = &abi.Range{Offset: rng.Offset, Length: rng.Length}
 	}
 	var rd io.ReadCloser
-	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
+	err := f.do(ctx, res, func(inst I, sess *session.Session) error {
 		st, err := inst.get(ctx, sess, kind, mac, r)
 		if err != nil {
 			return err
@@ -198,9 +284,19 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 	if err != nil {
 		return err
 	}
-	return f.do(ctx, res, func(inst I, sess *session.Session) error {
+	if kind == abi.KindLock {
+		f.lockRead(mac)
+	}
+	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
 		return inst.delete(ctx, sess, kind, mac)
 	})
+	if kind == abi.KindLock && errors.Is(err, fs.ErrNotExist) {
+		// Released already, by its owner or by another process removing
+		// it as stale: Kloset fails a command on a lock it cannot
+		// delete, and this one is gone, as asked.
+		return nil
+	}
+	return err
 }
 
 // Close closes the idle instances; calls in flight finish on theirs, which

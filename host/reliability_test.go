@@ -651,8 +651,8 @@ func TestReliabilityDeleteFaults(t *testing.T) {
 	mac := randomMAC()
 	put(t, s, storage.StorageResourceLock, mac, data)
 
-	// The marker goes up, the object's own tag cannot be moved: the
-	// delete fails and the lock is still there, whole.
+	// The lock's tag cannot be moved to the tombstone: the delete fails
+	// and the lock is still there, whole.
 	p.Add(faultproxy.Rule{Match: faultproxy.Tagged(faultproxy.ManifestPut, "lock-"), Fault: faultproxy.Fault{Kind: faultproxy.Status, Status: 503}})
 	if err := s.Delete(ctx, storage.StorageResourceLock, mac); !errors.Is(err, host.ErrTransient) {
 		t.Fatalf("delete with the tag PUT failing: %v, want a transient error", err)
@@ -853,7 +853,9 @@ func runChild() int {
 // with a file in dir): every backup holds its lock at the same time as the
 // others, and none lets its lock go before the others have seen it. With
 // the first half alone, a backup could see both locks, finish and delete
-// its own before a slower one looked.
+// its own before a slower one looked. It waits for these events with no
+// deadline of its own: a peer that fails makes the parent stop every child
+// at once, so that a loaded machine, slow as it may be, never fails it.
 type barrierStore struct {
 	storage.Store
 	peers int
@@ -865,20 +867,17 @@ type barrierStore struct {
 func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
 	if res == storage.StorageResourcePackfile {
 		b.once.Do(func() {
-			deadline := time.Now().Add(time.Minute)
-			b.err = poll(deadline, func() (bool, error) {
+			b.err = poll(func() (bool, error) {
 				locks, err := b.Store.List(ctx, storage.StorageResourceLock)
-				return err == nil && len(locks) >= b.peers,
-					fmt.Errorf("waited a minute for %d locks, the last list gave %d (%v)", b.peers, len(locks), err)
+				return err == nil && len(locks) >= b.peers, err
 			})
 			if b.err == nil {
 				b.err = os.WriteFile(filepath.Join(b.dir, fmt.Sprint(os.Getpid())), nil, 0o644)
 			}
 			if b.err == nil {
-				b.err = poll(deadline, func() (bool, error) {
+				b.err = poll(func() (bool, error) {
 					seen, err := os.ReadDir(b.dir)
-					return err == nil && len(seen) >= b.peers,
-						fmt.Errorf("waited a minute for %d backups to see every lock, %d did (%v)", b.peers, len(seen), err)
+					return err == nil && len(seen) >= b.peers, err
 				})
 			}
 		})
@@ -889,16 +888,12 @@ func (b *barrierStore) Put(ctx context.Context, res storage.StorageResource, mac
 	return b.Store.Put(ctx, res, mac, rd)
 }
 
-// poll asks ready every 20 ms until it says yes, or until deadline, and
-// then returns the error it gave last.
-func poll(deadline time.Time, ready func() (bool, error)) error {
+// poll asks ready every 20 ms until it says yes or fails.
+func poll(ready func() (bool, error)) error {
 	for {
-		ok, why := ready()
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return why
+		ok, err := ready()
+		if ok || err != nil {
+			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -994,7 +989,9 @@ func TestReliabilityConcurrentBackups(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.err = cmd.Run()
+			if r.err = cmd.Run(); r.err != nil {
+				cancel() // the others would wait for it at their barrier
+			}
 		}()
 	}
 	wg.Wait()

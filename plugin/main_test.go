@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 
 	"github.com/plakar-oci/ocistore/host"
 	"github.com/plakar-oci/ocistore/host/artifact"
+	"github.com/plakar-oci/ocistore/internal/faultproxy"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
@@ -87,7 +90,7 @@ func spawn(tb testing.TB, env []string) *plugin {
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	conn := &stdioConn{stdin: rd.(*os.File), stdout: wr.(*os.File), cmd: cmd}
+	conn := &stdioConn{stdin: rd.(*os.File), stdout: wr.(*os.File), cmd: cmd, eof: make(chan struct{})}
 	client, err := grpc.NewClient("127.0.0.1:0",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return conn, nil }),
@@ -125,11 +128,22 @@ type stdioConn struct {
 	cmd           *exec.Cmd
 	once          sync.Once
 	err           error
+	// eof is closed when the plugin has closed its standard output: it
+	// ended its server.
+	eof     chan struct{}
+	eofOnce sync.Once
 }
 
 var stdioAddr = &net.UnixAddr{Name: "stdio", Net: "unix"}
 
-func (c *stdioConn) Read(b []byte) (int, error)         { return c.stdin.Read(b) }
+func (c *stdioConn) Read(b []byte) (int, error) {
+	n, err := c.stdin.Read(b)
+	if err == io.EOF {
+		c.eofOnce.Do(func() { close(c.eof) })
+	}
+	return n, err
+}
+
 func (c *stdioConn) Write(b []byte) (int, error)        { return c.stdout.Write(b) }
 func (c *stdioConn) LocalAddr() net.Addr                { return stdioAddr }
 func (c *stdioConn) RemoteAddr() net.Addr               { return stdioAddr }
@@ -374,4 +388,151 @@ func BenchmarkPluginStart(b *testing.B) {
 			start(b, warm)
 		}
 	})
+}
+
+// TestPluginFinishesDeleteOnShutdown releases a lock through plakar's gRPC
+// client and closes the plugin's pipes while the release is under way, as
+// Plakar does when a command ends right after Kloset started releasing its
+// lock: the plugin ends its server, finishes the release, and only then
+// exits. The release is held at a proxy until the plugin has ended its
+// server (closed its standard output).
+func TestPluginFinishesDeleteOnShutdown(t *testing.T) {
+	for _, deletes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+			ctx := context.Background()
+			reg := registrytest.Distribution(t, registrytest.Options{Delete: deletes})
+			proxy := faultproxy.Start(t, reg.URL)
+			p := spawn(t, pluginEnv(t.TempDir()))
+			st, err := p.store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/plakar/shutdown"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mac := randomMAC()
+			if _, err := st.Put(ctx, storage.StorageResourceLock, mac, bytes.NewReader([]byte("a lock"))); err != nil {
+				t.Fatal(err)
+			}
+			// Kloset lists the locks before it releases its own.
+			if _, err := st.List(ctx, storage.StorageResourceLock); err != nil {
+				t.Fatal(err)
+			}
+
+			arrived, proceed := make(chan struct{}), make(chan struct{})
+			var hold sync.Once
+			var killed atomic.Bool
+			proxy.Add(faultproxy.Rule{Match: func(r *http.Request) bool {
+				if r.Method == http.MethodGet || r.Method == http.MethodHead {
+					return false
+				}
+				hold.Do(func() {
+					close(arrived)
+					select {
+					case <-proceed:
+					case <-r.Context().Done():
+						killed.Store(true)
+					}
+				})
+				return false
+			}})
+			go st.Delete(ctx, storage.StorageResourceLock, mac) // Plakar does not wait for it
+			<-arrived
+			p.conn.stdout.Close() // Plakar exits: the plugin's standard input ends
+			<-p.conn.eof
+			close(proceed)
+			if err := p.stop(); err != nil {
+				t.Fatalf("the plugin exited with %v", err)
+			}
+			if killed.Load() {
+				t.Fatal("the plugin exited with its delete in flight")
+			}
+			check, err := host.New(ctx, "oci", map[string]string{"location": "oci://" + reg.Host + "/plakar/shutdown"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer check.Close(ctx)
+			locks, err := check.List(ctx, storage.StorageResourceLock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Contains(locks, mac) {
+				t.Fatal("the lock is still there after the plugin exited")
+			}
+		})
+	}
+}
+
+// TestPluginKilledAtEveryStepOfRelease releases a lock through plakar's
+// gRPC client and kills the plugin process (SIGKILL) as the release's
+// request k+1 reaches the registry, for every k, on a registry that
+// refuses DELETE and on one that deletes: the lock is then whole if none
+// of the requests that went through wrote anything, and released
+// otherwise.
+func TestPluginKilledAtEveryStepOfRelease(t *testing.T) {
+	for _, deletes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+			ctx := context.Background()
+			reg := registrytest.Distribution(t, registrytest.Options{Delete: deletes})
+			proxy := faultproxy.Start(t, reg.URL)
+			env := pluginEnv(t.TempDir())
+			for k := 0; ; k++ {
+				repo := fmt.Sprintf("plakar/killed-%d", k)
+				p := spawn(t, env)
+				st, err := p.store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/" + repo})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mac, data := randomMAC(), []byte(fmt.Sprintf("lock %d", k))
+				if _, err := st.Put(ctx, storage.StorageResourceLock, mac, bytes.NewReader(data)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := st.List(ctx, storage.StorageResourceLock); err != nil {
+					t.Fatal(err)
+				}
+				proxy.Requests()
+				var seen atomic.Int32
+				var killed atomic.Bool
+				proxy.Add(faultproxy.Rule{
+					Match: func(*http.Request) bool {
+						if int(seen.Add(1)) <= k {
+							return false
+						}
+						if !killed.Swap(true) {
+							p.conn.cmd.Process.Kill()
+						}
+						return true
+					},
+					Fault: faultproxy.Fault{Kind: faultproxy.Delay, Delay: time.Hour},
+				})
+				err = st.Delete(ctx, storage.StorageResourceLock, mac)
+				p.stop()
+				proxy.Clear()
+				sent := proxy.Requests()
+				if !killed.Load() && err != nil {
+					t.Fatalf("k=%d: the release failed with no fault: %v", k, err)
+				}
+				wrote := false
+				for i, e := range sent {
+					if i < k && (e.Method == "PUT" || e.Method == "DELETE") && e.Status/100 == 2 {
+						wrote = true
+					}
+				}
+
+				check, err := host.New(ctx, "oci", map[string]string{"location": "oci://" + reg.Host + "/" + repo})
+				if err != nil {
+					t.Fatal(err)
+				}
+				locks, err := check.List(ctx, storage.StorageResourceLock)
+				check.Close(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if listed := slices.Contains(locks, mac); listed == wrote {
+					t.Fatalf("k=%d: after %v (wrote %v), the lock is listed: %v", k, sent, wrote, listed)
+				}
+				if !killed.Load() {
+					t.Logf("the release is %d requests", k)
+					return
+				}
+			}
+		})
+	}
 }

@@ -2,6 +2,7 @@ package ocistore
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/plakar-oci/ocistore/abi"
 )
@@ -22,23 +23,93 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 		return err
 	}
 	s.h.CacheRemove(s.cacheKey(tag))
-	for {
-		mode := s.deleteMode.Load()
+	known := c.deletionMode()
+	var err error
+	for mode := known; ; mode++ {
 		var done bool
-		var err error
 		switch mode {
 		case deleteByTag:
 			done, err = c.deleteTag(tag)
 		case deleteByDigest:
 			done, err = c.deleteDigest(tag)
 		default:
-			return c.bury(k, mac)
+			done, err = true, c.bury(k, mac)
 		}
-		if done || err != nil {
-			return err
+		if !done {
+			s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
+			continue
 		}
-		s.deleteMode.CompareAndSwap(mode, mode+1)
-		s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
+		if mode != known && err == nil {
+			// Learned after the object was released, so that the first
+			// delete of a store is not one request longer. (A missing
+			// object may have ended the delete before this way was tried.)
+			c.recordDeletionMode(mode)
+		}
+		return err
+	}
+}
+
+// deletionMode is how this store's registry deletes: from the host's
+// cache (every instance of this store in this process), else from the
+// record in the repository (every process of the store), else the first
+// way. Each way a registry refuses is then tried once per store, not once
+// per process: the first delete of a process is the request that releases
+// the object, not a refused DELETE before it. A record that cannot be
+// read costs refused requests, never the delete.
+func (c *call) deletionMode() int32 {
+	if mode, ok := c.cachedDeletionMode(); ok {
+		return mode
+	}
+	mode, err := c.readDeletionMode(0)
+	if err != nil {
+		return deleteByTag
+	}
+	return mode
+}
+
+func (c *call) cachedDeletionMode() (int32, bool) {
+	v, ok := c.s.h.CacheGet(c.s.cacheKey(deletionModeTag))
+	if !ok || len(v) != 1 || v[0] < '0' || v[0] > '2' {
+		return 0, false
+	}
+	return int32(v[0] - '0'), true
+}
+
+// readDeletionMode reads the record of how the registry deletes (a HEAD of
+// its tag, started already if started is not 0) into the host's cache. A
+// record this version does not know is the first way: trying it again
+// costs one refused request, and writes a record this version knows.
+func (c *call) readDeletionMode(started abi.Pending) (int32, error) {
+	resp, err := c.exchangeStarted(c.deletionModeHead(), started)
+	if err != nil {
+		return 0, err
+	}
+	var mode int32
+	switch resp.Status {
+	case 404:
+	case 200:
+		mode = int32(slices.Index(deletionModeDigests[:], resp.Get(headerDigest)))
+		mode = max(mode, deleteByTag)
+	default:
+		return 0, c.s.fail(c.action(), resp)
+	}
+	c.s.discard(resp)
+	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	return mode, nil
+}
+
+func (c *call) deletionModeHead() *abi.Request { return c.manifestHead(deletionModeTag) }
+
+// recordDeletionMode remembers mode in the host's cache and in the
+// repository. A failure to record costs the next process one refused
+// request, nothing more: it is logged, never returned.
+func (c *call) recordDeletionMode(mode int32) {
+	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	if mode == deleteByTag {
+		return // the default: nothing to record
+	}
+	if err := c.putManifest(deletionModeTag, deletionModeManifests[mode]); err != nil {
+		c.s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: recording how registry %s deletes: %v", c.s.loc.Registry, err))
 	}
 }
 
@@ -117,9 +188,22 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 	return true, httpError(c.s.loc, c.action(), status, body)
 }
 
-// bury deletes by tombstone, on registries that cannot delete. The marker
-// goes first: if the second PUT fails, the object is still whole, and
-// List, which checks the object tag of every marker, still shows it.
+// bury deletes by tombstone, on registries that cannot delete: the
+// object's tag moves to the tombstone, so that Get finds a tombstone.
+//
+// A lock needs nothing more: the host reads every lock List finds, as
+// Kloset does right after, and leaves out those that read as missing, so
+// the one request that moves the tag releases the lock, whatever happens
+// next, and a lock taken again under the same MAC reads as live. Locks
+// are released by every command: a marker each would pile up, and List
+// would read every one of them.
+//
+// Other objects are deleted by maintenance only, and their List is not
+// checked by reading: a marker tag, deleted-<kind>-<hex>, tells List to
+// leave the object out without reading its tag. The marker goes first: a
+// delete that stops half-way leaves a marker on a live tag, which List
+// reads as an object put again (alive, and readable), never an object
+// listed that cannot be read; deleting it again completes the deletion.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	tag := ObjectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
@@ -129,8 +213,10 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	if !exists || digest == tombstoneDigest {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
-	if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
-		return err
+	if k != abi.KindLock {
+		if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
+			return err
+		}
 	}
 	return c.putManifest(tag, tombstone)
 }
@@ -138,7 +224,18 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 // manifestDigest returns the digest of the manifest ref names, and whether
 // there is one.
 func (c *call) manifestDigest(ref string) (digest string, exists bool, err error) {
-	resp, err := c.exchange(c.request("HEAD", c.s.manifestURL(ref), acceptManifest))
+	return c.manifestDigestStarted(ref, c.manifestHead(ref), 0)
+}
+
+// manifestHead is the HEAD of the manifest ref names.
+func (c *call) manifestHead(ref string) *abi.Request {
+	return c.request("HEAD", c.s.manifestURL(ref), acceptManifest)
+}
+
+// manifestDigestStarted is manifestDigest with its HEAD, req, started
+// already if started is not 0.
+func (c *call) manifestDigestStarted(ref string, req *abi.Request, started abi.Pending) (digest string, exists bool, err error) {
+	resp, err := c.exchangeStarted(req, started)
 	if err != nil {
 		return "", false, err
 	}

@@ -35,7 +35,12 @@
 // # Deleting
 //
 // Registries disagree on deletion. Delete tries these ways in order, and
-// skips, for the Store's lifetime, those the registry refused once:
+// skips those the registry refused: the way found is kept in the host's
+// cache and recorded in the repository under the tag deletion-mode (a
+// manifest of artifactType application/vnd.plakar.deletion-mode.v1 whose
+// annotation org.plakar.deletes says "digest" or "tombstone"; no record
+// means by tag), which List reads alongside its first request, so that no
+// process of the store meets a refusal that another one met already:
 //
 //  1. DELETE of the tag (OCI 1.1, distribution v3, zot, go-containerregistry);
 //  2. when the registry refuses that (400, as distribution v2 reads a tag
@@ -46,21 +51,24 @@
 //     distribution's default, GHCR, Docker Hub), a tombstone: the object's
 //     tag is moved to a tombstone manifest (artifactType
 //     application/vnd.plakar.tombstone.v1, empty config and one empty
-//     layer, no annotations, so every tombstone is the same manifest), and
-//     that same manifest is also tagged deleted-<kind>-<hex> as a marker.
-//     The marker is pushed first, so a failure half-way leaves the object
-//     whole. Get treats a tombstone as a missing object; List drops the
-//     objects that have a marker, unless their tag was put again since
-//     (checked with a HEAD of the tag), so that a lock can be deleted and
-//     put again under the same MAC. The bytes stay in the registry until
-//     its owner removes the tags and garbage-collects.
+//     layer, no annotations, so every tombstone is the same manifest).
+//     Get treats a tombstone as a missing object. A lock needs nothing
+//     more: the host reads the locks List returns and leaves out those
+//     that read as missing, so the one PUT releases it. Other objects
+//     also get a marker, deleted-<kind>-<hex>, tagged on the tombstone
+//     before the object's tag moves: List drops the objects that have a
+//     marker, unless their tag is not a tombstone (checked with a HEAD of
+//     the tag: put again since, or a delete that stopped half-way). The
+//     bytes stay in the registry until its owner removes the tombstone and
+//     garbage-collects (README).
 //
 // # Costs
 //
 // Put is four requests (start upload, stream, commit, manifest); Get is one
 // when the host's cache knows the object's blob, two otherwise. List is one
-// request per page of tags, twice (objects and deletion markers), plus one
-// HEAD per marker whose object tag is still listed. Size lists every kind
+// request per page of tags, twice (objects and deletion markers; once for
+// locks, which have no markers), plus one HEAD per marker whose object tag
+// is still listed (four at a time). Size lists every kind
 // and reads every object's manifest it has not cached: it is slow on big
 // stores and meant for occasional reporting.
 //

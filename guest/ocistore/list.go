@@ -32,34 +32,67 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// Deletion markers are few, or none where the registry deletes: the
 	// first page after their prefix is then the objects' own tags, and a
 	// short one saves reading a thousand of them. The registry makes it
-	// while it makes the objects' pages.
+	// while it makes the objects' pages. Locks have none (bury): the host
+	// reads every lock listed, and leaves out those released.
 	markerFirst := min(c.s.pageSize, probePage)
-	markerPage := c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	var markerPage abi.Pending
+	if k != abi.KindLock {
+		markerPage = c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+	}
+	// Kloset lists the locks before it releases one: the record of how the
+	// registry deletes is read then, alongside, so that the release is one
+	// request from the start (Delete).
+	var modeHead abi.Pending
+	if _, known := c.cachedDeletionMode(); !known {
+		modeHead = c.start(c.deletionModeHead())
+	}
 	macs, err := c.listTags(prefix, c.s.pageSize, 0)
 	if err != nil {
 		return nil, err
 	}
-	markers, err := c.listTags(markerPrefix+prefix, markerFirst, markerPage)
-	if err != nil {
-		return nil, err
-	}
-	var dead []bool // by index in macs; markers are rare
-	for _, mac := range markers {
-		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
-		if !found {
-			continue
-		}
-		// A marker stays once written; the object is alive again if its
-		// tag was put after the deletion.
-		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
-		if err != nil {
+	var markers []abi.MAC
+	if k != abi.KindLock {
+		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
 			return nil, err
 		}
-		if !exists || digest == tombstoneDigest {
-			if dead == nil {
-				dead = make([]bool, len(macs))
+	}
+	if modeHead != 0 {
+		// A failure here is the release's to report, if it meets it.
+		c.readDeletionMode(modeHead)
+	}
+	// A marker stays once written, and is written before the tag moves to
+	// the tombstone (bury): the object is alive if its tag is not a
+	// tombstone (put again after the deletion, or a deletion that stopped
+	// half-way). The tags of marked objects still listed are read a few at
+	// a time: a store carries a marker for every object maintenance ever
+	// deleted.
+	var dead []bool // by index in macs
+	var check []int // the same, of the marked objects
+	for _, mac := range markers {
+		if i, found := slices.BinarySearchFunc(macs, mac, compareMAC); found {
+			check = append(check, i)
+		}
+	}
+	for len(check) > 0 {
+		batch := check[:min(len(check), markerReads)]
+		check = check[len(batch):]
+		var reqs [markerReads]*abi.Request
+		var started [markerReads]abi.Pending
+		for j, i := range batch {
+			reqs[j] = c.manifestHead(ObjectTag(k, macs[i]))
+			started[j] = c.start(reqs[j])
+		}
+		for j, i := range batch {
+			digest, exists, err := c.manifestDigestStarted(ObjectTag(k, macs[i]), reqs[j], started[j])
+			if err != nil {
+				return nil, err
 			}
-			dead[i] = true
+			if !exists || digest == tombstoneDigest {
+				if dead == nil {
+					dead = make([]bool, len(macs))
+				}
+				dead[i] = true
+			}
 		}
 	}
 	if dead != nil {
@@ -107,6 +140,11 @@ func compareMAC(a, b abi.MAC) int {
 
 // probePage is the n of the first page of deletion markers.
 const probePage = 10
+
+// markerReads is how many tags of marked objects List reads at once: a
+// page of the list started early may still be in flight, and the host
+// lets a call have 8.
+const markerReads = 4
 
 // tagPage is the request for the n tags after last.
 func (c *call) tagPage(n int, last string) *abi.Request {

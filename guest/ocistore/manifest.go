@@ -20,6 +20,9 @@ const (
 	artifactConfig    = "application/vnd.plakar.config.v1"
 	artifactTombstone = "application/vnd.plakar.tombstone.v1"
 
+	artifactDeletionMode = "application/vnd.plakar.deletion-mode.v1"
+	annotationDeletes    = "org.plakar.deletes"
+
 	annotationKind = "org.plakar.kind"
 	annotationMAC  = "org.plakar.mac"
 
@@ -96,6 +99,32 @@ var tombstone = (&manifest{
 }).encode()
 
 var tombstoneDigest = digestOf(tombstone)
+
+// deletionModeManifests are the records of how a registry deletes, by
+// way (deleteByTag needs none: it is the default), and
+// deletionModeDigests their digests, which a HEAD of the record's tag
+// is compared with.
+var (
+	deletionModeManifests = [...][]byte{
+		deleteByDigest:    deletionModeManifest("digest"),
+		deleteByTombstone: deletionModeManifest("tombstone"),
+	}
+	deletionModeDigests = [...]string{
+		deleteByDigest:    digestOf(deletionModeManifests[deleteByDigest]),
+		deleteByTombstone: digestOf(deletionModeManifests[deleteByTombstone]),
+	}
+)
+
+func deletionModeManifest(way string) []byte {
+	return (&manifest{
+		SchemaVersion: 2,
+		MediaType:     mediaTypeManifest,
+		ArtifactType:  artifactDeletionMode,
+		Config:        emptyDescriptor,
+		Layers:        []descriptor{emptyDescriptor},
+		Annotations:   map[string]string{annotationDeletes: way},
+	}).encode()
+}
 
 func digestOf(b []byte) string {
 	sum := sha256.Sum256(b)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -44,9 +43,6 @@ type Store struct {
 	listMACs scratch.Buffer[abi.MAC]
 
 	pageSize int
-	// deleteMode is how Delete deletes on this registry; it only moves
-	// forward, so each failed way is tried once per Store.
-	deleteMode atomic.Int32
 
 	// sleep and now are sliceSleep and time.Now, but in tests.
 	sleep func(time.Duration)

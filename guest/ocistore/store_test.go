@@ -161,43 +161,56 @@ func TestDeleteTombstone(t *testing.T) {
 	x := newHarness(t, refuseDelete)
 	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))
 	a, b := testMAC(1), testMAC(2)
-	x.must("Put a", x.put(abi.KindLock, a, []byte("a")))
-	x.must("Put b", x.put(abi.KindLock, b, []byte("a")))
+	x.must("Put a", x.put(abi.KindState, a, []byte("a")))
+	x.must("Put b", x.put(abi.KindState, b, []byte("a")))
 
-	x.must("Delete a", x.del(abi.KindLock, a))
-	if got := x.list(abi.KindLock); !slices.Equal(got, []abi.MAC{b}) {
+	x.must("Delete a", x.del(abi.KindState, a))
+	if got := x.list(abi.KindState); !slices.Equal(got, []abi.MAC{b}) {
 		t.Errorf("List after Delete = %x", got)
 	}
-	_, err := x.get(abi.KindLock, a, nil)
+	_, err := x.get(abi.KindState, a, nil)
 	wantCode(t, "Get tombstone", err, abi.ErrNotFound)
-	wantCode(t, "Delete tombstone", x.del(abi.KindLock, a), abi.ErrNotFound)
-	wantCode(t, "Delete missing", x.del(abi.KindLock, testMAC(3)), abi.ErrNotFound)
-	if b, err := x.get(abi.KindLock, b, nil); err != nil || string(b) != "a" {
+	wantCode(t, "Delete tombstone", x.del(abi.KindState, a), abi.ErrNotFound)
+	wantCode(t, "Delete missing", x.del(abi.KindState, testMAC(3)), abi.ErrNotFound)
+	if b, err := x.get(abi.KindState, b, nil); err != nil || string(b) != "a" {
 		t.Errorf("Get b = %q, %v", b, err)
 	}
 
 	// Once refused, DELETE is not tried again.
 	x.host.takeRequests()
-	x.must("Delete b", x.del(abi.KindLock, b))
+	x.must("Delete b", x.del(abi.KindState, b))
 	if reqs := x.host.takeRequests(); countRequests(reqs, "DELETE") != 0 {
 		t.Errorf("Delete tried DELETE again: %q", reqs)
 	}
-	if got := x.list(abi.KindLock); len(got) != 0 {
+	if got := x.list(abi.KindState); len(got) != 0 {
 		t.Errorf("List after deleting all = %x", got)
 	}
 
 	// Put again after Delete: alive, listed, and deletable again.
-	x.must("Put a again", x.put(abi.KindLock, a, []byte("a2")))
-	if got := x.list(abi.KindLock); !slices.Equal(got, []abi.MAC{a}) {
+	x.must("Put a again", x.put(abi.KindState, a, []byte("a2")))
+	if got := x.list(abi.KindState); !slices.Equal(got, []abi.MAC{a}) {
 		t.Errorf("List after put again = %x", got)
 	}
-	if b, err := x.get(abi.KindLock, a, nil); err != nil || string(b) != "a2" {
+	if b, err := x.get(abi.KindState, a, nil); err != nil || string(b) != "a2" {
 		t.Errorf("Get revived = %q, %v", b, err)
 	}
-	x.must("Delete a again", x.del(abi.KindLock, a))
-	if got := x.list(abi.KindLock); len(got) != 0 {
+	x.must("Delete a again", x.del(abi.KindState, a))
+	if got := x.list(abi.KindState); len(got) != 0 {
 		t.Errorf("List after second delete = %x", got)
 	}
+
+	// A lock is released by the one request that moves its tag: no marker
+	// (the host reads the locks it lists, and leaves out released ones).
+	lk := testMAC(4)
+	x.must("Put lock", x.put(abi.KindLock, lk, []byte("lock")))
+	x.host.takeRequests()
+	x.must("Delete lock", x.del(abi.KindLock, lk))
+	if reqs := x.host.takeRequests(); countRequests(reqs, "PUT") != 1 || countRequests(reqs, "DELETE") != 0 {
+		t.Errorf("releasing a lock: %q, want a HEAD and one PUT", reqs)
+	}
+	_, err = x.get(abi.KindLock, lk, nil)
+	wantCode(t, "Get released lock", err, abi.ErrNotFound)
+	wantCode(t, "Delete released lock", x.del(abi.KindLock, lk), abi.ErrNotFound)
 }
 
 func TestDeleteByDigest(t *testing.T) {
@@ -367,8 +380,8 @@ func TestListStartsPages(t *testing.T) {
 			if len(pages) != 4 || pages[0] != markerPrefix+tagPrefix(abi.KindPackfile) {
 				t.Fatalf("tag list pages after %q, want the marker probe and 3 pages of packfiles", pages)
 			}
-			if got := x.host.started - started; got != 3 {
-				t.Errorf("%d requests started early, want 3 (the probe, the second and third pages)", got)
+			if got := x.host.started - started; got != 4 {
+				t.Errorf("%d requests started early, want 4 (the probe, the record of how the registry deletes, the second and third pages)", got)
 			}
 			if got := x.host.abandoned - abandoned; got != 0 {
 				t.Errorf("%d requests started and never used", got)
@@ -532,5 +545,31 @@ func TestErrors(t *testing.T) {
 		if e := err.(*abi.Error); e.Status != 0 {
 			t.Errorf("Status = %d, want 0", e.Status)
 		}
+	}
+}
+
+// TestListManyMarkers lists objects with more markers than List reads at
+// once: deleted ones are left out, those put again after their deletion
+// are listed.
+func TestListManyMarkers(t *testing.T) {
+	x := newHarness(t, refuseDelete)
+	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))
+	var want []abi.MAC
+	for i := range 11 {
+		mac := testMAC(byte(10 + i))
+		x.must("Put", x.put(abi.KindState, mac, []byte{byte(i)}))
+		if i%5 == 0 {
+			want = append(want, mac) // kept
+			continue
+		}
+		x.must("Delete", x.del(abi.KindState, mac))
+		if i%3 == 0 {
+			x.must("Put again", x.put(abi.KindState, mac, []byte{byte(i), 1}))
+			want = append(want, mac)
+		}
+	}
+	slices.SortFunc(want, compareMAC)
+	if got := x.list(abi.KindState); !slices.Equal(got, want) {
+		t.Errorf("List = %x, want %x", got, want)
 	}
 }

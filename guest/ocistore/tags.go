@@ -13,6 +13,10 @@ import (
 const (
 	configTag    = "config"
 	markerPrefix = "deleted-"
+	// deletionModeTag records how the registry deletes (Delete): every
+	// process of the store reads it, rather than each learning it from a
+	// refused request.
+	deletionModeTag = "deletion-mode"
 )
 
 // tagPrefix is what every tag of kind k starts with.

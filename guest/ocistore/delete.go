@@ -16,11 +16,11 @@ const (
 // Delete removes object (k, mac); a missing (or already deleted) object is
 // abi.ErrNotFound.
 func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
-	tag := ObjectTag(k, mac)
-	c := s.newCall("delete ", tag, " from ")
-	if err := c.checkKind(k); err != nil {
+	if err := s.ready(k, "delete ", " from "); err != nil {
 		return err
 	}
+	tag := s.objectTag(k, mac)
+	c := s.newCall("delete ", tag, " from ")
 	s.h.CacheRemove(s.cacheKey(tag))
 	for {
 		mode := s.deleteMode.Load()
@@ -121,7 +121,7 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // goes first: if the second PUT fails, the object is still whole, and
 // List, which checks the object tag of every marker, still shows it.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
-	tag := ObjectTag(k, mac)
+	tag := c.s.objectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
@@ -129,7 +129,7 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	if !exists || digest == tombstoneDigest {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
-	if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
+	if err := c.putManifest(c.s.markerTag(k, mac), tombstone); err != nil {
 		return err
 	}
 	return c.putManifest(tag, tombstone)

@@ -25,10 +25,10 @@ func (s *Store) List(k abi.Kind) ([]abi.MAC, error) {
 }
 
 func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
-	if err := c.checkKind(k); err != nil {
+	if err := c.ready(k); err != nil {
 		return nil, err
 	}
-	prefix := tagPrefix(k)
+	prefix := c.s.tagPrefix(k)
 	// Deletion markers are few, or none where the registry deletes: the
 	// first page after their prefix is then the objects' own tags, and a
 	// short one saves reading a thousand of them. The registry makes it
@@ -51,7 +51,7 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		}
 		// A marker stays once written; the object is alive again if its
 		// tag was put after the deletion.
-		digest, exists, err := c.manifestDigest(ObjectTag(k, mac))
+		digest, exists, err := c.manifestDigest(c.s.objectTag(k, mac))
 		if err != nil {
 			return nil, err
 		}

@@ -43,6 +43,9 @@ type Store struct {
 	listPage scratch.Buffer[byte]
 	listMACs scratch.Buffer[abi.MAC]
 
+	// lay is the store's layout, nil until a call needs it (ready).
+	lay *layout
+
 	pageSize int
 	// deleteMode is how Delete deletes on this registry; it only moves
 	// forward, so each failed way is tried once per Store.

@@ -63,7 +63,7 @@ func (s *Store) Create(config []byte) error {
 		// Won: from here on the candidate stays whatever happens, or a
 		// create that listed before it was written could win too.
 		if err := c.putManifest(configTag, raw); err != nil {
-			return errorf(codeOf(err), "%v (the store is half made: its configuration is tag %s; if opening it fails, pick another path)", err, mine)
+			return errorf(codeOf(err), "%v (this create won, yet may not have tagged its configuration: if opening the store fails, this create was interrupted; its configuration is tag %s)", err, mine)
 		}
 		s.useLayout(ourLayout)
 		return nil

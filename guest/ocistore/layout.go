@@ -120,12 +120,12 @@ func (c *call) learnLayout() error {
 		}
 	}
 	_, ours, err := c.manifestDigest(ourLayout.configTag)
-	if err != nil || ours {
-		s.lay = ourLayout
-		if ours {
-			s.useLayout(ourLayout)
-		}
-		return err
+	if err != nil {
+		return err // nothing learned: the next call asks again
+	}
+	if ours {
+		s.useLayout(ourLayout)
+		return nil
 	}
 	_, upstream, err := c.manifestDigest(upstreamLayout.configTag)
 	if err != nil {

@@ -1575,14 +1575,14 @@ func distributionBinaryPath(t *testing.T) string {
 // registry does what, so that a registry upgrade that changes it shows.
 func TestRegistryQuirks(t *testing.T) {
 	type quirks struct {
-		pageTags  int    // tags in an answer to ?n=2, of 6 (5 states and config)
+		pageTags  int    // tags in an answer to ?n=2, of 7 (5 states, config and the create's candidate)
 		link      bool   // whether that answer has a Link header
 		deleteTag string // status and error code of DELETE of a tag
 	}
 	want := map[string]quirks{
 		registrytest.NameDistributionDelete:   {pageTags: 2, link: true, deleteTag: "202"},
 		registrytest.NameDistributionNoDelete: {pageTags: 2, link: true, deleteTag: "405 UNSUPPORTED"},
-		registrytest.NameDockerRegistry:       {pageTags: 6, link: false, deleteTag: "400 DIGEST_INVALID"},
+		registrytest.NameDockerRegistry:       {pageTags: 7, link: false, deleteTag: "400 DIGEST_INVALID"},
 		registrytest.NameInProcess:            {pageTags: 2, link: false, deleteTag: "202"},
 	}
 	for _, f := range registrytest.All(t) {

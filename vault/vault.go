@@ -197,12 +197,20 @@ func Create(ctx context.Context, storeConfig map[string]string, passphrase []byt
 
 	if err := store.Create(kctx, wrapped); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("%w: %s", ErrStoreExists, loc)
+			// The store says what it found there, and when: a store
+			// made meanwhile by another create, one of another plugin.
+			return nil, storeExists{err}
 		}
 		return nil, fmt.Errorf("creating a store at %s: %w", loc, cause(kctx, err))
 	}
 	return config, nil
 }
+
+// storeExists is ErrStoreExists in the store's own words.
+type storeExists struct{ error }
+
+func (e storeExists) Is(target error) bool { return target == ErrStoreExists }
+func (e storeExists) Unwrap() error        { return e.error }
 
 // newStore makes the store of storeConfig, without Kloset's storage.Open,
 // which prints its errors on stderr besides returning them.

@@ -22,6 +22,7 @@ func TestCallsDoNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.lay = ourLayout // as Open leaves it
 	mac := abi.MAC{1, 2, 3}
 	for _, tt := range []struct {
 		name string

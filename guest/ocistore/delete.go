@@ -17,11 +17,11 @@ const (
 // Delete removes object (k, mac); a missing (or already deleted) object is
 // abi.ErrNotFound.
 func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
-	tag := ObjectTag(k, mac)
-	c := s.newCall("delete ", tag, " from ")
-	if err := c.checkKind(k); err != nil {
+	if err := s.ready(k, "delete ", " from "); err != nil {
 		return err
 	}
+	tag := s.objectTag(k, mac)
+	c := s.newCall("delete ", tag, " from ")
 	s.h.CacheRemove(s.cacheKey(tag))
 	known := c.deletionMode()
 	var err error
@@ -205,7 +205,7 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // reads as an object put again (alive, and readable), never an object
 // listed that cannot be read; deleting it again completes the deletion.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
-	tag := ObjectTag(k, mac)
+	tag := c.s.objectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
@@ -214,7 +214,7 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	if k != abi.KindLock {
-		if err := c.putManifest(markerTag(k, mac), tombstone); err != nil {
+		if err := c.putManifest(c.s.markerTag(k, mac), tombstone); err != nil {
 			return err
 		}
 	}

@@ -24,13 +24,19 @@
 // registries do.
 //
 // The store's configuration is an artifact of the same shape tagged
-// "config", with artifactType application/vnd.plakar.config.v1. The empty
-// config blob is pushed once, when the store is created (and again if a
-// registry reports it missing).
+// "config", with artifactType application/vnd.plakar.config.v1, written
+// only by the create that won over any concurrent one: each create first
+// tags its configuration "config-candidate-<hex of its digest>" (config.go).
+// The empty config blob is pushed once, when the store is created (and
+// again if a registry reports it missing).
 //
 // Listing a kind reads the repository's tag list from "<kind>-" on, page
 // by page, keeping the tags of that kind; tags this package does not know
-// are ignored, so other artifacts may share the repository.
+// are ignored. A create refuses a repository that holds any, though.
+//
+// A repository made by Plakar's upstream oci plugin (configuration tagged
+// "CONFIG", objects "packfiles-<hex>", "state-<hex>", "locks-<hex>") is
+// opened in that layout instead, which is a value of the Store (layout.go).
 //
 // # Deleting
 //

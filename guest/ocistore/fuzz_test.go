@@ -117,7 +117,7 @@ func FuzzParseTag(f *testing.F) {
 				}
 				want := ObjectTag(k, mac)
 				if prefix != tagPrefix(k) {
-					want = markerTag(k, mac)
+					want = ourStore.markerTag(k, mac)
 				}
 				if want != tag {
 					t.Fatalf("parseTag(%q, %q) = %x, whose tag is %q", prefix, tag, mac, want)

@@ -47,6 +47,9 @@ func newHarness(t *testing.T, mws ...middleware) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A store the host's cache knows in our layout, as after Create or
+	// Open: tests of the layout's discovery start from an empty cache.
+	host.CacheSet(st.layoutKey(), ourLayout.name)
 	x := &harness{t: t, host: host, store: st, loc: loc}
 	st.sleep = func(d time.Duration) { x.slept = append(x.slept, d) }
 	return x

@@ -25,10 +25,10 @@ func (s *Store) List(k abi.Kind) ([]abi.MAC, error) {
 }
 
 func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
-	if err := c.checkKind(k); err != nil {
+	if err := c.ready(k); err != nil {
 		return nil, err
 	}
-	prefix := tagPrefix(k)
+	prefix := c.s.tagPrefix(k)
 	// Deletion markers are few, or none where the registry deletes: the
 	// first page after their prefix is then the objects' own tags, and a
 	// short one saves reading a thousand of them. The registry makes it
@@ -79,11 +79,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		var reqs [markerReads]*abi.Request
 		var started [markerReads]abi.Pending
 		for j, i := range batch {
-			reqs[j] = c.manifestHead(ObjectTag(k, macs[i]))
+			reqs[j] = c.manifestHead(c.s.objectTag(k, macs[i]))
 			started[j] = c.start(reqs[j])
 		}
 		for j, i := range batch {
-			digest, exists, err := c.manifestDigestStarted(ObjectTag(k, macs[i]), reqs[j], started[j])
+			digest, exists, err := c.manifestDigestStarted(c.s.objectTag(k, macs[i]), reqs[j], started[j])
 			if err != nil {
 				return nil, err
 			}

@@ -16,6 +16,8 @@ const (
 	mediaTypeManifest = "application/vnd.oci.image.manifest.v1+json"
 	mediaTypeEmpty    = "application/vnd.oci.empty.v1+json"
 	mediaTypeBlob     = "application/octet-stream"
+	// mediaTypeImageConfig is the config of the upstream layout's manifests.
+	mediaTypeImageConfig = "application/vnd.oci.image.config.v1+json"
 
 	artifactConfig    = "application/vnd.plakar.config.v1"
 	artifactTombstone = "application/vnd.plakar.tombstone.v1"

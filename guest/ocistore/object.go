@@ -8,28 +8,21 @@ import (
 	"github.com/plakar-oci/ocistore/abi"
 )
 
-func (c *call) checkKind(k abi.Kind) error {
-	if !k.Valid() {
-		return errorf(abi.ErrOther, "%s: unknown resource kind %d: the host and the guest disagree on the contract", c.action(), k)
-	}
-	return nil
-}
-
 // Put stores the bytes of body as object (k, mac) and returns their count.
 // The tag is written last, so a failed put leaves no new tag behind: a tag
 // only ever names a whole blob, which the registry checked against its
 // digest when the upload was committed.
 func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
-	tag, key := s.objectKey(k, mac)
-	c := s.newCall("put ", tag, " to ")
-	if err := c.checkKind(k); err != nil {
+	if err := s.ready(k, "put ", " to "); err != nil {
 		return 0, err
 	}
+	tag, key := s.objectKey(k, mac)
+	c := s.newCall("put ", tag, " to ")
 	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
 	}
-	raw := s.mem.Bytes(func(b []byte) []byte { return appendObjectManifest(b, k, mac, blob) })
+	raw := s.mem.Bytes(func(b []byte) []byte { return s.lay.appendManifest(b, k, mac, blob) })
 	if err := c.putManifest(tag, raw); err != nil {
 		return 0, err
 	}
@@ -42,11 +35,11 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 // Get returns the bytes of object (k, mac), or of rng within them. Whole
 // objects are verified against their digest by the host as they are read.
 func (s *Store) Get(k abi.Kind, mac abi.MAC, rng *abi.Range) (abi.Stream, error) {
-	tag, key := s.objectKey(k, mac)
-	c := s.newCall("get ", tag, " from ")
-	if err := c.checkKind(k); err != nil {
+	if err := s.ready(k, "get ", " from "); err != nil {
 		return 0, err
 	}
+	tag, key := s.objectKey(k, mac)
+	c := s.newCall("get ", tag, " from ")
 	if cacheable(k) {
 		if v, ok := s.h.CacheGet(key); ok {
 			if blob, ok := parseCacheValue(v); ok {
@@ -92,7 +85,7 @@ func (c *call) resolve(k abi.Kind, tag string) (descriptor, error) {
 	if d.status != 200 {
 		return descriptor{}, d.err
 	}
-	layer, ok, err := parseManifest(d.data, artifactType(k))
+	layer, ok, err := parseManifest(d.data, c.s.lay.artifacts.of(k))
 	if err != nil {
 		return descriptor{}, errorf(abi.ErrOther, "%s: tag %s is not a Plakar object: %v: remove whatever else writes to repository %s",
 			c.action(), tag, err, c.s.loc.Repository)

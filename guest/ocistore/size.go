@@ -14,11 +14,14 @@ func (s *Store) Size() (int64, error) {
 	var total int64
 	for _, k := range abi.Kinds() {
 		macs, err := c.list(k)
+		if codeOf(err) == abi.ErrUnsupported {
+			continue // a kind the store's layout has not
+		}
 		if err != nil {
 			return 0, err
 		}
 		for _, mac := range macs {
-			tag := ObjectTag(k, mac)
+			tag := s.objectTag(k, mac)
 			blob, ok := descriptor{}, false
 			if cacheable(k) {
 				if v, hit := s.h.CacheGet(s.cacheKey(tag)); hit {

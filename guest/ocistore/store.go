@@ -42,6 +42,9 @@ type Store struct {
 	listPage scratch.Buffer[byte]
 	listMACs scratch.Buffer[abi.MAC]
 
+	// lay is the store's layout, nil until a call needs it (ready).
+	lay *layout
+
 	pageSize int
 
 	// sleep and now are sliceSleep and time.Now, but in tests.

@@ -50,10 +50,6 @@ func (p perKind) of(k abi.Kind) string {
 // objects by.
 func ObjectTag(k abi.Kind, mac abi.MAC) string { return tagPrefix(k) + hex.EncodeToString(mac[:]) }
 
-// markerTag is the tag that marks object (k, mac) deleted on registries
-// that cannot delete.
-func markerTag(k abi.Kind, mac abi.MAC) string { return markerPrefix + ObjectTag(k, mac) }
-
 // parseTag returns the MAC of tag if it is prefix followed by 64 lowercase
 // hex digits. Other tags, ours or not, are not objects of that kind. It
 // takes bytes, as tag list pages are decoded without a string per tag.
@@ -110,7 +106,7 @@ func (s *Store) cacheKey(tag string) string { return s.cacheSpace + tag }
 // objectKey returns the tag of object (k, mac) and its cache key, one
 // string of the call's memory: a ranged get needs both, and little else.
 func (s *Store) objectKey(k abi.Kind, mac abi.MAC) (tag, key string) {
-	prefix := tagPrefix(k)
+	prefix := s.tagPrefix(k)
 	key = s.mem.String(func(b []byte) []byte {
 		return hex.AppendEncode(append(append(b, s.cacheSpace...), prefix...), mac[:])
 	})

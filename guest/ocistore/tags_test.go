@@ -19,6 +19,9 @@ func testMAC(b byte) abi.MAC {
 	return m
 }
 
+// ourStore is a store in our layout, for the tags it makes.
+var ourStore = &Store{lay: ourLayout}
+
 func TestTags(t *testing.T) {
 	mac := testMAC(0xa0)
 	hex := "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
@@ -28,12 +31,12 @@ func TestTags(t *testing.T) {
 	if got, want := ObjectTag(abi.KindECCState, mac), "ecc-state-"+hex; got != want {
 		t.Errorf("ObjectTag = %q, want %q", got, want)
 	}
-	if got, want := markerTag(abi.KindLock, mac), "deleted-lock-"+hex; got != want {
+	if got, want := ourStore.markerTag(abi.KindLock, mac), "deleted-lock-"+hex; got != want {
 		t.Errorf("markerTag = %q, want %q", got, want)
 	}
 	for _, k := range abi.Kinds() {
 		// OCI tags are at most 128 characters.
-		if n := len(markerTag(k, mac)); n > 128 {
+		if n := len(ourStore.markerTag(k, mac)); n > 128 {
 			t.Errorf("marker tag of %s is %d characters", k, n)
 		}
 	}
@@ -85,6 +88,7 @@ func TestCacheValue(t *testing.T) {
 		t.Errorf("cacheKey = %q, want %q", got, want)
 	}
 	mac := abi.MAC{0xab, 31: 0x01}
+	s.lay = ourLayout
 	for _, k := range abi.Kinds() {
 		tag, key := s.objectKey(k, mac)
 		if tag != ObjectTag(k, mac) || key != s.cacheKey(tag) {

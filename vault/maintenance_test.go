@@ -1,0 +1,197 @@
+package vault_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/objects"
+	"github.com/PlakarKorp/kloset/repository"
+
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+	"github.com/plakar-oci/ocistore/vault"
+)
+
+// holdState holds the first state a backup puts until release is closed,
+// once every packfile of the backup is uploaded: the backup is then
+// exactly "running, packfiles written, nothing committed".
+type holdState struct {
+	storage.Store
+	reached chan struct{}
+	release chan struct{}
+	held    bool
+}
+
+func (h *holdState) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
+	if res == storage.StorageResourceState && !h.held {
+		h.held = true
+		close(h.reached)
+		<-h.release
+	}
+	return h.Store.Put(ctx, res, mac, rd)
+}
+
+func randomFiles(t *testing.T, root string, n, size int) map[string][]byte {
+	t.Helper()
+	files := map[string][]byte{}
+	for i := range n {
+		b := make([]byte, size)
+		rand.Read(b)
+		name := filepath.Join(root, "f"+string(rune('a'+i)))
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files[filepath.Base(name)] = b
+	}
+	return files
+}
+
+func restoresSame(t *testing.T, v *vault.Vault, ref string, files map[string][]byte) {
+	t.Helper()
+	dest := filepath.Join(t.TempDir(), "out")
+	if _, err := v.Restore(ref, "", dest, false); err != nil {
+		t.Fatalf("restore %s: %v", ref, err)
+	}
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dest, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("restored %s differs (%v)", name, err)
+		}
+	}
+}
+
+// TestMaintenanceGraceRace: a backup has uploaded its packfiles and not
+// committed yet while maintenance runs; its lock looks stale to
+// maintenance (its clock is past Kloset's lock TTL, as after a machine
+// slept). The grace period keeps the packfiles: the backup commits, and
+// its snapshot checks and restores. With no grace, the same packfiles are
+// orphans to delete: the grace period alone saves them.
+func TestMaintenanceGraceRace(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/race"}
+	pass := []byte("maintenance race")
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
+	b, err := vault.Open(ctx, cfg, pass, &vault.Options{WrapStore: func(s storage.Store) storage.Store { hold.Store = s; return hold }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	src := filepath.Join(t.TempDir(), "src")
+	files := randomFiles(t, src, 3, 300<<10)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := b.Backup(src, nil)
+		backupDone <- err
+	}()
+	<-hold.reached
+
+	m, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Maintenance(vault.MaintenanceOptions{Grace: time.Hour}); !errors.Is(err, vault.ErrStoreLocked) {
+		t.Fatalf("maintenance beside a live backup: %v, want ErrStoreLocked", err)
+	}
+	later := func() time.Time { return time.Now().Add(repository.LOCK_TTL + time.Minute) }
+	dry, err := m.Maintenance(vault.MaintenanceOptions{DryRun: true, Now: later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dry.Orphans) == 0 || len(dry.StaleLocks) != 1 {
+		t.Fatalf("without a grace period, the running backup's packfiles should be orphans to delete: %+v", dry)
+	}
+	r, err := m.Maintenance(vault.MaintenanceOptions{Grace: time.Hour, Now: later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Orphans) != 0 || len(r.Recent) != len(dry.Orphans) || len(r.StaleLocks) != 1 {
+		t.Fatalf("maintenance with a grace period: %d orphans deleted, %d recent kept, %d stale locks; want 0, %d, 1", len(r.Orphans), len(r.Recent), len(r.StaleLocks), len(dry.Orphans))
+	}
+	close(hold.release)
+	if err := <-backupDone; err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Check("latest"); err != nil {
+		t.Fatal(err)
+	}
+	restoresSame(t, c, "latest", files)
+}
+
+// TestMaintenanceStaleLock: a lock left by a backup that was killed (its
+// timestamp past Kloset's TTL) is reported by a dry run, removed by
+// maintenance, and counted; a fresh lock stops maintenance.
+func TestMaintenanceStaleLock(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/locks"}
+	pass := []byte("maintenance locks")
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	putLock := func(age time.Duration) objects.MAC {
+		l := repository.NewSharedLock("killed-host")
+		l.Timestamp = time.Now().Add(-age)
+		var buf bytes.Buffer
+		if err := l.SerializeToStream(&buf); err != nil {
+			t.Fatal(err)
+		}
+		id := objects.RandomMAC()
+		if _, err := v.Repository().PutLock(id, &buf); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	fresh := putLock(0)
+	if _, err := v.Maintenance(vault.MaintenanceOptions{}); !errors.Is(err, vault.ErrStoreLocked) {
+		t.Fatalf("maintenance beside a live lock: %v, want ErrStoreLocked", err)
+	}
+	if err := v.Repository().DeleteLock(fresh); err != nil {
+		t.Fatal(err)
+	}
+	stale := putLock(repository.LOCK_TTL + time.Minute)
+	dry, err := v.Maintenance(vault.MaintenanceOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dry.StaleLocks) != 1 || dry.StaleLocks[0].ID != stale || dry.StaleLocks[0].Hostname != "killed-host" {
+		t.Fatalf("dry run: stale locks %+v, want the one of killed-host", dry.StaleLocks)
+	}
+	if locks, _ := v.Repository().GetLocks(); len(locks) != 1 {
+		t.Fatalf("the dry run changed the locks: %d left, want 1", len(locks))
+	}
+	r, err := v.Maintenance(vault.MaintenanceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.StaleLocks) != 1 || r.LockBytes <= 0 {
+		t.Fatalf("maintenance: %d stale locks removed giving back %d bytes; want 1, > 0", len(r.StaleLocks), r.LockBytes)
+	}
+	if locks, err := v.Repository().GetLocks(); err != nil || len(locks) != 0 {
+		t.Fatalf("locks left after maintenance: %d (%v), want 0", len(locks), err)
+	}
+}

@@ -36,9 +36,9 @@ type MaintenanceOptions struct {
 	// Now is the clock; nil means time.Now. Lock staleness and packfile
 	// ages are measured with it.
 	Now func() time.Time
-	// BeforeDelete, if not nil, runs once the plan is made and before
-	// anything is changed (tests interleave a backup there).
-	BeforeDelete func()
+	// AfterDelete, if not nil, runs after the deletions while the lock is
+	// still held (not in a dry run): a registry's garbage collection.
+	AfterDelete func()
 }
 
 // LockInfo describes a lock found in the store.
@@ -165,9 +165,6 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 			}
 		}
 	}
-	if opts.BeforeDelete != nil {
-		opts.BeforeDelete()
-	}
 	if opts.DryRun {
 		return r, nil
 	}
@@ -209,6 +206,9 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 		return nil, fmt.Errorf("maintenance: measuring the store: %w", cause(v.kctx, err))
 	}
 	r.LockBytes = sizeMid - sizeAfter
+	if opts.AfterDelete != nil {
+		opts.AfterDelete()
+	}
 	if len(r.Failed) > 0 {
 		return r, fmt.Errorf("maintenance: %d deletion(s) failed, the first: %s (run maintenance again)", len(r.Failed), r.Failed[0])
 	}

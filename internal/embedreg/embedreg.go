@@ -57,7 +57,7 @@ type Registry struct {
 	Dir string
 
 	srv      *http.Server
-	app      *handlers.App
+	gate     *gate
 	lock     *os.File
 	logFile  *os.File
 	done     chan struct{} // closed when Serve returns
@@ -147,13 +147,14 @@ func Start(opts Options) (*Registry, error) {
 	}
 	r.Addr = ln.Addr().String()
 
-	r.app, err = newApp(dir)
+	app, err := newApp(dir)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
+	r.gate = newGate(app, r)
 	r.srv = &http.Server{
-		Handler:           r.app,
+		Handler:           r.gate,
 		ReadHeaderTimeout: 30 * time.Second,
 	}
 	go func() {
@@ -204,7 +205,11 @@ func newApp(dir string) (app *handlers.App, err error) {
 
 // Close stops the registry: requests in flight get a few seconds to
 // finish.
-func (r *Registry) Close() error {
+func (r *Registry) Close() error { return r.close(nil) }
+
+// close stops the registry, runs stopped (if not nil) while the directory
+// is still locked, and lets the directory go.
+func (r *Registry) close(stopped func()) error {
 	r.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -216,8 +221,11 @@ func (r *Registry) Close() error {
 		if r.serveErr != nil && !errors.Is(r.serveErr, http.ErrServerClosed) {
 			err = errors.Join(err, r.serveErr)
 		}
-		r.app.Shutdown()
+		r.gate.app().Shutdown()
 		os.Remove(filepath.Join(r.Dir, addrName))
+		if stopped != nil {
+			stopped()
+		}
 		r.release()
 		r.err = err
 	})

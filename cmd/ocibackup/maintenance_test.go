@@ -39,10 +39,14 @@ func removeFirstOfTwo(t *testing.T, e *env, at, dataDir string) (id2, src2 strin
 	t.Helper()
 	e.ok("-at", at, "create", "-no-encryption")
 	empty = filesSize(t, dataDir)
-	src1 := writeTree(t, 31, 6<<20)
+	// Trees that share nothing: a packfile a remaining snapshot uses even
+	// in part stays whole (no repacking, as in plakar maintenance).
+	src1 := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src1, 31, 6, 1<<20)
 	id1 := snapshotID(t, e.ok("-at", at, "backup", src1))
 	one = filesSize(t, dataDir)
-	src2 = writeTree(t, 32, 6<<20)
+	src2 = filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src2, 32, 6, 1<<20)
 	id2 = snapshotID(t, e.ok("-at", at, "backup", src2))
 	two = filesSize(t, dataDir)
 	e.ok("-at", at, "rm", id1)

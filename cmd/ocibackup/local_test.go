@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -62,39 +63,8 @@ func TestLocalRegistry(t *testing.T) {
 	}
 
 	// The registry command, on the same data, on a port of its choosing.
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
-	defer cancel()
-	srv := e.command(ctx, "registry", "-addr", "127.0.0.1:0")
-	out, err := srv.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Stderr = srv.Stdout
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := bufio.NewScanner(out)
-	ready := make(chan string, 1)
-	listening := regexp.MustCompile(`listening on http://(127\.0\.0\.1:\d+),`)
-	go func() {
-		for lines.Scan() {
-			if m := listening.FindStringSubmatch(lines.Text()); m != nil {
-				ready <- m[1]
-			}
-		}
-		io.Copy(io.Discard, out)
-		exited <- srv.Wait()
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-		t.Logf("ocibackup registry listens on %s", addr)
-	case err := <-exited:
-		t.Fatalf("ocibackup registry exited: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("ocibackup registry did not say it listens within 20s")
-	}
+	srv := serveRegistry(t, e)
+	addr := srv.addr
 	// oci://local goes through it (it does not wait for the storage),
 	// and so does its address.
 	if r := e.ok("-at", "oci://local/my/backups", "ls"); !strings.Contains(r.stdout, id) || strings.Contains(r.stderr, "waiting") {
@@ -108,22 +78,80 @@ func TestLocalRegistry(t *testing.T) {
 	sameTree(t, src, dest)
 
 	// SIGINT stops it, exit 0.
-	if err := srv.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Errorf("ocibackup registry exited with %v after SIGINT, want 0", err)
-		} else if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("ocibackup registry did not stop within 20s of SIGINT")
-	}
+	srv.stop()
 	// The data outlive it.
 	if r := e.ok("-at", "oci://local/my/backups", "check", id); !strings.Contains(r.stdout, "ok") {
 		t.Errorf("check after the registry stopped: %s", r)
 	}
+}
+
+// server is an 'ocibackup registry' running for a test.
+type server struct {
+	t      *testing.T
+	addr   string
+	cmd    *exec.Cmd
+	exited chan error
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+// serveRegistry starts 'ocibackup registry' on e's default storage, on a
+// free port, and returns once it listens; it is stopped at the end of t.
+func serveRegistry(t *testing.T, e *env) *server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*runTimeout)
+	srv := &server{t: t, cmd: e.command(ctx, "registry", "-addr", "127.0.0.1:0"), exited: make(chan error, 1), cancel: cancel}
+	out, err := srv.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Stderr = srv.cmd.Stdout
+	if err := srv.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.stop)
+	lines := bufio.NewScanner(out)
+	ready := make(chan string, 1)
+	listening := regexp.MustCompile(`listening on http://(127\.0\.0\.1:\d+),`)
+	go func() {
+		for lines.Scan() {
+			if m := listening.FindStringSubmatch(lines.Text()); m != nil {
+				ready <- m[1]
+			}
+		}
+		io.Copy(io.Discard, out)
+		srv.exited <- srv.cmd.Wait()
+	}()
+	select {
+	case srv.addr = <-ready:
+		t.Logf("ocibackup registry listens on %s", srv.addr)
+	case err := <-srv.exited:
+		t.Fatalf("ocibackup registry exited: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("ocibackup registry did not say it listens within 20s")
+	}
+	return srv
+}
+
+// stop stops the registry with SIGINT, and fails the test unless it
+// exits with status 0.
+func (srv *server) stop() {
+	srv.once.Do(func() {
+		defer srv.cancel()
+		t := srv.t
+		if err := srv.cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-srv.exited:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				t.Errorf("ocibackup registry exited with %v after SIGINT, want 0", err)
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("ocibackup registry did not stop within 20s of SIGINT")
+		}
+	})
 }

@@ -56,11 +56,25 @@ func removeFirstOfTwo(t *testing.T, e *env, at, dataDir string) (id2, src2 strin
 // TestMaintenanceLocal: on oci://local, maintenance removes what only a
 // removed snapshot used, the registry collects its garbage, and the data
 // directory gives back (at least 80% of) what that snapshot alone took;
-// the other snapshot checks and restores byte for byte.
+// the other snapshot checks and restores byte for byte. The same when
+// 'ocibackup registry' serves the local registry.
 func TestMaintenanceLocal(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	t.Run("in-process", func(t *testing.T) {
+		t.Parallel()
+		testMaintenanceLocal(t, newEnv(t), false)
+	})
+	t.Run("served", func(t *testing.T) {
+		t.Parallel()
+		testMaintenanceLocal(t, newEnv(t), true)
+	})
+}
+
+func testMaintenanceLocal(t *testing.T, e *env, served bool) {
 	at := "oci://local/maint/store"
+	if served {
+		serveRegistry(t, e)
+	}
 	data := filepath.Join(e.home, ".local", "share", "ocibackup", "registry", "docker")
 	id2, src2, empty, one, two := removeFirstOfTwo(t, e, at, data)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -53,7 +54,7 @@ func cmdMaintenance(a *app, args []string) error {
 	if a.localServer != "" && !*dry {
 		// The server holds off writes while it collects; the store's lock
 		// keeps this store's backups out meanwhile.
-		opts.AfterDelete = func() { collected, collectErr = collectServer(a.localServer) }
+		opts.AfterDelete = func() { collected, collectErr = a.collectServer() }
 	}
 	r, err := v.Maintenance(opts)
 	if r != nil {
@@ -118,16 +119,22 @@ func (a *app) printMaintenance(r *vault.MaintenanceResult) {
 	}
 }
 
-// collectServer asks the 'ocibackup registry' at addr to collect its
-// garbage.
-func collectServer(addr string) (*embedreg.CollectResult, error) {
-	resp, err := http.Post("http://"+addr+embedreg.CollectPath, "", nil)
+// collectServer asks the 'ocibackup registry' that serves the local
+// registry to collect its garbage.
+func (a *app) collectServer() (*embedreg.CollectResult, error) {
+	addr := a.localServer
+	req, err := http.NewRequestWithContext(a.ctx, http.MethodPost, "http://"+addr+embedreg.CollectPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("asking the registry at %s to collect garbage: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the registry at %s did not collect garbage: %s", addr, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+		return nil, fmt.Errorf("the registry at %s did not collect garbage: %s: %s", addr, resp.Status, oneLine(string(msg)))
 	}
 	var res embedreg.CollectResult
 	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {

@@ -17,9 +17,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
 
-// CollectPath is where a registry started with Options.Server takes a
-// request to collect its garbage (POST, from a loopback address); the
-// answer is a CollectResult in JSON.
+// CollectPath is where a registry takes a request to collect its garbage
+// (POST, from a loopback address); the answer is a CollectResult in JSON.
 const CollectPath = "/_ocibackup/collect"
 
 // CollectResult says what a garbage collection gave back.
@@ -133,7 +132,9 @@ func (r *Registry) Collect() (*CollectResult, error) {
 // collect runs distribution's garbage collection on dir, whose lock the
 // caller holds with nothing writing.
 func collect(ctx context.Context, dir string) (*CollectResult, error) {
-	before, err := dirSize(dir)
+	// The data only: the log grows meanwhile.
+	data := filepath.Join(dir, "docker")
+	before, err := dirSize(data)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +146,7 @@ func collect(ctx context.Context, dir string) (*CollectResult, error) {
 	if err := storage.MarkAndSweep(ctx, driver, ns, storage.GCOpts{RemoveUntagged: true, Quiet: true}); err != nil {
 		return nil, fmt.Errorf("the registry's garbage collection (the registry is unchanged or partly collected; run maintenance again): %w", err)
 	}
-	after, err := dirSize(dir)
+	after, err := dirSize(data)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +167,9 @@ func loopback(remoteAddr string) bool {
 func dirSize(dir string) (int64, error) {
 	var n int64
 	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // nothing stored yet
+		}
 		if err != nil {
 			return err
 		}

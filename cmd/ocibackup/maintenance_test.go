@@ -1,31 +1,18 @@
 package main_test
 
 import (
-	"io/fs"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/plakar-oci/ocistore/internal/embedreg"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // filesSize is the bytes of the files under dir.
 func filesSize(t *testing.T, dir string) int64 {
 	t.Helper()
-	var n int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			n += info.Size()
-		}
-		return nil
-	})
+	n, err := embedreg.DirSize(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

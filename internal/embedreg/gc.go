@@ -134,7 +134,7 @@ func (r *Registry) Collect() (*CollectResult, error) {
 func collect(ctx context.Context, dir string) (*CollectResult, error) {
 	// The data only: the log grows meanwhile.
 	data := filepath.Join(dir, "docker")
-	before, err := dirSize(data)
+	before, err := DirSize(data)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func collect(ctx context.Context, dir string) (*CollectResult, error) {
 	if err := storage.MarkAndSweep(ctx, driver, ns, storage.GCOpts{RemoveUntagged: true, Quiet: true}); err != nil {
 		return nil, fmt.Errorf("the registry's garbage collection (the registry is unchanged or partly collected; run maintenance again): %w", err)
 	}
-	after, err := dirSize(data)
+	after, err := DirSize(data)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func loopback(remoteAddr string) bool {
 }
 
 // dirSize is the bytes of the files under dir.
-func dirSize(dir string) (int64, error) {
+func DirSize(dir string) (int64, error) {
 	var n int64
 	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {

@@ -31,7 +31,8 @@ type MaintenanceOptions struct {
 	// for it to be deleted. A backup holds a lock that keeps maintenance
 	// out, but a backup that stops refreshing it for Kloset's lock TTL
 	// (a machine asleep) looks dead: the grace period is what keeps the
-	// packfiles it just wrote.
+	// packfiles it just wrote. 0 deletes them all: only when no backup
+	// can be running (DefaultGrace is what the CLI uses).
 	Grace time.Duration
 	// Now is the clock; nil means time.Now. Lock staleness and packfile
 	// ages are measured with it.

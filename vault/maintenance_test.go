@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,4 +195,78 @@ func TestMaintenanceStaleLock(t *testing.T) {
 	if locks, err := v.Repository().GetLocks(); err != nil || len(locks) != 0 {
 		t.Fatalf("locks left after maintenance: %d (%v), want 0", len(locks), err)
 	}
+}
+
+// TestMaintenanceOrphans: a backup stopped after uploading its packfiles
+// (as by kill -9: nothing committed) leaves orphans; maintenance keeps
+// them within the grace period and deletes them past it, and the snapshot
+// that was committed before still checks and restores.
+func TestMaintenanceOrphans(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/orphans"}
+	pass := []byte("maintenance orphans")
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	keptDir := filepath.Join(t.TempDir(), "kept")
+	kept := randomFiles(t, keptDir, 2, 200<<10)
+	if _, err := m.Backup(keptDir, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
+	bctx, cancel := context.WithCancel(ctx)
+	b, err := vault.Open(bctx, cfg, pass, &vault.Options{WrapStore: func(s storage.Store) storage.Store { hold.Store = s; return hold }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	randomFiles(t, src, 3, 300<<10)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := b.Backup(src, nil)
+		backupDone <- err
+	}()
+	<-hold.reached
+	cancel()
+	close(hold.release)
+	if err := <-backupDone; err == nil {
+		t.Fatal("the stopped backup succeeded")
+	}
+	b.Close()
+
+	r, err := m.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Recent) == 0 || len(r.Orphans) != 0 {
+		t.Fatalf("within the grace period: %d orphans deleted, %d kept; want 0, some", len(r.Orphans), len(r.Recent))
+	}
+	later := func() time.Time { return time.Now().Add(vault.DefaultGrace + time.Hour) }
+	r2, err := m.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace, Now: later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r2.Orphans) != len(r.Recent) || len(r2.Recent) != 0 || r2.PackfileBytes <= 0 {
+		t.Fatalf("past the grace period: %d orphans deleted (%d bytes), %d kept; want %d, > 0, 0", len(r2.Orphans), r2.PackfileBytes, len(r2.Recent), len(r.Recent))
+	}
+	left, err := m.Repository().GetPackfiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mac := range r2.Orphans {
+		if slices.Contains(left, mac) {
+			t.Errorf("orphan %x is still in the store", mac[:4])
+		}
+	}
+	if _, err := m.Check("latest"); err != nil {
+		t.Fatal(err)
+	}
+	restoresSame(t, m, "latest", kept)
 }

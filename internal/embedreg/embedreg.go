@@ -7,6 +7,11 @@
 // One registry at a time serves a directory: Start takes a lock on it,
 // and says who serves it when another process does.
 //
+// The blobs of deleted objects stay until distribution's garbage
+// collection, which never runs beside a write: Collect runs it on a
+// stopped registry that still holds the directory, and a serving one runs
+// it on request (CollectPath) with writes held off (gc.go).
+//
 // Only the filesystem storage driver is linked in (distribution's drivers
 // register themselves in their packages' init, in distribution's own
 // table: nothing of Kloset's or go-containerregistry's is touched).

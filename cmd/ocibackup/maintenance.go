@@ -75,10 +75,12 @@ func cmdMaintenance(a *app, args []string) error {
 		}
 		collected, collectErr = a.localReg.Collect()
 	case a.localServer == "":
-		a.sayf("registry: the registry frees the blobs of deleted objects when its own garbage collection runs. " +
-			"If it refuses DELETE, each deleted object was replaced by a tombstone (its tag points to a small tombstone manifest, " +
-			"and a deleted-KIND-MAC tag marks it): the bytes above stay in the registry until its operator enables deletion, " +
-			"deletes those tags and runs its garbage collection")
+		if n := len(r.Unused) + len(r.Orphans) + len(r.StaleLocks); n > 0 {
+			a.sayf("registry: it frees the blobs of the %d objects removed when its own garbage collection runs. "+
+				"If it refuses DELETE, each was replaced by a tombstone (its tag, KIND-MAC, points to a small tombstone manifest, "+
+				"and a deleted-KIND-MAC tag marks it): their %s stay in the registry until its operator enables deletion, "+
+				"deletes those tags and runs its garbage collection", n, ibytes(r.PackfileBytes+r.LockBytes))
+		}
 		return nil
 	}
 	if collectErr != nil {
@@ -111,7 +113,7 @@ func (a *app) printMaintenance(r *vault.MaintenanceResult) {
 		a.sayf("stale locks: %d %s (%s)", len(r.StaleLocks), verb, strings.Join(who, "; "))
 	}
 	if !r.DryRun {
-		a.sayf("given back by the store: packfiles %s, locks %s (the state recording the removals: %s)",
+		a.sayf("the store no longer holds: packfiles %s, locks %s (the state recording the removals: %s)",
 			ibytes(r.PackfileBytes), ibytes(r.LockBytes), ibytes(r.StateBytes))
 	}
 	if len(r.Failed) > 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -269,4 +270,69 @@ func TestMaintenanceOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoresSame(t, m, "latest", kept)
+}
+
+// TestMaintenanceEveryRegistry: on every registry of the suites (delete by
+// tag, by digest, or tombstones where DELETE is refused), maintenance
+// removes the packfiles only a removed snapshot used, a second pass finds
+// nothing more, and the remaining snapshot checks and restores.
+func TestMaintenanceEveryRegistry(t *testing.T) {
+	for _, f := range registrytest.All(t) {
+		t.Run(f.Name, func(t *testing.T) {
+			reg := f.Start(t)
+			cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/every"}
+			ctx := context.Background()
+			if _, err := vault.Create(ctx, cfg, nil, &vault.CreateOptions{Plaintext: true}); err != nil {
+				t.Fatal(err)
+			}
+			v, err := vault.Open(ctx, cfg, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			var files map[string][]byte
+			var first objects.MAC
+			for i := range 2 {
+				src := filepath.Join(t.TempDir(), "src")
+				files = randomFiles(t, src, 2, 256<<10)
+				r, err := v.Backup(src, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 {
+					first = r.ID
+				}
+			}
+			if _, err := v.Remove(fmt.Sprintf("%x", first[:4])); err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+			if err != nil {
+				t.Fatal(err)
+			}
+			left, err := v.Repository().GetPackfiles()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Unused) == 0 {
+				t.Fatal("nothing removed")
+			}
+			for _, mac := range r.Unused {
+				if slices.Contains(left, mac) {
+					t.Errorf("packfile %x is still listed", mac[:4])
+				}
+			}
+			again, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(again.Unused)+len(again.Orphans) != 0 {
+				t.Errorf("a second pass found %d unused and %d orphan packfiles", len(again.Unused), len(again.Orphans))
+			}
+			if _, err := v.Check("latest"); err != nil {
+				t.Fatal(err)
+			}
+			restoresSame(t, v, "latest", files)
+		})
+	}
 }

@@ -179,6 +179,12 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 		return nil, fmt.Errorf("maintenance: recording the removals in the state (nothing was deleted): %w", cause(v.kctx, err))
 	}
 	r.StateBytes = v.store.Stats().PutBytes[storage.StorageResourceState] - stateBefore[storage.StorageResourceState]
+	// The local state learns of the removals from the store, as every
+	// other reader does: until then it would deduplicate against
+	// packfiles about to be deleted.
+	if err := v.rebuildState(); err != nil {
+		return nil, fmt.Errorf("maintenance: reading the state back (nothing was deleted): %w", cause(v.kctx, err))
+	}
 
 	for _, mac := range append(append([]objects.MAC{}, r.Unused...), r.Orphans...) {
 		if !isStored[mac] {

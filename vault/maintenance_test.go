@@ -336,3 +336,53 @@ func TestMaintenanceEveryRegistry(t *testing.T) {
 		})
 	}
 }
+
+// TestMaintenanceThenBackupAgain: after maintenance deleted a removed
+// snapshot's packfiles, backing the same tree up again stores its data
+// anew (nothing deduplicates against a deleted packfile), from the same
+// open store and from one opened before maintenance ran.
+func TestMaintenanceThenBackupAgain(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/again"}
+	pass := []byte("maintenance again")
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	src := filepath.Join(t.TempDir(), "src")
+	files := randomFiles(t, src, 2, 256<<10)
+	r, err := v.Backup(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Remove(r.ShortID()); err != nil {
+		t.Fatal(err)
+	}
+	// Opened before maintenance, as by a program that keeps a store open.
+	other, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if m, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace}); err != nil || len(m.Unused) == 0 {
+		t.Fatalf("maintenance: %v, %+v", err, m)
+	}
+	for name, w := range map[string]*vault.Vault{"the same store": v, "another store": other} {
+		again, err := w.Backup(src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.BytesStored < 512<<10 {
+			t.Errorf("%s: backing the tree up again stored %d bytes: it deduplicated against deleted packfiles", name, again.BytesStored)
+		}
+		if _, err := w.Check(again.ShortID()); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		restoresSame(t, w, again.ShortID(), files)
+	}
+}

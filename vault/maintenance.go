@@ -293,7 +293,9 @@ func (v *Vault) readLocks(ours objects.MAC, now time.Time, r *MaintenanceResult)
 		if l.Exclusive {
 			what = "another maintenance"
 		}
-		return fmt.Errorf("%w: %s from %s holds a lock taken %s ago: run maintenance when it is done", ErrStoreLocked, what, l.Hostname, now.Sub(l.Timestamp).Round(time.Second))
+		age := now.Sub(l.Timestamp).Round(time.Second)
+		return fmt.Errorf("%w: %s from %s holds a lock refreshed %s ago: run maintenance when it is done (if it was killed, its lock is stale, and removed, %s after that)",
+			ErrStoreLocked, what, l.Hostname, age, repository.LOCK_TTL)
 	}
 	return nil
 }

@@ -66,6 +66,9 @@ type MaintenanceResult struct {
 	Recent []objects.MAC
 	// OldestRecent is when the oldest of Recent was written.
 	OldestRecent time.Time
+	// OrphanBytes and RecentBytes are the sizes of Orphans and Recent
+	// (read in full to learn their age), dry run or not.
+	OrphanBytes, RecentBytes int64
 	// StaleLocks are the locks older than Kloset's lock TTL (left by a
 	// command that was killed).
 	StaleLocks []LockInfo
@@ -152,15 +155,17 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 			r.Orphans = append(r.Orphans, mac)
 			continue
 		}
-		written, err := v.packfileTime(mac)
+		written, size, err := v.packfileTime(mac)
 		if err != nil {
 			r.Failed = append(r.Failed, fmt.Sprintf("packfile %x kept: its date cannot be read: %v", mac[:4], err))
 			continue
 		}
 		if written.Before(cutoff) {
 			r.Orphans = append(r.Orphans, mac)
+			r.OrphanBytes += size
 		} else {
 			r.Recent = append(r.Recent, mac)
+			r.RecentBytes += size
 			if r.OldestRecent.IsZero() || written.Before(r.OldestRecent) {
 				r.OldestRecent = written
 			}
@@ -335,13 +340,16 @@ func (v *Vault) usedPackfiles(r *MaintenanceResult) (map[objects.MAC]bool, error
 }
 
 // packfileTime is when packfile mac was written, from its footer (as
-// plakar maintenance reads it: the whole packfile is fetched).
-func (v *Vault) packfileTime(mac objects.MAC) (time.Time, error) {
+// plakar maintenance reads it: the whole packfile is fetched), and its
+// size.
+func (v *Vault) packfileTime(mac objects.MAC) (time.Time, int64, error) {
+	before := v.store.Stats().GetBytes[storage.StorageResourcePackfile]
 	p, err := v.repo.GetPackfile(mac)
 	if err != nil {
-		return time.Time{}, cause(v.kctx, err)
+		return time.Time{}, 0, cause(v.kctx, err)
 	}
-	return time.Unix(0, p.Footer.Timestamp), nil
+	size := v.store.Stats().GetBytes[storage.StorageResourcePackfile] - before
+	return time.Unix(0, p.Footer.Timestamp), size, nil
 }
 
 // recordRemovals commits a state that drops packfiles macs and the blob

@@ -246,8 +246,8 @@ func TestMaintenanceOrphans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Recent) == 0 || len(r.Orphans) != 0 {
-		t.Fatalf("within the grace period: %d orphans deleted, %d kept; want 0, some", len(r.Orphans), len(r.Recent))
+	if len(r.Recent) == 0 || len(r.Orphans) != 0 || r.RecentBytes < 900<<10 {
+		t.Fatalf("within the grace period: %d orphans deleted, %d kept (%d bytes); want 0, some (the 900 KiB backed up)", len(r.Orphans), len(r.Recent), r.RecentBytes)
 	}
 	later := func() time.Time { return time.Now().Add(vault.DefaultGrace + time.Hour) }
 	r2, err := m.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace, Now: later})

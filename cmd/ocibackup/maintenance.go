@@ -98,9 +98,12 @@ func (a *app) printMaintenance(r *vault.MaintenanceResult) {
 	a.sayf("snapshots kept: %d", r.Snapshots)
 	a.sayf("packfiles that only removed snapshots used: %d %s", len(r.Unused), verb)
 	line := fmt.Sprintf("packfiles of unfinished backups: %d %s", len(r.Orphans), verb)
+	if r.OrphanBytes > 0 {
+		line += fmt.Sprintf(" (%s)", ibytes(r.OrphanBytes))
+	}
 	if len(r.Recent) > 0 {
-		line += fmt.Sprintf("; %d kept, written less than %v ago (a backup may be running): run maintenance again after %s",
-			len(r.Recent), r.Grace, r.OldestRecent.Add(r.Grace).Local().Format(time.DateTime))
+		line += fmt.Sprintf("; %d kept (%s), written less than %v ago (a backup may be running): run maintenance again after %s",
+			len(r.Recent), ibytes(r.RecentBytes), r.Grace, r.OldestRecent.Add(r.Grace).Local().Format(time.DateTime))
 	}
 	a.sayf("%s", line)
 	if len(r.StaleLocks) == 0 {

@@ -83,8 +83,8 @@ func cmdMaintenance(a *app, args []string) error {
 		}
 		return nil
 	}
-	if collectErr != nil {
-		return fmt.Errorf("the store's maintenance is done, but the local registry's garbage collection failed (run maintenance again): %w", collectErr)
+	if collectErr != nil || collected == nil {
+		return fmt.Errorf("the local registry's garbage collection failed: %v (the store's maintenance is done; run maintenance again to collect)", collectErr)
 	}
 	a.sayf("registry: garbage collected; its data directory went down by %s", ibytes(collected.Freed))
 	return nil

@@ -386,3 +386,77 @@ func TestMaintenanceThenBackupAgain(t *testing.T) {
 		restoresSame(t, w, again.ShortID(), files)
 	}
 }
+
+// failDeletes fails every packfile deletion while on is set.
+type failDeletes struct {
+	storage.Store
+	on bool
+}
+
+func (f *failDeletes) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
+	if f.on && res == storage.StorageResourcePackfile {
+		return errors.New("injected: the registry went away")
+	}
+	return f.Store.Delete(ctx, res, mac)
+}
+
+// TestMaintenanceInterrupted: a maintenance whose deletions fail (as one
+// killed after recording the removals) leaves the packfiles in the store
+// and says so; the remaining snapshot is intact, and the next maintenance
+// deletes them at once, without waiting for the grace period.
+func TestMaintenanceInterrupted(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/interrupted"}
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, nil, &vault.CreateOptions{Plaintext: true}); err != nil {
+		t.Fatal(err)
+	}
+	fail := &failDeletes{}
+	v, err := vault.Open(ctx, cfg, nil, &vault.Options{WrapStore: func(s storage.Store) storage.Store { fail.Store = s; return fail }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var files map[string][]byte
+	var first string
+	for i := range 2 {
+		src := filepath.Join(t.TempDir(), "src")
+		files = randomFiles(t, src, 2, 256<<10)
+		r, err := v.Backup(src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = r.ShortID()
+		}
+	}
+	if _, err := v.Remove(first); err != nil {
+		t.Fatal(err)
+	}
+	fail.on = true
+	r, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+	if err == nil || len(r.Failed) != len(r.Unused) || len(r.Unused) == 0 {
+		t.Fatalf("maintenance with failing deletions: %v; %d failed of %d", err, len(r.Failed), len(r.Unused))
+	}
+	fail.on = false
+	if _, err := v.Check("latest"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Orphans) != len(r.Unused) || len(again.Recent) != 0 {
+		t.Fatalf("the next maintenance deleted %d packfiles and kept %d; want the %d left behind, 0", len(again.Orphans), len(again.Recent), len(r.Unused))
+	}
+	left, err := v.Repository().GetPackfiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mac := range r.Unused {
+		if slices.Contains(left, mac) {
+			t.Errorf("packfile %x is still in the store", mac[:4])
+		}
+	}
+	restoresSame(t, v, "latest", files)
+}

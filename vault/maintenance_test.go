@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -72,6 +71,57 @@ func restoresSame(t *testing.T, v *vault.Vault, ref string, files map[string][]b
 	}
 }
 
+// testStore is an encrypted store created for a test on a registry.
+type testStore struct {
+	t    *testing.T
+	cfg  map[string]string
+	pass []byte
+}
+
+func newTestStore(t *testing.T, host, repo string) *testStore {
+	t.Helper()
+	s := &testStore{t: t, cfg: map[string]string{"location": "oci://" + host + "/" + repo}, pass: []byte("maintenance " + repo)}
+	if _, err := vault.Create(context.Background(), s.cfg, s.pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// open opens the store (closed at the end of the test), through wrap if
+// not nil.
+func (s *testStore) open(ctx context.Context, wrap func(storage.Store) storage.Store) *vault.Vault {
+	s.t.Helper()
+	v, err := vault.Open(ctx, s.cfg, s.pass, &vault.Options{WrapStore: wrap})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { v.Close() })
+	return v
+}
+
+// backupTwoRemoveFirst backs up two trees of random files that share
+// nothing, removes the first snapshot, and returns the second's files.
+func backupTwoRemoveFirst(t *testing.T, v *vault.Vault) map[string][]byte {
+	t.Helper()
+	var files map[string][]byte
+	var first string
+	for i := range 2 {
+		src := filepath.Join(t.TempDir(), "src")
+		files = randomFiles(t, src, 2, 256<<10)
+		r, err := v.Backup(src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = r.ShortID()
+		}
+	}
+	if _, err := v.Remove(first); err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
 // TestMaintenanceGraceRace: a backup has uploaded its packfiles and not
 // committed yet while maintenance runs; its lock looks stale to
 // maintenance (its clock is past Kloset's lock TTL, as after a machine
@@ -80,18 +130,10 @@ func restoresSame(t *testing.T, v *vault.Vault, ref string, files map[string][]b
 // orphans to delete: the grace period alone saves them.
 func TestMaintenanceGraceRace(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/race"}
-	pass := []byte("maintenance race")
+	st := newTestStore(t, reg.Host, "maint/race")
 	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
-		t.Fatal(err)
-	}
 	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
-	b, err := vault.Open(ctx, cfg, pass, &vault.Options{WrapStore: func(s storage.Store) storage.Store { hold.Store = s; return hold }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := st.open(ctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
 	src := filepath.Join(t.TempDir(), "src")
 	files := randomFiles(t, src, 3, 300<<10)
 	backupDone := make(chan error, 1)
@@ -101,11 +143,7 @@ func TestMaintenanceGraceRace(t *testing.T) {
 	}()
 	<-hold.reached
 
-	m, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := st.open(ctx, nil)
 	if _, err := m.Maintenance(vault.MaintenanceOptions{Grace: time.Hour}); !errors.Is(err, vault.ErrStoreLocked) {
 		t.Fatalf("maintenance beside a live backup: %v, want ErrStoreLocked", err)
 	}
@@ -128,11 +166,7 @@ func TestMaintenanceGraceRace(t *testing.T) {
 	if err := <-backupDone; err != nil {
 		t.Fatal(err)
 	}
-	c, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := st.open(ctx, nil)
 	if _, err := c.Check("latest"); err != nil {
 		t.Fatal(err)
 	}
@@ -144,17 +178,7 @@ func TestMaintenanceGraceRace(t *testing.T) {
 // maintenance, and counted; a fresh lock stops maintenance.
 func TestMaintenanceStaleLock(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/locks"}
-	pass := []byte("maintenance locks")
-	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
-		t.Fatal(err)
-	}
-	v, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := newTestStore(t, reg.Host, "maint/locks").open(context.Background(), nil)
 	putLock := func(age time.Duration) objects.MAC {
 		l := repository.NewSharedLock("killed-host")
 		l.Timestamp = time.Now().Add(-age)
@@ -204,17 +228,9 @@ func TestMaintenanceStaleLock(t *testing.T) {
 // that was committed before still checks and restores.
 func TestMaintenanceOrphans(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/orphans"}
-	pass := []byte("maintenance orphans")
+	st := newTestStore(t, reg.Host, "maint/orphans")
 	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
-		t.Fatal(err)
-	}
-	m, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := st.open(ctx, nil)
 	keptDir := filepath.Join(t.TempDir(), "kept")
 	kept := randomFiles(t, keptDir, 2, 200<<10)
 	if _, err := m.Backup(keptDir, nil); err != nil {
@@ -223,10 +239,7 @@ func TestMaintenanceOrphans(t *testing.T) {
 
 	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
 	bctx, cancel := context.WithCancel(ctx)
-	b, err := vault.Open(bctx, cfg, pass, &vault.Options{WrapStore: func(s storage.Store) storage.Store { hold.Store = s; return hold }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := st.open(bctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
 	src := filepath.Join(t.TempDir(), "src")
 	randomFiles(t, src, 3, 300<<10)
 	backupDone := make(chan error, 1)
@@ -279,33 +292,8 @@ func TestMaintenanceOrphans(t *testing.T) {
 func TestMaintenanceEveryRegistry(t *testing.T) {
 	for _, f := range registrytest.All(t) {
 		t.Run(f.Name, func(t *testing.T) {
-			reg := f.Start(t)
-			cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/every"}
-			ctx := context.Background()
-			if _, err := vault.Create(ctx, cfg, nil, &vault.CreateOptions{Plaintext: true}); err != nil {
-				t.Fatal(err)
-			}
-			v, err := vault.Open(ctx, cfg, nil, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer v.Close()
-			var files map[string][]byte
-			var first objects.MAC
-			for i := range 2 {
-				src := filepath.Join(t.TempDir(), "src")
-				files = randomFiles(t, src, 2, 256<<10)
-				r, err := v.Backup(src, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if i == 0 {
-					first = r.ID
-				}
-			}
-			if _, err := v.Remove(fmt.Sprintf("%x", first[:4])); err != nil {
-				t.Fatal(err)
-			}
+			v := newTestStore(t, f.Start(t).Host, "maint/every").open(context.Background(), nil)
+			files := backupTwoRemoveFirst(t, v)
 			r, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
 			if err != nil {
 				t.Fatal(err)
@@ -343,17 +331,8 @@ func TestMaintenanceEveryRegistry(t *testing.T) {
 // open store and from one opened before maintenance ran.
 func TestMaintenanceThenBackupAgain(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/again"}
-	pass := []byte("maintenance again")
-	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
-		t.Fatal(err)
-	}
-	v, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	st := newTestStore(t, reg.Host, "maint/again")
+	v := st.open(context.Background(), nil)
 	src := filepath.Join(t.TempDir(), "src")
 	files := randomFiles(t, src, 2, 256<<10)
 	r, err := v.Backup(src, nil)
@@ -364,11 +343,7 @@ func TestMaintenanceThenBackupAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Opened before maintenance, as by a program that keeps a store open.
-	other, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	other := st.open(context.Background(), nil)
 	if m, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace}); err != nil || len(m.Unused) == 0 {
 		t.Fatalf("maintenance: %v, %+v", err, m)
 	}
@@ -406,33 +381,9 @@ func (f *failDeletes) Delete(ctx context.Context, res storage.StorageResource, m
 // deletes them at once, without waiting for the grace period.
 func TestMaintenanceInterrupted(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/maint/interrupted"}
-	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, nil, &vault.CreateOptions{Plaintext: true}); err != nil {
-		t.Fatal(err)
-	}
 	fail := &failDeletes{}
-	v, err := vault.Open(ctx, cfg, nil, &vault.Options{WrapStore: func(s storage.Store) storage.Store { fail.Store = s; return fail }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	var files map[string][]byte
-	var first string
-	for i := range 2 {
-		src := filepath.Join(t.TempDir(), "src")
-		files = randomFiles(t, src, 2, 256<<10)
-		r, err := v.Backup(src, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			first = r.ShortID()
-		}
-	}
-	if _, err := v.Remove(first); err != nil {
-		t.Fatal(err)
-	}
+	v := newTestStore(t, reg.Host, "maint/interrupted").open(context.Background(), func(s storage.Store) storage.Store { fail.Store = s; return fail })
+	files := backupTwoRemoveFirst(t, v)
 	fail.on = true
 	r, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
 	if err == nil || len(r.Failed) != len(r.Unused) || len(r.Unused) == 0 {

@@ -100,16 +100,16 @@ func (g *gate) collectServing(ctx context.Context) (*CollectResult, error) {
 	defer g.collect.Unlock()
 	g.writes.Lock()
 	defer g.writes.Unlock()
-	res, err := collect(ctx, g.reg.Dir)
-	if err != nil {
-		return nil, err
-	}
-	app, err := newApp(g.reg.Dir)
-	if err != nil {
-		return nil, err
+	// A client that goes away does not cut the sweep short.
+	res, err := collect(context.WithoutCancel(ctx), g.reg.Dir)
+	// Even a collection that failed half-way may have swept blobs that
+	// the old application's cache remembers.
+	app, aerr := newApp(g.reg.Dir)
+	if aerr != nil {
+		return nil, errors.Join(err, aerr)
 	}
 	g.cur.Swap(app).Shutdown()
-	return res, nil
+	return res, err
 }
 
 // Collect stops the registry and collects its garbage before it lets the

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -101,7 +102,7 @@ func (g *gate) collectServing(ctx context.Context) (*CollectResult, error) {
 	g.writes.Lock()
 	defer g.writes.Unlock()
 	// A client that goes away does not cut the sweep short.
-	res, err := collect(context.WithoutCancel(ctx), g.reg.Dir)
+	res, err := collect(context.WithoutCancel(ctx), g.reg.Dir, false)
 	// Even a collection that failed half-way may have swept blobs that
 	// the old application's cache remembers.
 	app, aerr := newApp(g.reg.Dir)
@@ -113,15 +114,16 @@ func (g *gate) collectServing(ctx context.Context) (*CollectResult, error) {
 }
 
 // Collect stops the registry and collects its garbage before it lets the
-// directory go: no other registry can serve it meanwhile. The registry is
-// closed afterwards, as by Close.
+// directory go: no other registry can serve it meanwhile. Uploads left
+// unfinished are removed too: nothing can be writing them. The registry
+// is closed afterwards, as by Close.
 func (r *Registry) Collect() (*CollectResult, error) {
 	var res *CollectResult
 	var cerr error
 	ran := false
 	err := r.close(func() {
 		ran = true
-		res, cerr = collect(context.Background(), r.Dir)
+		res, cerr = collect(context.Background(), r.Dir, true)
 	})
 	if !ran {
 		return nil, errors.New("the registry was closed before its garbage could be collected")
@@ -130,8 +132,10 @@ func (r *Registry) Collect() (*CollectResult, error) {
 }
 
 // collect runs distribution's garbage collection on dir, whose lock the
-// caller holds with nothing writing.
-func collect(ctx context.Context, dir string) (*CollectResult, error) {
+// caller holds with nothing writing, and with purge removes every
+// unfinished upload (a serving registry leaves them to its weekly purge:
+// a client may be in the middle of one).
+func collect(ctx context.Context, dir string, purge bool) (*CollectResult, error) {
 	// The data only: the log grows meanwhile.
 	data := filepath.Join(dir, "docker")
 	before, err := DirSize(data)
@@ -145,6 +149,11 @@ func collect(ctx context.Context, dir string) (*CollectResult, error) {
 	}
 	if err := storage.MarkAndSweep(ctx, driver, ns, storage.GCOpts{RemoveUntagged: true, Quiet: true}); err != nil {
 		return nil, fmt.Errorf("the registry's garbage collection (the registry is unchanged or partly collected; run maintenance again): %w", err)
+	}
+	if purge {
+		if _, errs := storage.PurgeUploads(ctx, driver, time.Now(), true); len(errs) > 0 {
+			return nil, fmt.Errorf("removing the registry's unfinished uploads (run maintenance again): %w", errors.Join(errs...))
+		}
 	}
 	after, err := DirSize(data)
 	if err != nil {

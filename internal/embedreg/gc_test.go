@@ -2,6 +2,7 @@ package embedreg
 
 import (
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -108,5 +109,57 @@ func TestCollectServing(t *testing.T) {
 	}
 	if status(t, http.MethodPost, r.URL()+"/v2/gc/test/blobs/uploads/") != http.StatusAccepted {
 		t.Error("writes are refused after the collection")
+	}
+}
+
+// TestCollectPurgesUploads: a stopped registry's collection removes the
+// uploads left unfinished (a backup killed in the middle of one), and
+// keeps the images.
+func TestCollectPurgesUploads(t *testing.T) {
+	r, err := Start(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	push(t, r.Addr+"/gc/test:kept")
+	resp, err := http.Post(r.URL()+"/v2/gc/test/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		t.Fatalf("starting an upload: %s", resp.Status)
+	}
+	if !strings.HasPrefix(loc, "http") {
+		loc = r.URL() + loc
+	}
+	req, _ := http.NewRequest(http.MethodPatch, loc, strings.NewReader(strings.Repeat("x", 1<<20)))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("sending part of an upload: %s", resp.Status)
+	}
+	uploads := filepath.Join(r.Dir, "docker", "registry", "v2", "repositories", "gc", "test", "_uploads")
+	if n, _ := DirSize(uploads); n < 1<<20 {
+		t.Fatalf("the unfinished upload holds %d bytes, want 1 MiB", n)
+	}
+	res, err := r.Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := DirSize(uploads); n != 0 || res.Freed < 1<<20 {
+		t.Errorf("after the collection the uploads hold %d bytes (freed %d), want 0 (1 MiB)", n, res.Freed)
+	}
+	r2, err := Start(Options{Dir: r.Dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if got := status(t, http.MethodGet, r2.URL()+"/v2/gc/test/manifests/kept"); got != http.StatusOK {
+		t.Errorf("the image after the collection: %d", got)
 	}
 }

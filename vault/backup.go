@@ -148,6 +148,12 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 			snap.Close()
 		}
 	}()
+	// Read the state again now that the backup holds its lock: a
+	// maintenance that ran since the store was opened deleted packfiles
+	// that the state read then still names (maintenance.go).
+	if err := v.rebuildState(); err != nil {
+		return nil, fmt.Errorf("reading the state: %w", cause(kctx, err))
+	}
 
 	parentVFS, closeParent, err := v.parentVFS(source)
 	if err != nil {

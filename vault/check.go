@@ -106,8 +106,7 @@ func (v *Vault) diagnoseMissingChunks(o *op) {
 
 // Remove removes snapshot ref (see Resolve) from the store, as plakar rm
 // does: a new state marks it deleted, and it is no longer listed. The
-// data it alone used stay in the store until a maintenance pass removes
-// them (this package does not do that).
+// data it alone used stay in the store until Maintenance removes them.
 func (v *Vault) Remove(ref string) (objects.MAC, error) {
 	id, err := v.Resolve(ref)
 	if err != nil {

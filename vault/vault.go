@@ -1,7 +1,8 @@
 // Package vault drives Kloset v1.1.4 the way the plakar CLI does, for one
 // store: create it, open it with its passphrase, back a directory up, list
-// snapshots and files, read a file, restore, check, remove a snapshot, and
-// describe the store. The oci store (package host, imported here) and the
+// snapshots and files, read a file, restore, check, remove a snapshot,
+// give back the space of what was removed (maintenance), and describe the
+// store. The oci store (package host, imported here) and the
 // fs importer and exporter are registered, so an oci:// store configuration
 // works as is; any other Kloset store a program registers works too.
 //

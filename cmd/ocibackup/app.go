@@ -13,6 +13,8 @@ import (
 	"sync"
 
 	"golang.org/x/term"
+
+	"github.com/plakar-oci/ocistore/internal/embedreg"
 )
 
 // globals are the options every command takes, before or after its name.
@@ -63,6 +65,10 @@ type app struct {
 	// later are warnings shown after the command's error, if any: what
 	// closing found (a lock left behind) follows from the failure.
 	later []string
+	// The local registry: the one this process runs, or the address of
+	// the 'ocibackup registry' that serves it.
+	localReg    *embedreg.Registry
+	localServer string
 }
 
 func (a *app) onClose(f func()) { a.closers = append(a.closers, f) }
@@ -128,7 +134,8 @@ Every chunk of every file is read from the store and checked against its
 MAC, and every file against its own.`},
 		{"rm", "SNAP...", "remove snapshots", cmdRm, `
 The snapshots are no longer listed; the data only they used stay in the
-registry (ocibackup has no maintenance command yet).`},
+registry until maintenance removes them.`},
+		{"maintenance", "[-dry-run] [-grace DURATION]", "give back the space of removed snapshots, unfinished backups and stale locks", cmdMaintenance, maintenanceHelp},
 		{"info", "", "describe the store: configuration, objects, size", cmdInfo, ""},
 		{"store", "add NAME LOCATION [key=value...] | ls | rm NAME", "manage named stores, used as -at @NAME", cmdStore, `
 Named stores are kept in the user's configuration directory

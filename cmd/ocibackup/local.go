@@ -53,6 +53,7 @@ func (a *app) useLocalRegistry(cfg map[string]string) error {
 					a.con.Printf("ocibackup: stopping the local registry: %v", err)
 				}
 			})
+			a.localReg = reg
 			a.setLocal(loc, reg.Addr)
 			cfg["location"] = localAlias(loc, reg.Addr)
 			return nil
@@ -62,6 +63,7 @@ func (a *app) useLocalRegistry(cfg map[string]string) error {
 			return fmt.Errorf("the local registry (%s): %w", displayPath(dir), err)
 		}
 		if inUse.Server && inUse.Addr != "" && reachable(inUse.Addr) {
+			a.localServer = inUse.Addr
 			a.setLocal(loc, inUse.Addr)
 			cfg["location"] = localAlias(loc, inUse.Addr)
 			return nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -62,7 +63,8 @@ func TestLocalRegistry(t *testing.T) {
 	}
 
 	// The registry command, on the same data, on a port of its choosing.
-	srv, addr, _ := startRegistry(t, e, "-addr", "127.0.0.1:0")
+	srv := serveRegistry(t, e)
+	addr := srv.addr
 	// oci://local goes through it (it does not wait for the storage),
 	// and so does its address.
 	if r := e.ok("-at", "oci://local/my/backups", "ls"); !strings.Contains(r.stdout, id) || strings.Contains(r.stderr, "waiting") {
@@ -76,7 +78,7 @@ func TestLocalRegistry(t *testing.T) {
 	sameTree(t, src, dest)
 
 	// SIGINT stops it, exit 0.
-	srv.stop(t)
+	srv.stop()
 	// The data outlive it.
 	if r := e.ok("-at", "oci://local/my/backups", "check", id); !strings.Contains(r.stdout, "ok") {
 		t.Errorf("check after the registry stopped: %s", r)
@@ -88,28 +90,35 @@ func TestLocalRegistry(t *testing.T) {
 func TestRegistrySuggestion(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase)
-	srv, _, try := startRegistry(t, e, "-addr", "0.0.0.0:0", "-dir", t.TempDir())
-	defer srv.stop(t)
-	args := strings.Fields(try)
-	if len(args) < 2 || args[0] != "ocibackup" || strings.Contains(try, "0.0.0.0") {
-		t.Fatalf("the suggestion %q names no location this machine can reach", try)
+	srv := serveRegistry(t, e, "-addr", "0.0.0.0:0", "-dir", t.TempDir())
+	args := strings.Fields(srv.try)
+	if len(args) < 2 || args[0] != "ocibackup" || strings.Contains(srv.try, "0.0.0.0") {
+		t.Fatalf("the suggestion %q names no location this machine can reach", srv.try)
 	}
 	e.ok(args[1:]...)
 }
 
-// registryCommand is a running 'ocibackup registry'.
-type registryCommand struct {
+// server is an 'ocibackup registry' running for a test.
+type server struct {
+	t      *testing.T
+	addr   string // where it listens
+	try    string // the command it suggests trying
 	cmd    *exec.Cmd
 	exited chan error
+	cancel context.CancelFunc
+	once   sync.Once
 }
 
-// startRegistry starts 'ocibackup registry args...' and returns once it
-// says where it listens: the address and the command it suggests trying.
-func startRegistry(t *testing.T, e *env, args ...string) (*registryCommand, string, string) {
+// serveRegistry starts 'ocibackup registry args...' (by default on e's
+// default storage, on a free loopback port) and returns once it has said
+// where it listens and what to try; it is stopped at the end of t.
+func serveRegistry(t *testing.T, e *env, args ...string) *server {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
-	t.Cleanup(cancel)
-	srv := &registryCommand{cmd: e.command(ctx, append([]string{"registry"}, args...)...), exited: make(chan error, 1)}
+	if len(args) == 0 {
+		args = []string{"-addr", "127.0.0.1:0"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*runTimeout)
+	srv := &server{t: t, cmd: e.command(ctx, append([]string{"registry"}, args...)...), exited: make(chan error, 1), cancel: cancel}
 	out, err := srv.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +127,7 @@ func startRegistry(t *testing.T, e *env, args ...string) (*registryCommand, stri
 	if err := srv.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(srv.stop)
 	lines := bufio.NewScanner(out)
 	ready := make(chan [2]string, 1)
 	listening := regexp.MustCompile(`listening on http://([^,]+),`)
@@ -137,31 +147,35 @@ func startRegistry(t *testing.T, e *env, args ...string) (*registryCommand, stri
 	}()
 	select {
 	case r := <-ready:
-		t.Logf("ocibackup registry listens on %s and suggests %s", r[0], r[1])
-		return srv, r[0], r[1]
+		srv.addr, srv.try = r[0], r[1]
+		t.Logf("ocibackup registry listens on %s and suggests %s", srv.addr, srv.try)
 	case err := <-srv.exited:
 		t.Fatalf("ocibackup registry exited: %v", err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("ocibackup registry did not say it listens within 20s")
 	}
-	return nil, "", ""
+	return srv
 }
 
-// stop interrupts the registry, as Ctrl-C does, and expects exit 0.
-func (srv *registryCommand) stop(t *testing.T) {
-	t.Helper()
-	if err := srv.cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-srv.exited:
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Errorf("ocibackup registry exited with %v after SIGINT, want 0", err)
-		} else if err != nil {
+// stop stops the registry with SIGINT, and fails the test unless it
+// exits with status 0.
+func (srv *server) stop() {
+	srv.once.Do(func() {
+		defer srv.cancel()
+		t := srv.t
+		if err := srv.cmd.Process.Signal(os.Interrupt); err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("ocibackup registry did not stop within 20s of SIGINT")
-	}
+		select {
+		case err := <-srv.exited:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				t.Errorf("ocibackup registry exited with %v after SIGINT, want 0", err)
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("ocibackup registry did not stop within 20s of SIGINT")
+		}
+	})
 }

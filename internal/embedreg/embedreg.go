@@ -7,6 +7,11 @@
 // One registry at a time serves a directory: Start takes a lock on it,
 // and says who serves it when another process does.
 //
+// The blobs of deleted objects stay until distribution's garbage
+// collection, which never runs beside a write: Collect runs it on a
+// stopped registry that still holds the directory, and a serving one runs
+// it on request (CollectPath) with writes held off (gc.go).
+//
 // Only the filesystem storage driver is linked in (distribution's drivers
 // register themselves in their packages' init, in distribution's own
 // table: nothing of Kloset's or go-containerregistry's is touched).
@@ -57,7 +62,7 @@ type Registry struct {
 	Dir string
 
 	srv      *http.Server
-	app      *handlers.App
+	gate     *gate
 	lock     *os.File
 	logFile  *os.File
 	done     chan struct{} // closed when Serve returns
@@ -147,13 +152,14 @@ func Start(opts Options) (*Registry, error) {
 	}
 	r.Addr = ln.Addr().String()
 
-	r.app, err = newApp(dir)
+	app, err := newApp(dir)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
+	r.gate = newGate(app, r)
 	r.srv = &http.Server{
-		Handler:           r.app,
+		Handler:           r.gate,
 		ReadHeaderTimeout: 30 * time.Second,
 	}
 	go func() {
@@ -204,7 +210,11 @@ func newApp(dir string) (app *handlers.App, err error) {
 
 // Close stops the registry: requests in flight get a few seconds to
 // finish.
-func (r *Registry) Close() error {
+func (r *Registry) Close() error { return r.close(nil) }
+
+// close stops the registry, runs stopped (if not nil) while the directory
+// is still locked, and lets the directory go.
+func (r *Registry) close(stopped func()) error {
 	r.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -216,8 +226,11 @@ func (r *Registry) Close() error {
 		if r.serveErr != nil && !errors.Is(r.serveErr, http.ErrServerClosed) {
 			err = errors.Join(err, r.serveErr)
 		}
-		r.app.Shutdown()
+		r.gate.app().Shutdown()
 		os.Remove(filepath.Join(r.Dir, addrName))
+		if stopped != nil {
+			stopped()
+		}
 		r.release()
 		r.err = err
 	})

@@ -54,6 +54,9 @@ type app struct {
 	closers []func()
 	// what is running, for the message on interruption.
 	doing string
+	// command is the name of the command being run: what snapshots record
+	// of the command line, which may hold a password.
+	command string
 	// The local registry's address in messages is shown as oci://local.
 	localFrom, localTo string
 }
@@ -201,6 +204,7 @@ func (a *app) main(args []string) error {
 	if c == nil || c.run == nil {
 		return usagef("unknown command %q", name)
 	}
+	a.command = c.name
 	return c.run(a, args)
 }
 

@@ -159,8 +159,9 @@ Global options (before or after the command):
   -at LOCATION   the store: oci://HOST[:PORT]/PATH, oci://local/PATH (a registry
                  run by ocibackup itself, data in %s), or @NAME
                  (a store saved with 'store add'); default $OCIBACKUP_LOCATION
-  -o KEY=VALUE   a store option: username, password, use_tls, tls_insecure_no_verify,
-                 ca_file, repository_prefix, concurrency (repeatable)
+  -o KEY=VALUE   a store option: username, password, token, use_tls,
+                 tls_insecure_no_verify, ca_file, repository_prefix, concurrency,
+                 idle_timeout, stall_timeout (repeatable)
   -keyfile FILE  read the passphrase from FILE (default $OCIBACKUP_PASSPHRASE,
                  or a prompt on a terminal)
   -silent        no progress and no summaries; errors only

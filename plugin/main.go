@@ -20,5 +20,5 @@ func main() {
 	// gRPC server writes after that must fail (and end the server), not
 	// kill the process with SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
-	sdk.EntrypointStorage(os.Args, host.New)
+	sdk.EntrypointStorage(os.Args, host.PlakarPlugin())
 }

@@ -81,6 +81,14 @@ var configKeys = []string{
 	"ca_file", "repository_prefix", "concurrency", "idle_timeout", "stall_timeout", PluginKey,
 }
 
+// ConfigKeys lists the keys a store configuration may hold, sorted: what
+// plugin/schema.json must describe.
+func ConfigKeys() []string {
+	keys := slices.Clone(configKeys)
+	slices.Sort(keys)
+	return keys
+}
+
 // ParseConfig validates a store configuration. Every error names the key
 // and what is expected.
 func ParseConfig(m map[string]string) (*Config, error) {

@@ -120,7 +120,10 @@ func (s *scrubber) rebuild() {
 		pairs = append(pairs, f, redacted)
 		s.maxLen = max(s.maxLen, len(f))
 	}
-	s.forms, s.replace = forms, strings.NewReplacer(pairs...)
+	s.forms, s.replace = forms, nil
+	if len(forms) > 0 {
+		s.replace = strings.NewReplacer(pairs...)
+	}
 }
 
 // String returns text without the secrets.

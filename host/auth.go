@@ -302,7 +302,7 @@ func newAuthTransport(next http.RoundTripper, base *url.URL, repo string, static
 		now:    time.Now,
 		wanted: actionPull | actionPush,
 		warned: map[string]time.Time{},
-		scrub:  &scrubber{},
+		scrub:  &scrubber{public: base.Host + "/" + repo + " " + protocolWords},
 	}
 	t.scrub.addCredentials(static)
 	if static == nil {

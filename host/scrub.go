@@ -27,6 +27,10 @@ import (
 // in: as is, URL-encoded, JSON-escaped, and base64 (alone, and as the
 // user:password of a Basic header).
 
+// protocolWords are parts of every request and answer: a secret that is
+// one of them, or part of one, shows nothing by being echoed.
+const protocolWords = "/v2/ /blobs/uploads/ /manifests/ /tags/list?n=&last= sha256: _state= digest="
+
 // minSecret is the length under which a secret is not scrubbed: shorter
 // strings occur by chance in digests and upload locations.
 const minSecret = 4
@@ -39,6 +43,13 @@ const maxTokensKept = 8
 // scrubber replaces secrets in what a registry says. It is safe for
 // concurrent use; secrets are added as the host learns them.
 type scrubber struct {
+	// public is what every message and request shows anyway: the
+	// registry, the repository and the words of the protocol. A secret
+	// found in it (a weak password such as the repository's name) is not
+	// scrubbed: hiding it would hide nothing, and would break the upload
+	// locations and tag names that hold it.
+	public string
+
 	mu      sync.RWMutex
 	secrets []string
 	forms   []string // longest first, so that a form is replaced before one of its parts
@@ -63,7 +74,7 @@ func (s *scrubber) addCredentials(c *credentials) {
 // addToken adds a token obtained from a token service, forgetting the
 // oldest beyond maxTokensKept.
 func (s *scrubber) addToken(tok string) {
-	if len(tok) < minSecret {
+	if len(tok) < minSecret || strings.Contains(s.public, tok) {
 		return
 	}
 	s.mu.Lock()
@@ -83,7 +94,7 @@ func (s *scrubber) add(secrets ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, secret := range secrets {
-		if len(secret) >= minSecret && !slices.Contains(s.secrets, secret) {
+		if len(secret) >= minSecret && !strings.Contains(s.public, secret) && !slices.Contains(s.secrets, secret) {
 			s.secrets = append(s.secrets, secret)
 		}
 	}

@@ -37,4 +37,16 @@ func TestScrubReader(t *testing.T) {
 			}
 		}
 	}
+
+	// A password that is the repository's name is public already: hiding
+	// it would break the upload locations that hold it.
+	weak := &scrubber{public: "registry.example.com/team/backups " + protocolWords}
+	weak.addCredentials(&credentials{username: "me", password: "backups"})
+	loc := "/v2/team/backups/blobs/uploads/0e6c?_state=x"
+	if got := weak.String(loc); got != loc {
+		t.Errorf("a weak password scrubbed from %q: %q", loc, got)
+	}
+	if got := weak.String("me:backups"); got != redacted {
+		t.Errorf("user:password with a weak password: %q, want it scrubbed", got)
+	}
 }

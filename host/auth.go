@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,6 +286,10 @@ type authTransport struct {
 
 	warnMu sync.Mutex
 	warned map[string]time.Time
+
+	// scrub holds every credential the transport has used or obtained,
+	// and takes them out of what the registry says (scrub.go).
+	scrub *scrubber
 }
 
 func newAuthTransport(next http.RoundTripper, base *url.URL, repo string, static *credentials, logger *slog.Logger) *authTransport {
@@ -297,7 +302,9 @@ func newAuthTransport(next http.RoundTripper, base *url.URL, repo string, static
 		now:    time.Now,
 		wanted: actionPull | actionPush,
 		warned: map[string]time.Time{},
+		scrub:  &scrubber{public: base.Host + "/" + repo + " " + protocolWords},
 	}
+	t.scrub.addCredentials(static)
 	if static == nil {
 		t.keychain = func(ctx context.Context) (*credentials, error) {
 			return keychainCredentials(ctx, base.Host, repo)
@@ -324,7 +331,29 @@ func portOrDefault(u *url.URL) string {
 // urlText names a URL in messages and logs, without its query.
 func urlText(u *url.URL) string { return u.Scheme + "://" + u.Host + u.EscapedPath() }
 
+// RoundTrip performs req, and scrubs what comes back of every credential
+// the transport holds: this is the one place where what a registry says
+// enters the host.
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.roundTrip(req)
+	return t.scrub.Response(resp, t.isPayload(req, resp)), t.scrub.Error(err)
+}
+
+// payloadPath is the path of a blob or a manifest: what the store keeps,
+// verified against its digest.
+var payloadPath = regexp.MustCompile(`^/v2/.+/(?:blobs/[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+|manifests/[^/]+)$`)
+
+// isPayload tells whether resp's body is content the store verifies (a blob
+// or a manifest, from the registry or a host it redirected to), to be
+// passed on byte for byte, rather than a text from the registry.
+func (t *authTransport) isPayload(req *http.Request, resp *http.Response) bool {
+	if resp == nil || resp.StatusCode/100 != 2 || (req.Method != http.MethodGet && req.Method != http.MethodHead) {
+		return false
+	}
+	return !t.isRegistry(req.URL) || payloadPath.MatchString(req.URL.Path)
+}
+
+func (t *authTransport) roundTrip(req *http.Request) (*http.Response, error) {
 	if !t.isRegistry(req.URL) {
 		// A redirect hop (blob storage): no credentials, ever, nor any
 		// the guest may have set.
@@ -451,6 +480,7 @@ func (t *authTransport) credentials(ctx context.Context) (*credentials, error) {
 			return nil, t.credsErr // cancelled: read again next time
 		}
 		t.credsRead = true
+		t.scrub.addCredentials(t.creds)
 		if t.credsErr == nil {
 			t.log.Debug("credentials for the registry", "registry", t.base.Host, "credentials", t.creds.who())
 		}
@@ -521,6 +551,7 @@ func (t *authTransport) bearer(ctx context.Context, req *http.Request) (string, 
 		var rej *rejectedError
 		switch {
 		case err == nil:
+			t.scrub.addToken(tok)
 			margin := min(life/4, maxRefreshMargin)
 			t.token, t.tokenActs, t.obtained, t.refreshAt = tok, want, now, now.Add(life-margin)
 		case errors.As(err, &rej):
@@ -859,28 +890,7 @@ func describeAnswer(status int, body []byte) string {
 
 // redact removes the secrets from a message built from what a server said:
 // a server that echoes them must not get them into logs or errors.
-func (t *authTransport) redact(s string) string {
-	var secrets []string
-	add := func(c *credentials) {
-		if c != nil {
-			secrets = append(secrets, c.password, c.identityToken, c.registryToken)
-		}
-	}
-	add(t.static)
-	if t.static == nil && t.credsMu.TryLock() {
-		add(t.creds)
-		t.credsMu.Unlock()
-	}
-	t.mu.Lock()
-	secrets = append(secrets, t.token)
-	t.mu.Unlock()
-	for _, secret := range secrets {
-		if len(secret) >= 4 {
-			s = strings.ReplaceAll(s, secret, redacted)
-		}
-	}
-	return s
-}
+func (t *authTransport) redact(s string) string { return t.scrub.String(s) }
 
 // warn logs a warning of kind key, at most once every warnEvery. It may be
 // called with t.mu held.

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/plakar-oci/ocistore/host/session"
 	"github.com/plakar-oci/ocistore/internal/location"
 )
 
@@ -31,6 +33,13 @@ import (
 //	tls_insecure_no_verify
 //	                    true skips the verification of the registry's
 //	                    certificate (logged as a warning)
+//	idle_timeout        a duration (default 30s): a request that waited
+//	                    this long on the registry with no progress fails,
+//	                    and is made again
+//	stall_timeout       a duration (default 90s, at least idle_timeout):
+//	                    a registry that sent nothing for this long while
+//	                    requests waited is taken as stopped, and requests
+//	                    fail at once for as long again
 //
 // Without credentials in the configuration, the host looks for them in the
 // environment (OCISTORE_USERNAME and OCISTORE_PASSWORD, or OCISTORE_TOKEN),
@@ -54,6 +63,10 @@ type Config struct {
 	CAFile             string
 	// Concurrency bounds the plugin instances, hence the calls in flight.
 	Concurrency int
+	// IdleTimeout fails a request that waited this long on the registry
+	// without progress; StallTimeout takes the registry as stopped when
+	// nothing came from it for that long (session.Watchdog).
+	IdleTimeout, StallTimeout time.Duration
 }
 
 // DefaultConcurrency matches the parallelism Kloset uses for uploads on
@@ -65,7 +78,15 @@ const DefaultConcurrency = 8
 // the rest is parsed here.
 var configKeys = []string{
 	"location", "username", "password", "token", "use_tls", "tls_insecure_no_verify",
-	"ca_file", "repository_prefix", "concurrency", PluginKey,
+	"ca_file", "repository_prefix", "concurrency", "idle_timeout", "stall_timeout", PluginKey,
+}
+
+// ConfigKeys lists the keys a store configuration may hold, sorted: what
+// plugin/schema.json must describe.
+func ConfigKeys() []string {
+	keys := slices.Clone(configKeys)
+	slices.Sort(keys)
+	return keys
 }
 
 // ParseConfig validates a store configuration. Every error names the key
@@ -127,7 +148,29 @@ func ParseConfig(m map[string]string) (*Config, error) {
 		}
 		c.Concurrency = n
 	}
+	if c.IdleTimeout, err = durationKey(m, "idle_timeout", session.DefaultIdleTimeout); err != nil {
+		return nil, err
+	}
+	if c.StallTimeout, err = durationKey(m, "stall_timeout", session.DefaultStallTimeout); err != nil {
+		return nil, err
+	}
+	if c.StallTimeout < c.IdleTimeout {
+		return nil, fmt.Errorf("%w: stall_timeout %v is shorter than idle_timeout %v: it must be at least as long", ErrInvalidConfig, c.StallTimeout, c.IdleTimeout)
+	}
 	return c, nil
+}
+
+// durationKey reads a duration such as 30s or 2m: positive, at most a day.
+func durationKey(m map[string]string, key string, def time.Duration) (time.Duration, error) {
+	v, ok := m[key]
+	if !ok {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 || d > 24*time.Hour {
+		return 0, fmt.Errorf("%w: %s %q must be a duration such as 30s or 2m, above 0 and at most 24h", ErrInvalidConfig, key, v)
+	}
+	return d, nil
 }
 
 func boolKey(m map[string]string, key string, def bool) (bool, error) {
@@ -157,8 +200,8 @@ func (c *Config) String() string {
 	if c.Token != "" {
 		token = redacted
 	}
-	return fmt.Sprintf("{Location:%s Username:%q Password:%s Token:%s UseTLS:%t InsecureSkipVerify:%t CAFile:%q Concurrency:%d}",
-		c.Location, c.Username, password, token, c.UseTLS, c.InsecureSkipVerify, c.CAFile, c.Concurrency)
+	return fmt.Sprintf("{Location:%s Username:%q Password:%s Token:%s UseTLS:%t InsecureSkipVerify:%t CAFile:%q Concurrency:%d IdleTimeout:%v StallTimeout:%v}",
+		c.Location, c.Username, password, token, c.UseTLS, c.InsecureSkipVerify, c.CAFile, c.Concurrency, c.IdleTimeout, c.StallTimeout)
 }
 
 // Format prints c as String does, whatever the verb: %#v and %+v would

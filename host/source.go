@@ -227,8 +227,9 @@ func registryOptions(c *Config, ref string) (artifact.Options, error) {
 }
 
 // cacheRoot is the root of the on-disk caches for Options.CacheDir: "" is
-// $OCISTORE_CACHE_DIR or <user cache dir>/ocistore, and "off" (in either)
-// disables them ("" returned).
+// $OCISTORE_CACHE_DIR or <user cache dir>/ocistore (Plakar's cache
+// directory for its plugin: PlakarPlugin), and "off" (in either) disables
+// them ("" returned).
 func cacheRoot(dir string) (string, error) {
 	if dir == "" {
 		dir = os.Getenv(EnvCacheDir)
@@ -237,6 +238,9 @@ func cacheRoot(dir string) (string, error) {
 	case "off":
 		return "", nil
 	case "":
+		if defaultCacheRoot != "" {
+			return defaultCacheRoot, nil
+		}
 		base, err := os.UserCacheDir()
 		if err != nil {
 			return "", err

@@ -37,6 +37,9 @@ func newClient(c *Config, logger *slog.Logger) (*http.Client, error) {
 	}
 	transport.DialContext = guard.DialContext
 	transport.Proxy = guard.Proxy(transport.Proxy)
+	// The watchdog bounds waits on the registry, headers included.
+	transport.ResponseHeaderTimeout = 0
+	watched := session.NewWatchdog(c.IdleTimeout, c.StallTimeout).Transport(transport)
 
 	static, err := staticCredentials(c)
 	if err != nil {
@@ -54,7 +57,7 @@ func newClient(c *Config, logger *slog.Logger) (*http.Client, error) {
 	if static != nil {
 		log.Debug("credentials for the registry", "registry", c.Location.Registry, "credentials", static.who())
 	}
-	return &http.Client{Transport: newAuthTransport(transport, base, c.Location.Repository, static, logger)}, nil
+	return &http.Client{Transport: newAuthTransport(watched, base, c.Location.Repository, static, logger)}, nil
 }
 
 // newTLSTransport is a transport with the store's TLS settings and nothing

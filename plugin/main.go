@@ -43,8 +43,9 @@ func main() {
 	conn, listener, err := sdk.InitConn()
 	if err == nil {
 		var deletes sync.WaitGroup
+		open := host.PlakarPlugin()
 		err = sdk.RunStorageOn(func(ctx context.Context, proto string, config map[string]string) (storage.Store, error) {
-			st, err := host.New(ctx, proto, config)
+			st, err := open(ctx, proto, config)
 			if err != nil {
 				return nil, err
 			}

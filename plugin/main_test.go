@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,10 +292,87 @@ func TestStoreOverGRPC(t *testing.T) {
 		t.Errorf("the plugin did not exit cleanly: %v\n%s", err, p.stderr.String())
 	}
 
-	// A bad configuration fails Init with the store's message.
+	// A bad configuration is reported by the first call, with the store's
+	// message: Kloset prints an error of Init itself before Plakar does.
 	p = spawn(t, pluginEnv(t.TempDir()))
-	if _, err := p.store(ctx, map[string]string{"location": "s3://bucket"}); err == nil || !strings.Contains(err.Error(), "oci://") {
-		t.Errorf("Init with an s3 location: %v", err)
+	bad, err := p.store(ctx, map[string]string{"location": "s3://bucket"})
+	if err != nil {
+		t.Fatalf("Init with an s3 location: %v; want the error from the first call", err)
+	}
+	if _, err := bad.Open(ctx); err == nil || !strings.Contains(err.Error(), "oci://") {
+		t.Errorf("Open with an s3 location: %v", err)
+	}
+}
+
+// TestPlakarManners runs the plugin as Plakar does, with no cache setting
+// of ours, against a registry that answers every request 429 with a
+// Retry-After longer than the store waits: the compiled module goes to
+// Plakar's cache directory, retries are not logged, and the warning of the
+// cause comes once, not once per call.
+func TestPlakarManners(t *testing.T) {
+	ctx := context.Background()
+	var requests atomic.Int64
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
+	}))
+	t.Cleanup(reg.Close)
+	home := t.TempDir()
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k != host.EnvCacheDir && k != "XDG_CACHE_HOME" && k != "HOME" {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
+	p := spawn(t, env)
+	st, err := p.store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(reg.URL, "http://") + "/plakar/manners"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := st.List(ctx, storage.StorageResourcePackfile); err == nil || !strings.Contains(err.Error(), "429") {
+			t.Fatalf("list from a registry that answers 429: %v", err)
+		}
+	}
+	st.Close(ctx)
+	if err := p.stop(); err != nil {
+		t.Errorf("the plugin did not exit cleanly: %v", err)
+	}
+	if requests.Load() < 3 {
+		t.Fatalf("the registry got %d requests", requests.Load())
+	}
+	stderr := p.stderr.String()
+	if strings.Contains(stderr, "INFO") || strings.Contains(stderr, "trying again") {
+		t.Errorf("the plugin logged below warnings:\n%s", stderr)
+	}
+	if n := strings.Count(stderr, "asks to wait"); n != 1 {
+		t.Errorf("the warning of the cause was logged %d times, want once:\n%s", n, stderr)
+	}
+	if m, _ := filepath.Glob(filepath.Join(home, "cache", "plakar", "ocistore", "wazero-*")); len(m) != 1 {
+		t.Errorf("no compiled-module cache in Plakar's cache directory (%s): %v", filepath.Join(home, "cache", "plakar"), m)
+	}
+	if _, err := os.Stat(filepath.Join(home, "cache", "ocistore")); err == nil {
+		t.Error("the plugin made a cache of its own beside Plakar's")
+	}
+
+	// An unreachable registry: the retries stay quiet, the error says it.
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	p = spawn(t, env)
+	st, err = p.store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(closed.URL, "http://") + "/plakar/manners"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.List(ctx, storage.StorageResourcePackfile); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("list from an unreachable registry: %v", err)
+	}
+	st.Close(ctx)
+	p.stop()
+	if stderr := p.stderr.String(); strings.Contains(stderr, "trying again") {
+		t.Errorf("the plugin logged its retries:\n%s", stderr)
 	}
 }
 
@@ -351,11 +429,16 @@ func TestPluginKeyOverGRPC(t *testing.T) {
 	}
 	roundTrip(t, false)
 
-	// A tag is refused, with a message that says what to do.
+	// A tag is refused, with a message that says what to do, by the first
+	// call.
 	p := spawn(t, pluginEnv(t.TempDir()))
 	config["plugin"] = plugins.Host + "/plugins/ocistore:v1"
-	if _, err := p.store(ctx, config); err == nil || !strings.Contains(err.Error(), "pinned by digest") {
-		t.Errorf("Init with a tag: %v", err)
+	st, err := p.store(ctx, config)
+	if err != nil {
+		t.Fatalf("Init with a tag: %v; want the error from the first call", err)
+	}
+	if _, err := st.Open(ctx); err == nil || !strings.Contains(err.Error(), "pinned by digest") {
+		t.Errorf("Open with a tag: %v", err)
 	}
 }
 

@@ -2,9 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -62,17 +66,28 @@ func TestManifest(t *testing.T) {
 	}
 }
 
-// TestSchema checks that schema.json declares keys the store accepts, with
-// location required.
+// TestSchema checks schema.json against the store's own validation,
+// which is what Plakar users meet (Plakar v1.1.4 does not validate against
+// the schema): the same keys, each with a type and a description; each
+// default the one the store applies; and a bad value of each type refused
+// with an error that names the key and what the schema allows.
 func TestSchema(t *testing.T) {
 	b, err := os.ReadFile("schema.json")
 	if err != nil {
 		t.Fatal(err)
 	}
+	type property struct {
+		Type        string          `json:"type"`
+		Description string          `json:"description"`
+		Default     json.RawMessage `json:"default"`
+		Minimum     *int            `json:"minimum"`
+		Maximum     *int            `json:"maximum"`
+		Pattern     string          `json:"pattern"`
+	}
 	var s struct {
-		Required             []string                   `json:"required"`
-		AdditionalProperties bool                       `json:"additionalProperties"`
-		Properties           map[string]json.RawMessage `json:"properties"`
+		Required             []string            `json:"required"`
+		AdditionalProperties bool                `json:"additionalProperties"`
+		Properties           map[string]property `json:"properties"`
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
@@ -80,32 +95,71 @@ func TestSchema(t *testing.T) {
 	if !slices.Equal(s.Required, []string{"location"}) || s.AdditionalProperties {
 		t.Errorf("required %q, additionalProperties %v", s.Required, s.AdditionalProperties)
 	}
-	values := map[string]map[string]string{
-		"username":               {"username": "u", "password": "p"},
-		"password":               {"username": "u", "password": "p"},
-		"use_tls":                {"use_tls": "true"},
-		"tls_insecure_no_verify": {"tls_insecure_no_verify": "false"},
-		"concurrency":            {"concurrency": "4"},
+	keys := slices.Sorted(maps.Keys(s.Properties))
+	if !slices.Equal(keys, host.ConfigKeys()) {
+		t.Fatalf("schema.json describes %q; the store accepts %q", keys, host.ConfigKeys())
 	}
-	for key := range s.Properties {
-		if key == host.PluginKey {
-			continue // read by host.New, not by the store's parser
+
+	// A location on a remote registry: use_tls defaults to true there, as
+	// the schema says.
+	base := map[string]string{"location": "oci://registry.example.com/schema/test"}
+	with := func(kv ...string) map[string]string {
+		c := maps.Clone(base)
+		for i := 0; i+1 < len(kv); i += 2 {
+			c[kv[i]] = kv[i+1]
 		}
-		config := map[string]string{"location": "oci://127.0.0.1:5000/schema/test"}
-		if v, ok := values[key]; ok {
-			for k, v := range v {
-				config[k] = v
+		return c
+	}
+	plain, err := host.ParseConfig(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range keys {
+		p := s.Properties[key]
+		if p.Type == "" || len(p.Description) < 20 {
+			t.Errorf("%s: type %q, description %q: both are required", key, p.Type, p.Description)
+		}
+		if p.Default != nil && key != host.PluginKey { // plugin is read by host.New
+			var def any
+			if err := json.Unmarshal(p.Default, &def); err != nil {
+				t.Fatalf("%s: default %s: %v", key, p.Default, err)
 			}
-		} else if key != "location" {
-			config[key] = "value"
+			c, err := host.ParseConfig(with(key, fmt.Sprint(def)))
+			if err != nil {
+				t.Errorf("%s=%v, the schema's default, is refused: %v", key, def, err)
+			} else if c.String() != plain.String() {
+				t.Errorf("%s=%v, the schema's default, differs from the store's: %v, want %v", key, def, c, plain)
+			}
 		}
-		if _, err := host.ParseConfig(config); err != nil && strings.Contains(err.Error(), key) && strings.Contains(err.Error(), "unknown") {
-			t.Errorf("schema key %s is unknown to the store: %v", key, err)
+		var bad []string
+		var allowed string
+		switch {
+		case p.Type == "boolean":
+			bad, allowed = []string{"yes", "2"}, "true or false"
+		case p.Type == "integer":
+			if p.Minimum == nil || p.Maximum == nil {
+				t.Errorf("%s: an integer without minimum and maximum", key)
+				continue
+			}
+			bad = []string{"many", strconv.Itoa(*p.Minimum - 1), strconv.Itoa(*p.Maximum + 1)}
+			allowed = fmt.Sprintf("%d to %d", *p.Minimum, *p.Maximum)
+		case strings.HasSuffix(key, "_timeout"):
+			var def string
+			json.Unmarshal(p.Default, &def)
+			if p.Pattern == "" || !regexp.MustCompile(p.Pattern).MatchString(def) {
+				t.Errorf("%s: pattern %q does not match its default %s", key, p.Pattern, p.Default)
+			}
+			bad, allowed = []string{"soon", "0s", "-5s"}, "duration"
+		}
+		for _, v := range bad {
+			_, err := host.ParseConfig(with(key, v))
+			if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), allowed) {
+				t.Errorf("%s=%s: %v; want an error naming %s and saying %q", key, v, err, key, allowed)
+			}
 		}
 	}
-	for _, key := range []string{"location", "username", "password", "use_tls", "tls_insecure_no_verify", "ca_file", "repository_prefix", "concurrency", "plugin"} {
-		if _, ok := s.Properties[key]; !ok {
-			t.Errorf("schema.json does not describe %s", key)
-		}
+	_, err = host.ParseConfig(with("passwd", "x"))
+	if err == nil || !strings.Contains(err.Error(), "passwd") || !strings.Contains(err.Error(), "password") {
+		t.Errorf("an unknown key: %v; want an error naming it and the keys the store knows", err)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"maps"
 	"os"
 	"os/user"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -91,6 +92,13 @@ type Options struct {
 	Concurrency int
 	// Client names the program in the snapshots it makes.
 	Client string
+	// CommandLine is what the snapshots record as the command that made
+	// them; empty records the program's name alone. It is stored in
+	// every snapshot header, in clear in a store without encryption and
+	// in the local cache: it must hold no secret, so a program records
+	// its command's name, never its whole argument list (where a
+	// password may be).
+	CommandLine string
 	// Log receives Kloset's warnings and errors; nil discards them (they are
 	// reported in results too).
 	Log io.Writer
@@ -358,7 +366,10 @@ func newKContext(ctx context.Context, opts *Options) *kcontext.KContext {
 	kctx.Architecture = runtime.GOARCH
 	kctx.ProcessID = os.Getpid()
 	kctx.CWD, _ = os.Getwd()
-	kctx.CommandLine = strings.Join(os.Args, " ")
+	kctx.CommandLine = opts.CommandLine
+	if kctx.CommandLine == "" {
+		kctx.CommandLine = filepath.Base(os.Args[0])
+	}
 	kctx.Stdin = strings.NewReader("")
 	log := opts.Log
 	if log == nil {

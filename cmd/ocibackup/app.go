@@ -57,6 +57,9 @@ type app struct {
 	closers []func()
 	// what is running, for the message on interruption.
 	doing string
+	// command is the name of the command being run: what snapshots record
+	// of the command line, which may hold a password.
+	command string
 	// The local registry's address in messages is shown as oci://local.
 	localFrom, localTo string
 
@@ -170,8 +173,9 @@ Global options (before or after the command):
   -at LOCATION   the store: oci://HOST[:PORT]/PATH, oci://local/PATH (a registry
                  run by ocibackup itself, data in %s), or @NAME
                  (a store saved with 'store add'); default $OCIBACKUP_LOCATION
-  -o KEY=VALUE   a store option: username, password, use_tls, tls_insecure_no_verify,
-                 ca_file, repository_prefix, concurrency (repeatable)
+  -o KEY=VALUE   a store option: username, password, token, use_tls,
+                 tls_insecure_no_verify, ca_file, repository_prefix, concurrency,
+                 idle_timeout, stall_timeout (repeatable)
   -keyfile FILE  read the passphrase from FILE (default $OCIBACKUP_PASSPHRASE,
                  or a prompt on a terminal)
   -silent        no progress and no summaries; errors only
@@ -215,6 +219,7 @@ func (a *app) main(args []string) error {
 	if c == nil || c.run == nil {
 		return usagef("unknown command %q", name)
 	}
+	a.command = c.name
 	return c.run(a, args)
 }
 

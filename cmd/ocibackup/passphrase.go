@@ -116,9 +116,10 @@ func (a *app) vaultOptions() (*vault.Options, error) {
 		return nil, err
 	}
 	return &vault.Options{
-		CacheDir: dir,
-		Client:   "ocibackup",
-		Log:      klosetLog{a},
+		CacheDir:    dir,
+		Client:      "ocibackup",
+		CommandLine: "ocibackup " + a.command,
+		Log:         klosetLog{a},
 	}, nil
 }
 

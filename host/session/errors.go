@@ -38,6 +38,10 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 	if cerr := s.ctx.Err(); cerr != nil {
 		return &hostError{fmt.Sprintf("%s %s was abandoned: %v", req.Method, where(req.URL), cerr), cerr}
 	}
+	var stalled *StalledError
+	if errors.As(err, &stalled) {
+		return &hostError{fmt.Sprintf("%s %s: %v", req.Method, where(req.URL), stalled), err}
+	}
 
 	// The hop that failed: the registry, or a host it redirected to.
 	hop, inner := req.URL, err
@@ -87,7 +91,7 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return &hostError{fmt.Sprintf("cannot reach %s: %v: %s", name, opErr.Err, checkRunning), err}
 	case ue != nil && ue.Timeout():
-		return &hostError{fmt.Sprintf("%s did not answer %s %s in time (%v): check the network, or raise the client's timeout", name, req.Method, where(req.URL), inner), err}
+		return &hostError{fmt.Sprintf("%s did not answer %s %s in time (%v): check the network and that the registry is up", name, req.Method, where(req.URL), inner), err}
 	}
 	return &hostError{fmt.Sprintf("%s %s failed: %v: the connection to %s broke; try again", req.Method, where(req.URL), inner, name), err}
 }

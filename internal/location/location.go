@@ -202,6 +202,10 @@ func isAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' 
 // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)* joined by "/". The error completes a
 // sentence that starts with the name.
 func checkRepository(name string) error {
+	if lower := strings.ToLower(name); lower != name {
+		// The whole path, corrected, so that it can be pasted back.
+		return fmt.Errorf("must be lowercase: use %q", lower)
+	}
 	for _, comp := range strings.Split(name, "/") {
 		if err := checkComponent(comp); err != nil {
 			return err
@@ -214,9 +218,6 @@ func checkComponent(comp string) error {
 	const rule = "each part between slashes must be lowercase letters and digits, separated by one '.', one or two '_', or '-'"
 	if comp == "" {
 		return fmt.Errorf("has an empty part (two slashes in a row): %s", rule)
-	}
-	if strings.ToLower(comp) != comp {
-		return fmt.Errorf("must be lowercase: use %q", strings.ToLower(comp))
 	}
 	for i := 0; i < len(comp); i++ {
 		if c := comp[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {

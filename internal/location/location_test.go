@@ -50,6 +50,7 @@ func TestParseErrors(t *testing.T) {
 		{"oci://reg", "", []string{"repository path is required"}},
 		{"oci://reg/", "", []string{"repository path is required"}},
 		{"oci://reg/My_Repo", "", []string{`location "oci://reg/My_Repo": repository "My_Repo" must be lowercase`, `"my_repo"`}},
+		{"oci://reg/team/Backups", "", []string{`repository "team/Backups" must be lowercase: use "team/backups"`}},
 		{"oci://reg/x", "Team", []string{`repository_prefix "Team" must be lowercase`}},
 		{"oci://reg/a..b", "", []string{`repository "a..b"`, `".."`}},
 		{"oci://reg/a___b", "", []string{`"___"`}},

@@ -211,9 +211,22 @@ func (x *rootExporter) restore(rec *connectors.Record, rel string) error {
 			return x.hardlink(rec, rel)
 		}
 		return x.writeFile(rec, rel)
+	case mode&(fs.ModeNamedPipe|fs.ModeSocket) != 0:
+		// Creating them needs no privilege. A socket is only a name
+		// until something binds it again, as rsync restores it.
+		if err := x.clear(rel); err != nil {
+			return err
+		}
+		if err := mknod(x.root, rel, mode, 0); err != nil {
+			return err
+		}
+		return x.setMeta(rel, fi)
+	case mode&fs.ModeDevice != 0:
+		// Kloset records a file's st_dev (where it lies) but not its
+		// st_rdev (the device it is): nothing to make the node from.
+		return fmt.Errorf("a %s is not restored: the snapshot does not record which device it is; make it again with mknod", fileType(mode))
 	}
-	// Other types are not restored.
-	return nil
+	return fmt.Errorf("a %s is not restored: the restore does not know how", fileType(fi.Mode()))
 }
 
 // hardlink restores one name of a file with several links: the first

@@ -3,6 +3,7 @@
 package vault
 
 import (
+	"io/fs"
 	"os"
 	"path"
 	"time"
@@ -27,5 +28,17 @@ func lutimes(root *os.Root, rel string, t time.Time) error {
 	return atParent(root, rel, func(dirfd int, name string) error {
 		ts := unix.NsecToTimespec(t.UnixNano())
 		return unix.UtimesNanoAt(dirfd, name, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+	})
+}
+
+// mknod makes a fifo or a socket at rel, with mode's permission bits
+// (the umask applies; setMeta sets them exactly afterwards).
+func mknod(root *os.Root, rel string, mode fs.FileMode, dev int) error {
+	kind := uint32(unix.S_IFIFO)
+	if mode&fs.ModeSocket != 0 {
+		kind = unix.S_IFSOCK
+	}
+	return atParent(root, rel, func(dirfd int, name string) error {
+		return unix.Mknodat(dirfd, name, kind|uint32(mode.Perm()), dev)
 	})
 }

@@ -115,6 +115,8 @@ A directory's content goes into DIR; a file goes into DIR under its name.
 DIR (default ./ocibackup-restore-ID) must be new or empty.
   -force   restore into a directory that is not empty, replacing what is
            in the way
+Nothing is written outside DIR. Exit status 3: some paths could not be
+restored (they are listed; device files cannot be).
 ` + snapHelp},
 		{"check", "[SNAP...]", "read back and verify every chunk of the snapshots (all by default)", cmdCheck, `
 Every chunk of every file is read from the store and checked against its

@@ -249,7 +249,7 @@ func cmdRestore(a *app, args []string) error {
 	a.printErrors("could not restore", r.Errors, r.NumErrors)
 	a.sayf("restored %s files (%s) into %s in %s", humanize.Comma(r.Files), ibytes(r.Bytes), r.Target, formatDuration(r.Duration))
 	if r.NumErrors > 0 {
-		return fmt.Errorf("%d path(s) could not be restored", r.NumErrors)
+		return exitError{code: exitPartial, err: fmt.Errorf("%d path(s) could not be restored (listed above); the rest is in %s", r.NumErrors, r.Target)}
 	}
 	return nil
 }

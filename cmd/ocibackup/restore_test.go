@@ -1,0 +1,75 @@
+package main_test
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/plakar-oci/ocistore/internal/registrytest"
+)
+
+// TestRestoreSpecialFiles: a fifo and a socket are restored as such; a
+// device file cannot be (the snapshot does not record which device it
+// is): the restore lists it and exits 3, like a backup that missed paths.
+func TestRestoreSpecialFiles(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/special", "OCIBACKUP_PASSPHRASE", passphrase)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "plain.txt"), []byte("plain\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(src, "d", "fifo"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	// A socket's path must be short: made from a short working directory.
+	l, err := net.Listen("unix", filepath.Join(src, "sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	want := map[string]os.FileMode{"d/fifo": os.ModeNamedPipe, "sock": os.ModeSocket}
+	device := os.Geteuid() == 0
+	if device {
+		// As /dev/null: major 1, minor 3.
+		if err := syscall.Mknod(filepath.Join(src, "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		t.Log("not root: no device file to back up")
+	}
+
+	e.ok("create")
+	id := snapshotID(t, e.ok("backup", src))
+	dest := filepath.Join(t.TempDir(), "restored")
+	if device {
+		r := e.run("restore", id, dest)
+		if r.code != 3 || !strings.Contains(r.stderr, "1 path(s) could not be restored") {
+			t.Errorf("want exit 3 and the count of paths not restored; %s", r)
+		}
+		if !strings.Contains(r.stderr, "could not restore /null: a device file") || !strings.Contains(r.stderr, "does not record which device") {
+			t.Errorf("the device file is not listed with its cause; %s", r)
+		}
+	} else {
+		e.ok("restore", id, dest)
+	}
+	for name, typ := range want {
+		fi, err := os.Lstat(filepath.Join(dest, name))
+		if err != nil || fi.Mode().Type() != typ {
+			t.Errorf("%s restored as %v, %v; want %v", name, fi, err, typ)
+		}
+	}
+	if fi, err := os.Lstat(filepath.Join(dest, "d", "fifo")); err == nil && fi.Mode().Perm() != 0o640 {
+		t.Errorf("the fifo's mode is %v, want 0640", fi.Mode().Perm())
+	}
+	if b, err := os.ReadFile(filepath.Join(dest, "plain.txt")); err != nil || string(b) != "plain\n" {
+		t.Errorf("plain.txt: %q, %v", b, err)
+	}
+}

@@ -253,7 +253,7 @@ func (v *Vault) Cat(ref, p string, w io.Writer) (int64, error) {
 	if !e.Stat().Mode().IsRegular() {
 		return 0, fmt.Errorf("%x:%s is not a regular file (%v)", snap.Header.Identifier[:4], abs, e.Stat().Mode().Type())
 	}
-	f, err := e.Open(fsys)
+	f, err := openContent(v.repo, fsys, e)
 	if err != nil {
 		return 0, fmt.Errorf("%x:%s: %w", snap.Header.Identifier[:4], abs, cause(v.kctx, err))
 	}

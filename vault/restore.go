@@ -6,8 +6,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
+
+	"github.com/PlakarKorp/kloset/connectors"
 
 	"github.com/PlakarKorp/kloset/snapshot"
 )
@@ -72,7 +75,7 @@ func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error)
 		return nil, err
 	}
 	defer snap.Close()
-	_, e, abs, err := v.entry(snap, p)
+	fsys, e, abs, err := v.entry(snap, p)
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +102,19 @@ func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error)
 	exp, err := newRootExporter(dest, force, kctx.MaxConcurrency, o)
 	if err != nil {
 		return nil, err
+	}
+	// Kloset's records name paths below the directory restored (below
+	// the file's directory for a file), as snap.Export strips them.
+	strip := abs
+	if !e.IsDir() {
+		strip = path.Dir(abs)
+	}
+	exp.open = func(rec *connectors.Record) (io.ReadCloser, error) {
+		fe, err := fsys.GetEntry(path.Join(strip, rec.Pathname))
+		if err != nil {
+			return nil, err
+		}
+		return openContent(v.repo, fsys, fe)
 	}
 	defer exp.Close(kctx)
 	if err := snap.Export(exp, abs, &snapshot.ExportOptions{}); err != nil {

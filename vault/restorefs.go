@@ -38,6 +38,10 @@ type rootExporter struct {
 	force       bool
 	concurrency int
 	op          *op
+	// open opens the content of a file bigger than contentBudget with a
+	// contentReader (see there why); smaller ones, whose reader's buffer
+	// cannot outgrow them, are read from the record.
+	open func(*connectors.Record) (io.ReadCloser, error)
 
 	mu    sync.Mutex
 	links map[string]*hardlink // dev:ino of a multiply-linked file: its first copy
@@ -273,9 +277,15 @@ func (x *rootExporter) writeFile(rec *connectors.Record, rel string) (err error)
 			x.root.Remove(tmp)
 		}
 	}()
-	if rec.Reader != nil {
-		_, err = io.Copy(f, rec.Reader)
-		rec.Reader.Close()
+	rd := rec.Reader
+	if x.open != nil && rec.FileInfo.Size() > contentBudget {
+		if rd, err = x.open(rec); err != nil {
+			return err
+		}
+	}
+	if rd != nil {
+		_, err = io.Copy(f, rd)
+		rd.Close()
 		if err != nil {
 			return err
 		}

@@ -138,13 +138,23 @@ func (v *Vault) load(ref string) (*snapshot.Snapshot, error) {
 	return snap, nil
 }
 
-// snapPath is the absolute path p names in snap: p itself if absolute, or
-// p under the directory the snapshot was made of ("" is that directory).
+// snapPath is the absolute path p names in snap. A path is taken from the
+// directory the snapshot was made of ("" and "/" are that directory,
+// "/notes.txt" and "notes.txt" a file in it), unless it is that
+// directory's full path or a path below it on the machine backed up, as
+// ls shows them. The snapshot holds nothing else (but the directory's
+// parents), so the two forms meet only where the tree holds its own path
+// again below itself: the full path wins, and the form without a slash
+// reaches the other.
 func snapPath(snap *snapshot.Snapshot, p string) string {
+	root := path.Clean(path.Join("/", snap.Header.GetSource(0).Importer.Directory))
 	if strings.HasPrefix(p, "/") {
-		return path.Clean(p)
+		p = path.Clean(p)
+		if p == root || strings.HasPrefix(p, strings.TrimSuffix(root, "/")+"/") {
+			return p
+		}
 	}
-	return path.Clean(path.Join("/", snap.Header.GetSource(0).Importer.Directory, p))
+	return path.Clean(path.Join(root, p))
 }
 
 // entry returns the entry at p in snap, and the snapshot's filesystem.
@@ -157,7 +167,8 @@ func (v *Vault) entry(snap *snapshot.Snapshot, p string) (*vfs.Filesystem, *vfs.
 	e, err := fsys.GetEntry(abs)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, "", fmt.Errorf("%w: %x:%s", ErrPathNotFound, snap.Header.Identifier[:4], abs)
+			return nil, nil, "", fmt.Errorf("%w: %x:%s (paths are taken from the directory backed up, %s, or are full paths below it; ls lists them)",
+				ErrPathNotFound, snap.Header.Identifier[:4], abs, snap.Header.GetSource(0).Importer.Directory)
 		}
 		return nil, nil, "", fmt.Errorf("%x:%s: %w", snap.Header.Identifier[:4], abs, cause(v.kctx, err))
 	}
@@ -188,10 +199,9 @@ func fileEntry(p string, e *vfs.Entry) FileEntry {
 	}
 }
 
-// Files lists path p of snapshot ref (see Resolve): the entries of a
-// directory (all those below it if recursive), or the entry of a file. A
-// relative p is taken from the directory the snapshot was made of ("" is
-// that directory).
+// Files lists path p of snapshot ref (see Resolve and snapPath): the
+// entries of a directory (all those below it if recursive), or the entry
+// of a file.
 func (v *Vault) Files(ref, p string, recursive bool) ([]FileEntry, error) {
 	snap, err := v.load(ref)
 	if err != nil {

@@ -86,8 +86,9 @@ type command struct {
 var commands []*command
 
 const snapHelp = `SNAP is a snapshot's identifier as ls shows it (or any prefix of it that
-only it has), or latest. PATH is absolute, or relative to the directory
-the snapshot was made of.`
+only it has), or latest. PATH is taken from the directory the snapshot was
+made of (/notes.txt and notes.txt are a file in it, / is the directory
+itself), or is a full path below it, as ls -r shows it.`
 
 func init() {
 	commands = []*command{

@@ -73,3 +73,50 @@ func TestRestoreSpecialFiles(t *testing.T) {
 		t.Errorf("plain.txt: %q, %v", b, err)
 	}
 }
+
+// TestRestorePaths: SNAP:PATH is taken from the directory backed up, with
+// or without a leading slash, or as the full path on the machine backed
+// up; SNAP:/ is the directory backed up, restored straight into DIR.
+func TestRestorePaths(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/paths", "OCIBACKUP_PASSPHRASE", passphrase)
+	src := filepath.Join(t.TempDir(), "Documents")
+	for name, content := range map[string]string{"notes.txt": "notes\n", "sub/x.txt": "x\n"} {
+		p := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.ok("create")
+	id := snapshotID(t, e.ok("backup", src))
+
+	for _, p := range []string{"/notes.txt", "notes.txt", src + "/notes.txt"} {
+		dest := filepath.Join(t.TempDir(), "r")
+		e.ok("restore", id+":"+p, dest)
+		if b, err := os.ReadFile(filepath.Join(dest, "notes.txt")); err != nil || string(b) != "notes\n" {
+			t.Errorf("restore %s:%s: notes.txt %q, %v", id, p, b, err)
+		}
+		if r := e.ok("cat", id+":"+p); r.stdout != "notes\n" {
+			t.Errorf("cat %s:%s: %q", id, p, r.stdout)
+		}
+	}
+	for _, p := range []string{"/", "", src} {
+		dest := filepath.Join(t.TempDir(), "r")
+		ref := id
+		if p != "" {
+			ref += ":" + p
+		}
+		e.ok("restore", ref, dest)
+		if b, err := os.ReadFile(filepath.Join(dest, "sub", "x.txt")); err != nil || string(b) != "x\n" {
+			t.Errorf("restore %s into %s: sub/x.txt %q, %v (the tree is not straight under the target)", ref, dest, b, err)
+		}
+	}
+	if r := e.ok("ls", id+":/sub"); !strings.Contains(r.stdout, "x.txt") {
+		t.Errorf("ls %s:/sub does not list x.txt; %s", id, r)
+	}
+	e.fails(1, []string{"no such path", src + "/nope", "directory backed up"}, "cat", id+":/nope")
+}

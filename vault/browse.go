@@ -138,23 +138,32 @@ func (v *Vault) load(ref string) (*snapshot.Snapshot, error) {
 	return snap, nil
 }
 
-// snapPath is the absolute path p names in snap. A path is taken from the
-// directory the snapshot was made of ("" and "/" are that directory,
-// "/notes.txt" and "notes.txt" a file in it), unless it is that
-// directory's full path or a path below it on the machine backed up, as
-// ls shows them. The snapshot holds nothing else (but the directory's
-// parents), so the two forms meet only where the tree holds its own path
-// again below itself: the full path wins, and the form without a slash
-// reaches the other.
+// snapPath is the absolute path p names in snap: p itself if absolute, or
+// p under the directory the snapshot was made of ("" is that directory).
 func snapPath(snap *snapshot.Snapshot, p string) string {
-	root := path.Clean(path.Join("/", snap.Header.GetSource(0).Importer.Directory))
 	if strings.HasPrefix(p, "/") {
-		p = path.Clean(p)
-		if p == root || strings.HasPrefix(p, strings.TrimSuffix(root, "/")+"/") {
-			return p
-		}
+		return path.Clean(p)
 	}
-	return path.Clean(path.Join(root, p))
+	return path.Clean(path.Join("/", snap.Header.GetSource(0).Importer.Directory, p))
+}
+
+// UserPath is the path of a snapshot of directory root, as Files, Cat and
+// Restore take it, that a user means by p: a path taken from root
+// ("/notes.txt" as "notes.txt", "/" as root itself), unless it is root's
+// full path or a path below it, as Files lists them. The snapshot holds
+// nothing else but root's parents, which nobody restores, so the two
+// forms meet only where the tree holds its own path again below itself:
+// the full path wins, and the form without a leading slash reaches the
+// other.
+func UserPath(root, p string) string {
+	if !strings.HasPrefix(p, "/") {
+		return p
+	}
+	p, root = path.Clean(p), path.Clean(path.Join("/", root))
+	if p == root || strings.HasPrefix(p, strings.TrimSuffix(root, "/")+"/") {
+		return p
+	}
+	return strings.TrimPrefix(p, "/")
 }
 
 // entry returns the entry at p in snap, and the snapshot's filesystem.
@@ -167,7 +176,7 @@ func (v *Vault) entry(snap *snapshot.Snapshot, p string) (*vfs.Filesystem, *vfs.
 	e, err := fsys.GetEntry(abs)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, "", fmt.Errorf("%w: %x:%s (paths are taken from the directory backed up, %s, or are full paths below it; ls lists them)",
+			return nil, nil, "", fmt.Errorf("%w: %x:%s (paths are taken from the directory backed up, %s; ls lists them)",
 				ErrPathNotFound, snap.Header.Identifier[:4], abs, snap.Header.GetSource(0).Importer.Directory)
 		}
 		return nil, nil, "", fmt.Errorf("%x:%s: %w", snap.Header.Identifier[:4], abs, cause(v.kctx, err))
@@ -199,9 +208,10 @@ func fileEntry(p string, e *vfs.Entry) FileEntry {
 	}
 }
 
-// Files lists path p of snapshot ref (see Resolve and snapPath): the
-// entries of a directory (all those below it if recursive), or the entry
-// of a file.
+// Files lists path p of snapshot ref (see Resolve): the entries of a
+// directory (all those below it if recursive), or the entry of a file. A
+// relative p is taken from the directory the snapshot was made of ("" is
+// that directory).
 func (v *Vault) Files(ref, p string, recursive bool) ([]FileEntry, error) {
 	snap, err := v.load(ref)
 	if err != nil {

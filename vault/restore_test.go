@@ -237,3 +237,27 @@ func TestCatZeroFileMemory(t *testing.T) {
 		t.Errorf("restored: %d bytes, non-zero %v, %v", w.n, w.nonZero, err)
 	}
 }
+
+// TestUserPath: what a user's SNAP:PATH means in a snapshot of
+// /home/me/docs.
+func TestUserPath(t *testing.T) {
+	for p, want := range map[string]string{
+		"":                         "",
+		"/":                        "",
+		"notes.txt":                "notes.txt",
+		"/notes.txt":               "notes.txt",
+		"/sub/../notes.txt":        "notes.txt",
+		"/home/me/docs":            "/home/me/docs",
+		"/home/me/docs/notes.txt":  "/home/me/docs/notes.txt",
+		"/home/me/docs2/notes.txt": "home/me/docs2/notes.txt",
+		"home/me/docs/notes.txt":   "home/me/docs/notes.txt", // the tree's own copy of its path
+		"/home":                    "home",
+	} {
+		if got := vault.UserPath("/home/me/docs", p); got != want {
+			t.Errorf("UserPath(%q) = %q, want %q", p, got, want)
+		}
+	}
+	if got := vault.UserPath("/", "/etc/x"); got != "/etc/x" {
+		t.Errorf("UserPath of a backup of /: %q", got)
+	}
+}

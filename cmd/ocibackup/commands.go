@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -137,6 +138,22 @@ func splitRef(arg string) (ref, path string) {
 	return ref, path
 }
 
+// snapArg is the snapshot and the path in it that SNAP[:PATH] names, a
+// path with a leading slash taken from the directory backed up unless it
+// is that directory's full path (see vault.UserPath); the snapshot comes
+// back as its full identifier, so that latest means one snapshot.
+func snapArg(v *vault.Vault, arg string) (ref, path string, err error) {
+	ref, path = splitRef(arg)
+	if !strings.HasPrefix(path, "/") {
+		return ref, path, nil
+	}
+	info, err := v.Snapshot(ref)
+	if err != nil {
+		return "", "", err
+	}
+	return hex.EncodeToString(info.ID[:]), vault.UserPath(info.Root, path), nil
+}
+
 func cmdLs(a *app, args []string) error {
 	fs := a.flagSet("ls")
 	recursive := fs.Bool("r", false, "")
@@ -165,7 +182,10 @@ func cmdLs(a *app, args []string) error {
 		}
 		return tw.Flush()
 	}
-	ref, path := splitRef(rest[0])
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
+	}
 	files, err := v.Files(ref, path, *recursive)
 	if err != nil {
 		return a.displayError(err)
@@ -196,7 +216,10 @@ func cmdCat(a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	ref, path := splitRef(rest[0])
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
+	}
 	if _, err := v.Cat(ref, path, a.stdout); err != nil {
 		return a.displayError(err)
 	}
@@ -213,7 +236,6 @@ func cmdRestore(a *app, args []string) error {
 	if len(rest) < 1 || len(rest) > 2 {
 		return usagef("restore SNAP[:PATH] [DIR]")
 	}
-	ref, path := splitRef(rest[0])
 	dest := ""
 	if len(rest) == 2 {
 		dest = rest[1]
@@ -228,6 +250,10 @@ func cmdRestore(a *app, args []string) error {
 	v, err := a.open()
 	if err != nil {
 		return err
+	}
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
 	}
 	if dest == "" {
 		id, err := v.Resolve(ref)

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/PlakarKorp/kloset/connectors"
-
 	"github.com/PlakarKorp/kloset/snapshot"
 )
 

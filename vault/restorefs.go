@@ -108,6 +108,11 @@ loop:
 		select {
 		case <-gctx.Done():
 			ret = gctx.Err()
+			// Kloset's walk may be blocked sending the next record.
+			go func() {
+				for range records {
+				}
+			}()
 			break loop
 		case rec, ok := <-records:
 			if !ok {
@@ -142,7 +147,8 @@ loop:
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if err := x.setMeta(dirs[i].rel, dirs[i].fi); err != nil {
-			x.op.addError(dirs[i].rel, fmt.Sprintf("/%s: %v", strings.TrimPrefix(dirs[i].rel, "."), err))
+			name := path.Join("/", dirs[i].rel)
+			x.op.addError(name, fmt.Sprintf("%s: %v", name, err))
 		}
 	}
 	return ret

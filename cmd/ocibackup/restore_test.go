@@ -1,8 +1,11 @@
 package main_test
 
 import (
+	"context"
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -71,6 +74,59 @@ func TestRestoreSpecialFiles(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dest, "plain.txt")); err != nil || string(b) != "plain\n" {
 		t.Errorf("plain.txt: %q, %v", b, err)
+	}
+	if device {
+		restoreAsNobody(t, e, id)
+	}
+}
+
+// nobody is the user without privileges a restore runs as.
+const nobody = 65534
+
+// restoreAsNobody restores snapshot id as a user without privileges, in a
+// home of its own: the fifo and the socket are made all the same (they
+// need none), owned by that user; the device file is reported, exit 3.
+func restoreAsNobody(t *testing.T, e *env, id string) {
+	dir, err := os.MkdirTemp("", "ocibackup-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin, err := os.ReadFile(binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(dir, "home")
+	if err := os.WriteFile(filepath.Join(dir, "ocibackup"), bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(home, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	u := e.with("HOME", home, "XDG_CONFIG_HOME", filepath.Join(home, ".config"), "XDG_CACHE_HOME", filepath.Join(home, ".cache"),
+		"XDG_DATA_HOME", filepath.Join(home, ".local", "share"), "OCISTORE_CACHE_DIR", filepath.Join(home, "wazero"))
+	dest := filepath.Join(home, "restored")
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, "ocibackup"), "restore", id, dest)
+	cmd.Env, cmd.Dir = u.environ(), home
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), "could not restore /null: a device file") {
+		t.Fatalf("restore as nobody: %v, want exit 3 and the device file listed:\n%s", err, out)
+	}
+	for name, typ := range map[string]os.FileMode{"d/fifo": os.ModeNamedPipe, "sock": os.ModeSocket, "plain.txt": 0} {
+		fi, err := os.Lstat(filepath.Join(dest, name))
+		if err != nil || fi.Mode().Type() != typ || fi.Sys().(*syscall.Stat_t).Uid != nobody {
+			t.Errorf("restored as nobody: %s is %v, %v; want a %v of uid %d", name, fi, err, typ, nobody)
+		}
 	}
 }
 

@@ -74,3 +74,34 @@ func TestExportBelowRestoredSymlink(t *testing.T) {
 		t.Errorf("ok.txt: %q, %v", b, err)
 	}
 }
+
+// TestExportHardlinks: the names of a file with several links are
+// restored as links to one file; with force, a symlink where the second
+// name goes is replaced, not followed.
+func TestExportHardlinks(t *testing.T) {
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(victim, filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	linked := func(p string) *connectors.Record {
+		r := record(p, 0o644, "", "shared\n")
+		r.FileInfo.Lnlink, r.FileInfo.Ldev, r.FileInfo.Lino = 2, 7, 42
+		return r
+	}
+	if errs := exportRecords(t, dir, true, []*connectors.Record{record("/", fs.ModeDir|0o755, "", ""), linked("/a"), linked("/b")}); len(errs) != 0 {
+		t.Fatalf("errors: %q", errs)
+	}
+	a, errA := os.Lstat(filepath.Join(dir, "a"))
+	b, errB := os.Lstat(filepath.Join(dir, "b"))
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Errorf("a and b are not one file: %v, %v, %v, %v", a, b, errA, errB)
+	}
+	if got, err := os.ReadFile(victim); err != nil || string(got) != "precious\n" {
+		t.Errorf("the symlink's target was written: %q, %v", got, err)
+	}
+}

@@ -320,13 +320,14 @@ func (x *rootExporter) writeFile(rec *connectors.Record, rel string) (err error)
 
 // setMeta gives rel the mode, owner (as root) and time of the snapshot.
 func (x *rootExporter) setMeta(rel string, fi objects.FileInfo) error {
-	if err := x.root.Chmod(rel, permBits(fi.Mode())); err != nil {
-		return err
-	}
 	if os.Geteuid() == 0 {
 		if err := x.root.Lchown(rel, int(fi.Uid()), int(fi.Gid())); err != nil {
 			return err
 		}
+	}
+	// After the chown, which may clear the set-id bits.
+	if err := x.root.Chmod(rel, permBits(fi.Mode())); err != nil {
+		return err
 	}
 	return lutimes(x.root, rel, fi.ModTime())
 }

@@ -65,7 +65,7 @@ func main() {
 	flag.IntVar(&cfg.rangeConc, "range-conc", 4, "concurrency of the range reads, the small puts and Kloset's store")
 	flag.StringVar(&cfg.out, "out", "build/bench.json", "JSON report")
 	flag.StringVar(&cfg.markdown, "md", "", "also write the table, as Markdown, to this file")
-	flag.StringVar(&only, "only", "", "run only these workloads (comma-separated: start, putget, range, list, big, kloset)")
+	flag.StringVar(&only, "only", "", "run only these workloads (comma-separated: start, putget, range, list, big, kloset, zeros)")
 	flag.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (registry storage, trees)")
 	flag.StringVar(&cfg.restoreDir, "restore-dir", defaultRestoreDir(), "where Kloset restores go (a tmpfs by default, when there is one: see restoreRoot)")
@@ -177,6 +177,7 @@ func run(cfg config) (*report, error) {
 		{"list", b.list},
 		{"big", b.big},
 		{"kloset", b.kloset},
+		{"zeros", b.zeros},
 	}
 	for _, s := range steps {
 		if b.plugin == nil && s.name != "start" {

@@ -191,6 +191,11 @@ func (r *report) evaluate() {
 	if guest > 0 {
 		add("guest linear memory per instance (MiB)", float64(guest)/(1<<20), fmt.Sprintf("< %d", wantGuestMemory>>20), guest < wantGuestMemory)
 	}
+	for _, w := range []string{"zeros restore", "zeros cat"} {
+		if res := r.get(w, wasm); res != nil {
+			add("peak RSS (MB), "+w, float64(res.PeakRSS)/1e6, fmt.Sprintf("< %.0f", wantZerosRSS/1e6), res.PeakRSS < wantZerosRSS)
+		}
+	}
 	for _, w := range r.order {
 		for _, v := range []string{native, wasm} {
 			res := r.get(w, v)

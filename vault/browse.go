@@ -147,6 +147,25 @@ func snapPath(snap *snapshot.Snapshot, p string) string {
 	return path.Clean(path.Join("/", snap.Header.GetSource(0).Importer.Directory, p))
 }
 
+// UserPath is the path of a snapshot of directory root, as Files, Cat and
+// Restore take it, that a user means by p: a path taken from root
+// ("/notes.txt" as "notes.txt", "/" as root itself), unless it is root's
+// full path or a path below it, as Files lists them. The snapshot holds
+// nothing else but root's parents, which nobody restores, so the two
+// forms meet only where the tree holds its own path again below itself:
+// the full path wins, and the form without a leading slash reaches the
+// other.
+func UserPath(root, p string) string {
+	if !strings.HasPrefix(p, "/") {
+		return p
+	}
+	p, root = path.Clean(p), path.Clean(path.Join("/", root))
+	if p == root || strings.HasPrefix(p, strings.TrimSuffix(root, "/")+"/") {
+		return p
+	}
+	return strings.TrimPrefix(p, "/")
+}
+
 // entry returns the entry at p in snap, and the snapshot's filesystem.
 func (v *Vault) entry(snap *snapshot.Snapshot, p string) (*vfs.Filesystem, *vfs.Entry, string, error) {
 	fsys, err := snap.Filesystem()
@@ -157,7 +176,8 @@ func (v *Vault) entry(snap *snapshot.Snapshot, p string) (*vfs.Filesystem, *vfs.
 	e, err := fsys.GetEntry(abs)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, "", fmt.Errorf("%w: %x:%s", ErrPathNotFound, snap.Header.Identifier[:4], abs)
+			return nil, nil, "", fmt.Errorf("%w: %x:%s (paths are taken from the directory backed up, %s; ls lists them)",
+				ErrPathNotFound, snap.Header.Identifier[:4], abs, snap.Header.GetSource(0).Importer.Directory)
 		}
 		return nil, nil, "", fmt.Errorf("%x:%s: %w", snap.Header.Identifier[:4], abs, cause(v.kctx, err))
 	}
@@ -253,7 +273,7 @@ func (v *Vault) Cat(ref, p string, w io.Writer) (int64, error) {
 	if !e.Stat().Mode().IsRegular() {
 		return 0, fmt.Errorf("%x:%s is not a regular file (%v)", snap.Header.Identifier[:4], abs, e.Stat().Mode().Type())
 	}
-	f, err := e.Open(fsys)
+	f, err := openContent(v.repo, fsys, e)
 	if err != nil {
 		return 0, fmt.Errorf("%x:%s: %w", snap.Header.Identifier[:4], abs, cause(v.kctx, err))
 	}

@@ -1,17 +1,16 @@
 package vault
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
 	"github.com/PlakarKorp/kloset/connectors"
-	"github.com/PlakarKorp/kloset/connectors/exporter"
 	"github.com/PlakarKorp/kloset/snapshot"
 )
 
@@ -75,7 +74,7 @@ func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error)
 		return nil, err
 	}
 	defer snap.Close()
-	_, e, abs, err := v.entry(snap, p)
+	fsys, e, abs, err := v.entry(snap, p)
 	if err != nil {
 		return nil, err
 	}
@@ -99,22 +98,24 @@ func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error)
 		return nil, err
 	}
 	kctx := v.kctx
-	copts := &connectors.Options{
-		Hostname:        kctx.Hostname,
-		OperatingSystem: kctx.OperatingSystem,
-		Architecture:    kctx.Architecture,
-		CWD:             kctx.CWD,
-		MaxConcurrency:  kctx.MaxConcurrency,
-		Stdin:           kctx.Stdin,
-		Stdout:          kctx.Stdout,
-		Stderr:          kctx.Stderr,
-	}
-	exp, err := exporter.NewExporter(kctx, copts, map[string]string{"location": "fs://" + dest})
+	exp, err := newRootExporter(dest, force, kctx.MaxConcurrency, o)
 	if err != nil {
 		return nil, err
 	}
+	// Kloset's records name paths below the directory restored (below
+	// the file's directory for a file), as snap.Export strips them.
+	strip := abs
+	if !e.IsDir() {
+		strip = path.Dir(abs)
+	}
+	exp.open = func(rec *connectors.Record) (io.ReadCloser, error) {
+		fe, err := fsys.GetEntry(path.Join(strip, rec.Pathname))
+		if err != nil {
+			return nil, err
+		}
+		return openContent(v.repo, fsys, fe)
+	}
 	defer exp.Close(kctx)
-	exp = &restoreExporter{Exporter: exp, root: dest, force: force, op: o}
 	if err := snap.Export(exp, abs, &snapshot.ExportOptions{}); err != nil {
 		return nil, fmt.Errorf("restoring %x:%s: %w", snap.Header.Identifier[:4], abs, cause(kctx, err))
 	}
@@ -126,63 +127,4 @@ func (v *Vault) Restore(ref, p, dest string, force bool) (*RestoreResult, error)
 	r := &RestoreResult{Target: dest, Files: p2.FilesDone, Bytes: p2.BytesDone, Duration: time.Since(o.started)}
 	r.Errors, r.NumErrors = o.Errors()
 	return r, nil
-}
-
-// restoreExporter wraps the exporter of a restore: it counts what the
-// exporter reports as it reports it (Kloset emits its own events about it
-// from a goroutine that may outlive Export), and, with force, removes what
-// stands where a file, a symlink or a hard link is about to be restored:
-// the fs exporter replaces regular files, but creating a symlink or a link
-// fails when the name is taken. Directories are left alone (the exporter
-// reuses them).
-type restoreExporter struct {
-	exporter.Exporter
-	root  string
-	force bool
-	op    *op
-}
-
-func (r *restoreExporter) Export(ctx context.Context, records <-chan *connectors.Record, results chan<- *connectors.Result) error {
-	in := records
-	if r.force {
-		out := make(chan *connectors.Record, cap(records))
-		go func() {
-			defer close(out)
-			for rec := range records {
-				if rec.Err == nil && !rec.IsXattr && !rec.FileInfo.IsDir() {
-					p := filepath.Join(r.root, filepath.FromSlash(rec.Pathname))
-					if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
-						os.Remove(p)
-					}
-				}
-				select {
-				case out <- rec:
-				case <-ctx.Done():
-					// Keep draining, so that the producer is not stuck.
-				}
-			}
-		}()
-		in = out
-	}
-	// The exporter closes the channel it reports to; so does this.
-	acks := make(chan *connectors.Result, cap(results))
-	forwarded := make(chan struct{})
-	go func() {
-		defer close(forwarded)
-		defer close(results)
-		for ack := range acks {
-			rec := ack.Record
-			switch {
-			case ack.Err != nil:
-				r.op.addError(rec.Pathname, fmt.Sprintf("%s: %v", rec.Pathname, ack.Err))
-			case !rec.IsXattr && rec.FileInfo.Mode().IsRegular():
-				r.op.filesDone.Add(1)
-				r.op.bytesDone.Add(rec.FileInfo.Size())
-			}
-			results <- ack
-		}
-	}()
-	err := r.Exporter.Export(ctx, in, acks)
-	<-forwarded
-	return err
 }

@@ -102,8 +102,9 @@ type command struct {
 var commands []*command
 
 const snapHelp = `SNAP is a snapshot's identifier as ls shows it (or any prefix of it that
-only it has), or latest. PATH is absolute, or relative to the directory
-the snapshot was made of.`
+only it has), or latest. PATH is taken from the directory the snapshot was
+made of (/notes.txt and notes.txt are a file in it, / is the directory
+itself), or is a full path below it, as ls -r shows it.`
 
 func init() {
 	commands = []*command{
@@ -131,6 +132,8 @@ A directory's content goes into DIR; a file goes into DIR under its name.
 DIR (default ./ocibackup-restore-ID) must be new or empty.
   -force   restore into a directory that is not empty, replacing what is
            in the way
+Nothing is written outside DIR. Exit status 3: some paths could not be
+restored (they are listed; device files cannot be).
 ` + snapHelp},
 		{"check", "[SNAP...]", "read back and verify every chunk of the snapshots (all by default)", cmdCheck, `
 Every chunk of every file is read from the store and checked against its

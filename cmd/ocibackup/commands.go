@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -165,6 +166,22 @@ func splitRef(arg string) (ref, path string) {
 	return ref, path
 }
 
+// snapArg is the snapshot and the path in it that SNAP[:PATH] names, a
+// path with a leading slash taken from the directory backed up unless it
+// is that directory's full path (see vault.UserPath); the snapshot comes
+// back as its full identifier, so that latest means one snapshot.
+func snapArg(v *vault.Vault, arg string) (ref, path string, err error) {
+	ref, path = splitRef(arg)
+	if !strings.HasPrefix(path, "/") {
+		return ref, path, nil
+	}
+	info, err := v.Snapshot(ref)
+	if err != nil {
+		return "", "", err
+	}
+	return hex.EncodeToString(info.ID[:]), vault.UserPath(info.Root, path), nil
+}
+
 func cmdLs(a *app, args []string) error {
 	fs := a.flagSet("ls")
 	recursive := fs.Bool("r", false, "")
@@ -193,7 +210,10 @@ func cmdLs(a *app, args []string) error {
 		}
 		return tw.Flush()
 	}
-	ref, path := splitRef(rest[0])
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
+	}
 	files, err := v.Files(ref, path, *recursive)
 	if err != nil {
 		return a.displayError(err)
@@ -224,7 +244,10 @@ func cmdCat(a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	ref, path := splitRef(rest[0])
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
+	}
 	if _, err := v.Cat(ref, path, a.stdout); err != nil {
 		return a.displayError(err)
 	}
@@ -241,7 +264,6 @@ func cmdRestore(a *app, args []string) error {
 	if len(rest) < 1 || len(rest) > 2 {
 		return usagef("restore SNAP[:PATH] [DIR]")
 	}
-	ref, path := splitRef(rest[0])
 	dest := ""
 	if len(rest) == 2 {
 		dest = rest[1]
@@ -256,6 +278,10 @@ func cmdRestore(a *app, args []string) error {
 	v, err := a.open()
 	if err != nil {
 		return err
+	}
+	ref, path, err := snapArg(v, rest[0])
+	if err != nil {
+		return a.displayError(err)
 	}
 	if dest == "" {
 		id, err := v.Resolve(ref)
@@ -277,7 +303,7 @@ func cmdRestore(a *app, args []string) error {
 	a.printErrors("could not restore", r.Errors, r.NumErrors)
 	a.sayf("restored %s files (%s) into %s in %s", humanize.Comma(r.Files), ibytes(r.Bytes), r.Target, formatDuration(r.Duration))
 	if r.NumErrors > 0 {
-		return fmt.Errorf("%d path(s) could not be restored", r.NumErrors)
+		return exitError{code: exitPartial, err: fmt.Errorf("%d path(s) could not be restored (listed above); the rest is in %s", r.NumErrors, r.Target)}
 	}
 	return nil
 }

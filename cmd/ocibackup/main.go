@@ -29,7 +29,7 @@ const (
 	exitOK          = 0
 	exitFailure     = 1
 	exitUsage       = 2
-	exitPartial     = 3 // a backup was committed without some paths
+	exitPartial     = 3 // a backup was committed, or a restore done, without some paths
 	exitInterrupted = 130
 )
 

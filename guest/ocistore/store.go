@@ -47,6 +47,10 @@ type Store struct {
 	// deleteMode is how Delete deletes on this registry; it only moves
 	// forward, so each failed way is tried once per Store.
 	deleteMode atomic.Int32
+	// lastTag is how the registry takes a tag list's last (lastAny,
+	// lastExisting), learned at the first list, shared through the host's
+	// cache by the store's instances.
+	lastTag atomic.Int32
 
 	// sleep and now are sliceSleep and time.Now, but in tests.
 	sleep func(time.Duration)

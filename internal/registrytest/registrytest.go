@@ -186,6 +186,10 @@ func All(t testing.TB) []Factory {
 			t.Helper()
 			return InProcess(t)
 		}},
+		{Name: NameZot, Delete: true, Start: func(t testing.TB) *Registry {
+			t.Helper()
+			return Zot(t)
+		}},
 	}
 }
 

@@ -1,0 +1,59 @@
+package registrytest
+
+import (
+	"io"
+	"net/http"
+	"testing"
+)
+
+// TestZotTags pins down the zot double's tag lists against zot's
+// ListTags (project-zot/zot, pkg/api/routes.go), on the real double:
+// distribution behind ZotTags.
+func TestZotTags(t *testing.T) {
+	r := Zot(t)
+	for _, tag := range []string{"b", "a", "d", "c"} {
+		pushEmpty(t, r, "test/zot:"+tag)
+	}
+	for _, tc := range []struct {
+		query, status, link, body string
+	}{
+		{"", "200", "", `{"name":"test/zot","tags":["a","b","c","d"]}`},
+		{"?n=2", "200", `</v2/test/zot/tags/list?n=2&last=b>; rel="next"`, `{"name":"test/zot","tags":["a","b"]}`},
+		{"?n=2&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
+		{"?n=3&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
+		{"?n=0", "200", "", `{"name":"test/zot","tags":[]}`},
+		{"?last=a", "200", "", `{"name":"test/zot","tags":["b","c","d"]}`},
+		// last must name a tag: an empty 404, not NAME_UNKNOWN.
+		{"?n=2&last=b-", "404", "", ``},
+		{"?n=2&last=0", "404", "", ``},
+		{"?n=-1", "400", "", ``},
+		{"?n=x", "400", "", ``},
+		{"?n=1&n=2", "400", "", ``},
+	} {
+		status, link, body := get(t, r.URL+"/v2/test/zot/tags/list"+tc.query)
+		if status != tc.status || link != tc.link || body != tc.body {
+			t.Errorf("tags/list%s = %s %q %q, want %s %q %q", tc.query, status, link, body, tc.status, tc.link, tc.body)
+		}
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/none/tags/list?n=2&last=a"); status != "404" ||
+		body != `{"errors":[{"code":"NAME_UNKNOWN","detail":{"name":"test/none"},"message":"repository name not known to registry"}]}` {
+		t.Errorf("tag list of an unknown repository = %s %s, want 404 NAME_UNKNOWN", status, body)
+	}
+	if status, _, _ := get(t, r.URL+"/v2/_catalog"); status != "404" {
+		t.Errorf("GET /v2/_catalog = %s, want 404", status)
+	}
+}
+
+func get(t *testing.T, url string) (status, link, body string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Status[:3], resp.Header.Get("Link"), string(b)
+}

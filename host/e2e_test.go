@@ -44,6 +44,15 @@ func TestKlosetEndToEnd(t *testing.T) {
 	testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
 }
 
+// TestKlosetEndToEndDoubles runs the same on the test doubles of other
+// registries (registrytest), whose quirks change what the store does.
+func TestKlosetEndToEndDoubles(t *testing.T) {
+	t.Run(registrytest.NameZot, func(t *testing.T) {
+		reg := registrytest.Zot(t)
+		testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
+	})
+}
+
 func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 	start := time.Now()
 	step := func(format string, args ...any) {

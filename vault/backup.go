@@ -10,6 +10,7 @@ import (
 
 	"github.com/PlakarKorp/kloset/connectors"
 	"github.com/PlakarKorp/kloset/connectors/importer"
+	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/locate"
 	"github.com/PlakarKorp/kloset/objects"
 	"github.com/PlakarKorp/kloset/repository"
@@ -165,6 +166,9 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	if err := v.rebuildState(); err != nil {
 		return nil, fmt.Errorf("reading the state back after the backup: %w", cause(kctx, err))
 	}
+	if err := v.listedBack(snap.Header.Identifier); err != nil {
+		return nil, err
+	}
 
 	v.events.sync(kctx, v.repo.Configuration().RepositoryID)
 	p := o.progress(v.store)
@@ -186,6 +190,43 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	errs, n := o.Errors()
 	r.Errors, r.NumErrors = errs, max(r.NumErrors, n)
 	return r, nil
+}
+
+// ErrNotListed: the store accepted a snapshot but does not list it back.
+var ErrNotListed = errors.New("the store does not list the snapshot back")
+
+// notListed is an error of ErrNotListed with its own message.
+type notListed string
+
+func (e notListed) Error() string        { return string(e) }
+func (e notListed) Is(target error) bool { return target == ErrNotListed }
+
+// listedBack checks that snapshot id, committed, is among the snapshots
+// the state read back lists. A backup is done only then: a registry that
+// accepts objects and leaves them out of its tag lists (zot's, before the
+// store knew its ways) would otherwise collect backups that no command
+// can see.
+func (v *Vault) listedBack(id objects.MAC) error {
+	for got, err := range v.repo.ListSnapshots() {
+		if err != nil {
+			return fmt.Errorf("listing the snapshots after the backup: %w", cause(v.kctx, err))
+		}
+		if got == id {
+			return nil
+		}
+	}
+	why := "its state is not listed"
+	states, err := v.store.List(v.kctx, storage.StorageResourceState)
+	switch {
+	case err != nil:
+		why = fmt.Sprintf("listing the states failed: %v", cause(v.kctx, err))
+	case len(states) == 0:
+		why = "the store lists no state at all"
+	default:
+		why = fmt.Sprintf("the store lists %d state(s), none with it", len(states))
+	}
+	return notListed(fmt.Sprintf("the registry accepted snapshot %x but does not list it back: %s; nothing is lost, but the store cannot read it: check that the registry's tag list (GET /v2/<repository>/tags/list) shows the store's tags (docs/registry-quirks.md)",
+		id[:4], why))
 }
 
 // parentVFS returns the VFS of the latest snapshot of the same source, or

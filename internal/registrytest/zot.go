@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -194,4 +195,34 @@ func Zot(t testing.TB) *Registry {
 	}
 	t.Cleanup(closeFront)
 	return r
+}
+
+// HideTags is a registry that accepts every object but leaves the tags
+// that start with prefix out of its tag lists, as zot's tag lists did for
+// the store before it knew their ways: what the store writes, no list
+// shows. A test of what the store's users are told then.
+func HideTags(prefix string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/tags/list") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			var page struct {
+				Name string   `json:"name"`
+				Tags []string `json:"tags"`
+			}
+			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil {
+				copyRecorded(w, rec)
+				return
+			}
+			page.Tags = slices.DeleteFunc(page.Tags, func(tag string) bool { return strings.HasPrefix(tag, prefix) })
+			rec.Header().Del("Content-Length")
+			rec.Body.Reset()
+			json.NewEncoder(rec.Body).Encode(page)
+			copyRecorded(w, rec)
+		})
+	}
 }

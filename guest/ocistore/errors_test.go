@@ -38,6 +38,10 @@ func TestHTTPError(t *testing.T) {
 		{409, "", abi.ErrOther, []string{"409 Conflict"}},
 		{418, "", abi.ErrOther, []string{"answered 418"}},
 		{400, `{"errors":[{"code":"A","message":"one"},{"code":"B"}]}`, abi.ErrOther, []string{"400 A: one; B"}},
+		// Plain HTTP to an HTTPS port: Go's net/http, then nginx.
+		{400, "Client sent an HTTP request to an HTTPS server.\n", abi.ErrInvalidConfig,
+			[]string{"registry 127.0.0.1:5000 speaks HTTPS, and was reached with plain HTTP", "set use_tls=true, and ca_file="}},
+		{400, "<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head></html>", abi.ErrInvalidConfig, []string{"speaks HTTPS", "use_tls=true"}},
 	}
 	for _, tt := range tests {
 		e := httpError(loc, "put x", tt.status, []byte(tt.body))

@@ -152,8 +152,11 @@ func (r *report) get(workload, v string) *result { return r.byKey[workload+"\x00
 
 // The targets, measured in the same run.
 const (
-	wantSandbox     = 0.95
-	wantNative      = 0.85
+	wantSandbox = 0.95
+	wantNative  = 0.85
+	// wantZot bounds the time of a list on the zot double over that of
+	// the same list on distribution, both sandboxed.
+	wantZot         = 1.2
 	wantGuestMemory = 32 << 20
 	wantPutRequests = 3
 	wantGetRequests = 1
@@ -169,6 +172,19 @@ func (r *report) evaluate() {
 		if n != nil && s != nil {
 			ratio := s.throughput() / n.throughput()
 			add("sandboxed/native, "+w, ratio, fmt.Sprintf(">= %.2f", wantSandbox), ratio >= wantSandbox)
+		}
+	}
+	for _, w := range r.order {
+		d, z := r.get(w, wasm), r.get(w, wasmZot)
+		if d != nil && z != nil {
+			ratio := d.throughput() / z.throughput()
+			add("list time, zot double/distribution, "+w, ratio, fmt.Sprintf("<= %.2f", wantZot), ratio <= wantZot)
+		}
+		// The same without the proxy's hop, which the double needs
+		// and zot does not.
+		if p := r.get(w, wasmProxy); p != nil && z != nil {
+			ratio := p.throughput() / z.throughput()
+			add("list time, zot double/plain proxy, "+w, ratio, fmt.Sprintf("<= %.2f", wantZot), ratio <= wantZot)
 		}
 	}
 	for _, w := range r.order {

@@ -1,8 +1,10 @@
 package registrytest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -62,24 +64,17 @@ func ZotTags(next http.Handler) http.Handler {
 			}
 			last = vs[0]
 		}
-		// The tags after last from next, one more than n: whether tags are
-		// left after the page decides the Link.
+		// From next, last itself and the n tags after it, and one more:
+		// whether last is a tag, and whether tags are left after the page,
+		// in one request.
 		sub := url.Values{}
 		if last != "" {
-			sub.Set("last", last)
+			sub.Set("last", justBefore(last))
 		}
 		if n >= 0 {
-			sub.Set("n", strconv.Itoa(n+1))
+			sub.Set("n", strconv.Itoa(n+2))
 		}
 		rec := subRequest(next, r, "GET", "/v2/"+name+"/tags/list?"+sub.Encode())
-		if rec.Code == http.StatusOK && last != "" && !zotHasTag(next, r, name, last) {
-			// Unknown to zot as well if the repository is (distribution
-			// lists nothing after a last then): the first tag tells.
-			if rec = subRequest(next, r, "GET", "/v2/"+name+"/tags/list?n=1"); rec.Code == http.StatusOK {
-				w.WriteHeader(http.StatusNotFound)
-				return
-			}
-		}
 		switch {
 		case rec.Code == http.StatusNotFound:
 			writeZotError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
@@ -88,36 +83,104 @@ func ZotTags(next http.Handler) http.Handler {
 			copyRecorded(w, rec)
 			return
 		}
-		var page struct {
-			Tags []string `json:"tags"`
-		}
-		if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
-			http.Error(w, "zot double: the tag list of the registry behind is not JSON: "+err.Error(), http.StatusInternalServerError)
+		body, link, found, err := zotPage(rec.Body.Bytes(), name, last, n)
+		if err != nil {
+			http.Error(w, "zot double: "+err.Error(), http.StatusInternalServerError)
 			return
 		}
-		tags := page.Tags
-		sort.Strings(tags)
-		if n >= 0 && len(tags) > n {
-			tags = tags[:n]
-			if n > 0 {
-				w.Header().Set("Link", fmt.Sprintf("</v2/%s/tags/list?n=%d&last=%s>; rel=\"next\"", name, n, tags[n-1]))
+		if !found {
+			// Unknown to zot as well if the repository is (distribution
+			// lists nothing after a last then): its first tag tells.
+			if rec = subRequest(next, r, "GET", "/v2/"+name+"/tags/list?n=1"); rec.Code == http.StatusNotFound {
+				writeZotError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
+				return
 			}
+			w.WriteHeader(http.StatusNotFound)
+			return
 		}
-		if tags == nil {
-			tags = []string{}
+		if link != "" {
+			w.Header().Set("Link", link)
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"name": name, "tags": tags})
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Write(body)
 	})
 }
 
-// zotHasTag tells whether tag is one of repository name's tags; a digest
-// is not, though next finds a manifest by it.
-func zotHasTag(next http.Handler, r *http.Request, name, tag string) bool {
-	if strings.ContainsAny(tag, ":/") {
-		return false
+// justBefore is a string that sorts after every tag that sorts before
+// tag, and before tag: tag's last byte one less, then more bytes above
+// any a tag may hold than a tag has.
+func justBefore(tag string) string {
+	b := []byte(tag)
+	b[len(b)-1]--
+	return string(b) + strings.Repeat("\x7f", 128)
+}
+
+// zotPage makes zot's answer from the page of the registry behind, which
+// holds the tags after justBefore(last), sorted, up to n+2: the page
+// without last, cut to n tags, and the Link to the next one if tags are
+// left. found is false if last is set and not the page's first tag. The
+// page is cut as bytes (tags hold neither quotes nor commas), not decoded
+// and encoded again, so that the double adds little to the benchmark's
+// lists.
+func zotPage(page []byte, name, last string, n int) (body []byte, link string, found bool, err error) {
+	const open = `"tags":[`
+	start := bytes.Index(page, []byte(open))
+	end := bytes.LastIndexByte(page, ']')
+	if start < 0 || end < start {
+		// Not the compact form distribution and go-containerregistry
+		// write: decoded, sorted and written again.
+		var p struct {
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal(page, &p); err != nil {
+			return nil, "", false, fmt.Errorf("the tag list of the registry behind is not JSON: %v", err)
+		}
+		sort.Strings(p.Tags)
+		if last != "" {
+			if len(p.Tags) == 0 || p.Tags[0] != last {
+				return nil, "", false, nil
+			}
+			p.Tags = p.Tags[1:]
+		}
+		if p.Tags == nil {
+			p.Tags = []string{}
+		}
+		if n >= 0 && len(p.Tags) > n {
+			if n > 0 {
+				link = fmt.Sprintf("</v2/%s/tags/list?n=%d&last=%s>; rel=\"next\"", name, n, p.Tags[n-1])
+			}
+			p.Tags = p.Tags[:n]
+		}
+		body, err = json.Marshal(map[string]any{"name": name, "tags": p.Tags})
+		return body, link, true, err
 	}
-	rec := subRequest(next, r, "HEAD", "/v2/"+name+"/manifests/"+url.PathEscape(tag))
-	return rec.Code == http.StatusOK
+	tags := page[start+len(open) : end]
+	if last != "" {
+		first, rest, _ := bytes.Cut(tags, []byte(","))
+		if string(first) != `"`+last+`"` {
+			return nil, "", false, nil
+		}
+		tags = rest
+	}
+	// The end of the n-th tag, if another follows.
+	cut := len(tags)
+	if n >= 0 && len(tags) > 0 {
+		cut = 0
+		for i := 0; i < n; i++ {
+			next := bytes.Index(tags[cut:], []byte(`","`))
+			if next < 0 {
+				cut = len(tags)
+				break
+			}
+			cut += next + 1
+		}
+		if n > 0 && cut < len(tags) {
+			first := bytes.LastIndexByte(tags[:cut-1], '"')
+			link = fmt.Sprintf("</v2/%s/tags/list?n=%d&last=%s>; rel=\"next\"", name, n, tags[first+1:cut-1])
+		}
+	}
+	body = append(append(append([]byte{}, page[:start+len(open)]...), tags[:cut]...), page[end:]...)
+	return body, link, true, nil
 }
 
 // subRequest makes a request of the double's own to next, with r's
@@ -128,7 +191,6 @@ func subRequest(next http.Handler, r *http.Request, method, target string) *http
 	if a := r.Header.Get("Authorization"); a != "" {
 		sub.Header.Set("Authorization", a)
 	}
-	sub.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
 	rec := httptest.NewRecorder()
 	next.ServeHTTP(rec, sub)
 	return rec
@@ -153,32 +215,43 @@ func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
 	w.Write(rec.Body.Bytes())
 }
 
-// Front puts a double (ZotTags, ...) in front of registry r: a proxy on a
-// free port of 127.0.0.1 that keeps the client's Host header, so that the
-// absolute upload locations r hands out point back at the front. r's URL
-// and Host become the front's, and its Name name; Stop and Restart stop
-// and start r behind the front, which lives until Close is called.
+// Front puts a double (ZotTags, HideTags, ...) in front of registry r
+// (StartFront), and makes r's URL and Host the front's, and its Name
+// name; Stop and Restart stop and start r behind the front, which lives
+// until closeFront is called.
 func Front(r *Registry, name string, double func(http.Handler) http.Handler) (closeFront func(), err error) {
-	backend, err := url.Parse(r.URL)
+	host, closeFront, err := StartFront(r.URL, double, newLogger(r.logFile))
 	if err != nil {
 		return nil, err
+	}
+	r.Name, r.Host, r.URL = name, host, "http://"+host
+	return closeFront, nil
+}
+
+// StartFront serves double in front of the registry at backend, on a free
+// port of 127.0.0.1, and returns its host:port. The proxy keeps the
+// client's Host header, so that the absolute upload locations the
+// registry hands out point back at the front.
+func StartFront(backend string, double func(http.Handler) http.Handler, errorLog *log.Logger) (host string, closeFront func(), err error) {
+	target, err := url.Parse(backend)
+	if err != nil {
+		return "", nil, err
 	}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(backend)
+			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 		},
 		FlushInterval: -1,
-		ErrorLog:      newLogger(r.logFile),
+		ErrorLog:      errorLog,
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: double(proxy), ErrorLog: newLogger(r.logFile)}}
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: double(proxy), ErrorLog: errorLog}}
 	srv.Start()
-	r.Name, r.Host, r.URL = name, ln.Addr().String(), "http://"+ln.Addr().String()
-	return func() {
+	return ln.Addr().String(), func() {
 		srv.CloseClientConnections()
 		srv.Close()
 	}, nil

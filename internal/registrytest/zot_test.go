@@ -3,6 +3,7 @@ package registrytest
 import (
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -22,6 +23,9 @@ func TestZotTags(t *testing.T) {
 		{"?n=2&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
 		{"?n=3&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
 		{"?n=0", "200", "", `{"name":"test/zot","tags":[]}`},
+		{"?n=1&last=b", "200", `</v2/test/zot/tags/list?n=1&last=c>; rel="next"`, `{"name":"test/zot","tags":["c"]}`},
+		{"?n=1&last=c", "200", "", `{"name":"test/zot","tags":["d"]}`},
+		{"?n=1&last=d", "200", "", `{"name":"test/zot","tags":[]}`},
 		{"?last=a", "200", "", `{"name":"test/zot","tags":["b","c","d"]}`},
 		// last must name a tag: an empty 404, not NAME_UNKNOWN.
 		{"?n=2&last=b-", "404", "", ``},
@@ -34,6 +38,16 @@ func TestZotTags(t *testing.T) {
 		if status != tc.status || link != tc.link || body != tc.body {
 			t.Errorf("tags/list%s = %s %q %q, want %s %q %q", tc.query, status, link, body, tc.status, tc.link, tc.body)
 		}
+	}
+	// A tag that is the prefix of others.
+	for _, tag := range []string{"b0", "b-x", "b"} {
+		pushEmpty(t, r, "test/prefix:"+tag)
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/prefix/tags/list?last=b"); status != "200" || body != `{"name":"test/prefix","tags":["b-x","b0"]}` {
+		t.Errorf("tags after b = %s %s, want b-x and b0", status, body)
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/prefix/tags/list?last=b-"); status != "404" || body != "" {
+		t.Errorf("tags after b- (not a tag) = %s %q, want an empty 404", status, body)
 	}
 	if status, _, body := get(t, r.URL+"/v2/test/none/tags/list?n=2&last=a"); status != "404" ||
 		body != `{"errors":[{"code":"NAME_UNKNOWN","detail":{"name":"test/none"},"message":"repository name not known to registry"}]}` {
@@ -55,5 +69,5 @@ func get(t *testing.T, url string) (status, link, body string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.Status[:3], resp.Header.Get("Link"), string(b)
+	return resp.Status[:3], resp.Header.Get("Link"), strings.TrimSpace(string(b))
 }

@@ -47,10 +47,15 @@ func TestKlosetEndToEnd(t *testing.T) {
 // TestKlosetEndToEndDoubles runs the same on the test doubles of other
 // registries (registrytest), whose quirks change what the store does.
 func TestKlosetEndToEndDoubles(t *testing.T) {
-	t.Run(registrytest.NameZot, func(t *testing.T) {
-		reg := registrytest.Zot(t)
-		testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
-	})
+	for name, start := range map[string]func(testing.TB) *registrytest.Registry{
+		registrytest.NameZot:  registrytest.Zot,
+		registrytest.NameQuay: registrytest.Quay,
+	} {
+		t.Run(name, func(t *testing.T) {
+			reg := start(t)
+			testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
+		})
+	}
 }
 
 func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {

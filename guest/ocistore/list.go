@@ -192,8 +192,8 @@ func repositoryUnknown(d *doc) bool {
 // request for a page past the prefix.
 func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
-	from := c.listFrom(prefix)
-	req, sentN, lastSent, n := c.tagPage(first, from), true, from, first
+	start := c.listFrom(prefix)
+	req, sentN, lastSent, n := c.tagPage(first, start), true, start, first
 	macs := s.listMACs.Take()
 	// The pages are read into one buffer, made for a page of ours with
 	// room to spare for the JSON around the tags: grown as it is read, it
@@ -206,7 +206,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// Sorted pages, each after the one before, give sorted MACs (lowercase
 	// hex sorts as its bytes do); a registry that ignores last repeats
 	// tags across pages, and the MACs are then sorted here.
-	ordered := true
+	ordered, ascending := true, true
 	// listed is set by the first page read; restarted once a 404 to a
 	// last that is not a tag sent the list back to the start.
 	var listed, restarted bool
@@ -242,10 +242,10 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			// zot: last must be one of the repository's tags. The list
 			// from its start tells whether the repository is there; every
 			// later list of the store starts there.
-			restarted, from, lastSent = true, "", ""
-			req = c.tagPage(n, from)
+			restarted, start, lastSent = true, "", ""
+			req = c.tagPage(n, start)
 			continue
-		case d.status == 404 && !listed && from == "":
+		case d.status == 404 && !listed && start == "":
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered %s to the tag list from its start, without saying that the repository is unknown (NAME_UNKNOWN): the store cannot list its objects",
 				c.action(), s.loc.Registry, describeStatus(d.status, d.errs))
 		case d.status == 400 && !listed && sentN:
@@ -259,7 +259,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			listed = true
 			if restarted {
 				c.learnLast(lastExisting)
-			} else if from != "" {
+			} else if start != "" {
 				c.learnLast(lastAny)
 			}
 		}
@@ -282,10 +282,16 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
 		ordered = ordered && p.sorted && (from == 0 || from == len(macs) || macLess(&macs[from-1], &macs[from]))
+		// Pages that repeat the tag before them (an inclusive last) are
+		// still in order.
+		ascending = ascending && p.sorted && (from == 0 || from == len(macs) || !macLess(&macs[from], &macs[from-1]))
 		buf = d.data // decoded: the next page may be read into it
 		// Past the prefix in a sorted list, no tag of ours is left. (A
 		// next page started here is then cancelled when the call returns.)
-		if p.beyond {
+		// A page is known sorted once read whole, and the list once every
+		// page so far was, each after the one before: a page of Quay's,
+		// in the order of its ids, may start with a tag past the prefix.
+		if p.beyond && ascending {
 			break
 		}
 		if req == nil && sentN && p.n == n && p.sorted && p.last > lastSent {

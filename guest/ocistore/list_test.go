@@ -125,3 +125,24 @@ func TestListNotFound(t *testing.T) {
 		})
 	}
 }
+
+// TestListUnsortedPages lists on Quay's tag lists: pages of at most 100
+// in the order of the registry's ids, last ignored, opaque links. A page
+// that starts with a tag past the prefix says nothing of the next ones.
+func TestListUnsortedPages(t *testing.T) {
+	x := newHarness(t, registrytest.QuayTags)
+	var want []abi.MAC
+	for i := range 150 {
+		mac := testMAC(byte(i))
+		x.must("Put", x.put(abi.KindPackfile, mac, []byte{byte(i)}))
+		want = append(want, mac)
+	}
+	lock := testMAC(7)
+	x.must("Put", x.put(abi.KindLock, lock, nil))
+	if got := x.list(abi.KindLock); !slices.Equal(got, []abi.MAC{lock}) {
+		t.Errorf("List(lock) = %x, want %x", got, lock)
+	}
+	if got := x.list(abi.KindPackfile); !slices.Equal(got, want) {
+		t.Errorf("List(packfile) = %d MACs, want %d", len(got), len(want))
+	}
+}

@@ -190,6 +190,10 @@ func All(t testing.TB) []Factory {
 			t.Helper()
 			return Zot(t)
 		}},
+		{Name: NameQuay, Delete: true, Start: func(t testing.TB) *Registry {
+			t.Helper()
+			return Quay(t)
+		}},
 	}
 }
 

@@ -1,8 +1,11 @@
 package registrytest
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -70,4 +73,43 @@ func get(t *testing.T, url string) (status, link, body string) {
 		t.Fatal(err)
 	}
 	return resp.Status[:3], resp.Header.Get("Link"), strings.TrimSpace(string(b))
+}
+
+// TestQuayTags pins down the Quay double's tag lists: pages of at most
+// 100 in an order that is not the tags', a last that is not a token read
+// as the start, opaque next_page tokens, every tag once.
+func TestQuayTags(t *testing.T) {
+	r := Quay(t)
+	var want []string
+	for i := range 5 {
+		tag := "t" + strconv.Itoa(i)
+		pushEmpty(t, r, "test/quay:"+tag)
+		want = append(want, tag)
+	}
+	status, link, body := get(t, r.URL+"/v2/test/quay/tags/list?n=3&last=t0")
+	var page struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.Unmarshal([]byte(body), &page); status != "200" || err != nil || len(page.Tags) != 3 || !strings.Contains(link, "next_page=quay-token-") {
+		t.Fatalf("first page = %s %q %s, want 3 tags from the start and a Link with a token", status, link, body)
+	}
+	got := page.Tags
+	page.Tags = nil
+	next := strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+	status, link, body = get(t, next)
+	if err := json.Unmarshal([]byte(body), &page); status != "200" || err != nil || link != "" {
+		t.Fatalf("second page = %s %q %s", status, link, body)
+	}
+	got = append(got, page.Tags...)
+	if slices.IsSorted(got) {
+		t.Errorf("tags %q are sorted: Quay's order is its ids'", got)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("tags %q, want %q", got, want)
+	}
+	page.Tags = nil
+	if status, _, body := get(t, r.URL+"/v2/test/quay/tags/list?n=1000"); status != "200" || json.Unmarshal([]byte(body), &page) != nil || len(page.Tags) != 5 {
+		t.Errorf("n=1000 = %s %s, want every tag (5 < 100)", status, body)
+	}
 }

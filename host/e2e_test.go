@@ -48,8 +48,10 @@ func TestKlosetEndToEnd(t *testing.T) {
 // registries (registrytest), whose quirks change what the store does.
 func TestKlosetEndToEndDoubles(t *testing.T) {
 	for name, start := range map[string]func(testing.TB) *registrytest.Registry{
-		registrytest.NameZot:  registrytest.Zot,
-		registrytest.NameQuay: registrytest.Quay,
+		registrytest.NameZot:    registrytest.Zot,
+		registrytest.NameQuay:   registrytest.Quay,
+		registrytest.NameHarbor: registrytest.Harbor,
+		registrytest.NameGHCR:   registrytest.GHCR,
 	} {
 		t.Run(name, func(t *testing.T) {
 			reg := start(t)

@@ -98,13 +98,4 @@ func QuayTags(next http.Handler) http.Handler {
 
 // Quay starts the Quay double: distribution v3 with deletion, behind
 // QuayTags.
-func Quay(t testing.TB) *Registry {
-	t.Helper()
-	r := startBinary(t, NameQuay, distributionBinary(t), Options{Delete: true}, configOptions{})
-	closeFront, err := Front(r, NameQuay, QuayTags)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeFront)
-	return r
-}
+func Quay(t testing.TB) *Registry { return startDouble(t, NameQuay, true, QuayTags) }

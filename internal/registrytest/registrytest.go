@@ -194,6 +194,14 @@ func All(t testing.TB) []Factory {
 			t.Helper()
 			return Quay(t)
 		}},
+		{Name: NameHarbor, Delete: true, Start: func(t testing.TB) *Registry {
+			t.Helper()
+			return Harbor(t)
+		}},
+		{Name: NameGHCR, Delete: false, Start: func(t testing.TB) *Registry {
+			t.Helper()
+			return GHCR(t)
+		}},
 	}
 }
 

@@ -259,16 +259,7 @@ func StartFront(backend string, double func(http.Handler) http.Handler, errorLog
 
 // Zot starts the zot double: distribution v3 with deletion (zot deletes),
 // behind ZotTags.
-func Zot(t testing.TB) *Registry {
-	t.Helper()
-	r := startBinary(t, NameZot, distributionBinary(t), Options{Delete: true}, configOptions{})
-	closeFront, err := Front(r, NameZot, ZotTags)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeFront)
-	return r
-}
+func Zot(t testing.TB) *Registry { return startDouble(t, NameZot, true, ZotTags) }
 
 // HideTags is a registry that accepts every object but leaves the tags
 // that start with prefix out of its tag lists, as zot's tag lists did for

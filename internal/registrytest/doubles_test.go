@@ -113,3 +113,25 @@ func TestQuayTags(t *testing.T) {
 		t.Errorf("n=1000 = %s %s, want every tag (5 < 100)", status, body)
 	}
 }
+
+// TestHarborGHCRQuirks pins down the Harbor and GHCR doubles.
+func TestHarborGHCRQuirks(t *testing.T) {
+	h := Harbor(t)
+	pushEmpty(t, h, "test/harbor:a")
+	if got := do(t, http.MethodDelete, h.URL+"/v2/test/harbor/manifests/a"); got != http.StatusBadRequest {
+		t.Errorf("Harbor: DELETE by tag = %d, want 400 UNSUPPORTED", got)
+	}
+	if status, _, body := get(t, h.URL+"/v2/test/none/tags/list"); status != "404" || !strings.Contains(body, `"code":"NOT_FOUND"`) {
+		t.Errorf("Harbor: tag list of an unknown repository = %s %s, want 404 NOT_FOUND", status, body)
+	}
+	g := GHCR(t)
+	for _, tag := range []string{"a", "b", "c"} {
+		pushEmpty(t, g, "test/ghcr:"+tag)
+	}
+	if status, link, body := get(t, g.URL+"/v2/test/ghcr/tags/list?n=1&last=a"); status != "200" || link != "" || body != `{"name":"test/ghcr","tags":["a","b","c"]}` {
+		t.Errorf("GHCR: tags/list?n=1&last=a = %s %q %s, want every tag at once", status, link, body)
+	}
+	if got := do(t, http.MethodDelete, g.URL+"/v2/test/ghcr/manifests/a"); got != http.StatusMethodNotAllowed {
+		t.Errorf("GHCR: DELETE = %d, want 405", got)
+	}
+}

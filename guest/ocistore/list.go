@@ -178,18 +178,19 @@ func repositoryUnknown(d *doc) bool {
 // listTags returns the MACs of the repository's tags that are prefix
 // followed by a MAC in hex, sorted, each once. It asks for the tags after
 // prefix (the OCI spec sorts them lexically), first first of them then
-// pageSize a page, and follows the pages until they leave the prefix. A
-// registry that ignores n and last costs more pages, not correctness:
-// every tag is filtered here. started, if not 0, is the first page's
-// request, already started.
+// pageSize a page, and follows the pages until they leave the prefix; on
+// a registry that takes only a tag as last (zot, listFrom), it asks for
+// the list from its start. A registry that ignores n and last costs more
+// pages, not correctness: every tag is filtered here. started, if not 0,
+// is the first page's request, already started.
 //
 // Each page's Link is followed before the page is read, as soon as its
-// headers are in, when the Link's last is one of our tags (distribution,
-// zot and Harbor name the page's last tag there): the registry makes the
-// next page while the host brings this one and the guest decodes it
-// (http.start). A Link that does not say is followed once the page, read,
-// ends with one of our tags. Either way a sorted registry never gets a
-// request for a page past the prefix.
+// headers are in, when the Link's last is one of our tags or sorts before
+// them (distribution, zot and Harbor name the page's last tag there): the
+// registry makes the next page while the host brings this one and the
+// guest decodes it (http.start). A Link that does not say is followed
+// once the page, read, ends with such a tag. Either way a sorted registry
+// never gets a request for a page past the prefix.
 func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
 	start := c.listFrom(prefix)

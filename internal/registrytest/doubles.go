@@ -1,7 +1,14 @@
 package registrytest
 
 import (
+	"encoding/json"
+	"log"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -23,13 +30,13 @@ func HarborQuirks(next http.Handler) http.Handler {
 		dir, ref, isManifest := strings.Cut(r.URL.Path, "/manifests/")
 		switch {
 		case r.Method == http.MethodDelete && isManifest && strings.HasPrefix(dir, "/v2/") && !strings.Contains(ref, ":"):
-			writeZotError(w, http.StatusBadRequest, "UNSUPPORTED", "unsupported digest "+ref, nil)
+			writeError(w, http.StatusBadRequest, "UNSUPPORTED", "unsupported digest "+ref, nil)
 			return
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/tags/list"):
 			rec := subRequest(next, r, "GET", r.URL.RequestURI())
 			if rec.Code == http.StatusNotFound {
 				name := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list")
-				writeZotError(w, http.StatusNotFound, "NOT_FOUND", "repository "+name+" not found", nil)
+				writeError(w, http.StatusNotFound, "NOT_FOUND", "repository "+name+" not found", nil)
 				return
 			}
 			copyRecorded(w, rec)
@@ -48,7 +55,7 @@ func GHCRQuirks(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodDelete && strings.HasPrefix(r.URL.Path, "/v2/"):
-			writeZotError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "The operation is unsupported.", nil)
+			writeError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "The operation is unsupported.", nil)
 			return
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/tags/list"):
 			r = r.Clone(r.Context())
@@ -76,4 +83,108 @@ func startDouble(t testing.TB, name string, del bool, double func(http.Handler) 
 	}
 	t.Cleanup(closeFront)
 	return r
+}
+
+// subRequest makes a request of the double's own to next, with r's
+// credentials.
+func subRequest(next http.Handler, r *http.Request, method, target string) *httptest.ResponseRecorder {
+	sub := httptest.NewRequestWithContext(r.Context(), method, target, nil)
+	sub.Host = r.Host
+	if a := r.Header.Get("Authorization"); a != "" {
+		sub.Header.Set("Authorization", a)
+	}
+	rec := httptest.NewRecorder()
+	next.ServeHTTP(rec, sub)
+	return rec
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string, detail any) {
+	writeJSON(w, status, map[string]any{"errors": []map[string]any{{"code": code, "message": message, "detail": detail}}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
+	for k, vs := range rec.Header() {
+		w.Header()[k] = vs
+	}
+	w.WriteHeader(rec.Code)
+	w.Write(rec.Body.Bytes())
+}
+
+// Front puts a double (ZotTags, HideTags, ...) in front of registry r
+// (StartFront), and makes r's URL and Host the front's, and its Name
+// name; Stop and Restart stop and start r behind the front, which lives
+// until closeFront is called.
+func Front(r *Registry, name string, double func(http.Handler) http.Handler) (closeFront func(), err error) {
+	host, closeFront, err := StartFront(r.URL, double, newLogger(r.logFile))
+	if err != nil {
+		return nil, err
+	}
+	r.Name, r.Host, r.URL = name, host, "http://"+host
+	return closeFront, nil
+}
+
+// StartFront serves double in front of the registry at backend, on a free
+// port of 127.0.0.1, and returns its host:port. The proxy keeps the
+// client's Host header, so that the absolute upload locations the
+// registry hands out point back at the front.
+func StartFront(backend string, double func(http.Handler) http.Handler, errorLog *log.Logger) (host string, closeFront func(), err error) {
+	target, err := url.Parse(backend)
+	if err != nil {
+		return "", nil, err
+	}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+		},
+		FlushInterval: -1,
+		ErrorLog:      errorLog,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: double(proxy), ErrorLog: errorLog}}
+	srv.Start()
+	return ln.Addr().String(), func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	}, nil
+}
+
+// HideTags is a registry that accepts every object but leaves the tags
+// that start with prefix out of its tag lists, as zot's tag lists did for
+// the store before it knew their ways: what the store writes, no list
+// shows. A test of what the store's users are told then.
+func HideTags(prefix string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/tags/list") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			var page struct {
+				Name string   `json:"name"`
+				Tags []string `json:"tags"`
+			}
+			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil {
+				copyRecorded(w, rec)
+				return
+			}
+			page.Tags = slices.DeleteFunc(page.Tags, func(tag string) bool { return strings.HasPrefix(tag, prefix) })
+			rec.Header().Del("Content-Length")
+			rec.Body.Reset()
+			json.NewEncoder(rec.Body).Encode(page)
+			copyRecorded(w, rec)
+		})
+	}
 }

@@ -61,7 +61,7 @@ func QuayTags(next http.Handler) http.Handler {
 		rec := subRequest(next, r, "GET", "/v2/"+name+"/tags/list")
 		switch {
 		case rec.Code == http.StatusNotFound:
-			writeZotError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository not found", nil)
+			writeError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository not found", nil)
 			return
 		case rec.Code != http.StatusOK:
 			copyRecorded(w, rec)

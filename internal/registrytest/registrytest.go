@@ -1,8 +1,11 @@
 // Package registrytest starts real OCI registries on 127.0.0.1 for tests:
 // the distribution v3 binary, Debian's docker-registry (distribution v2.8)
-// and go-containerregistry's in-process registry. Each one listens on a free
-// port, keeps its storage in t.TempDir(), logs to a file that is printed
-// when the test fails, and is stopped by t.Cleanup.
+// and go-containerregistry's in-process registry, and test doubles of other
+// registries: distribution behind a front that answers as zot, Quay,
+// Harbor or GHCR do where it changes what a client does (doubles.go,
+// zot.go, quay.go). Each one listens on a free port, keeps its storage in
+// t.TempDir(), logs to a file that is printed when the test fails, and is
+// stopped by t.Cleanup.
 //
 // The binaries are installed by `make tools`. A missing binary fails the
 // test: suites never skip a registry silently.

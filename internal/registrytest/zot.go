@@ -4,13 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"log"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -77,7 +72,7 @@ func ZotTags(next http.Handler) http.Handler {
 		rec := subRequest(next, r, "GET", "/v2/"+name+"/tags/list?"+sub.Encode())
 		switch {
 		case rec.Code == http.StatusNotFound:
-			writeZotError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
+			writeError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
 			return
 		case rec.Code != http.StatusOK:
 			copyRecorded(w, rec)
@@ -92,7 +87,7 @@ func ZotTags(next http.Handler) http.Handler {
 			// Unknown to zot as well if the repository is (distribution
 			// lists nothing after a last then): its first tag tells.
 			if rec = subRequest(next, r, "GET", "/v2/"+name+"/tags/list?n=1"); rec.Code == http.StatusNotFound {
-				writeZotError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
+				writeError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
 				return
 			}
 			w.WriteHeader(http.StatusNotFound)
@@ -183,110 +178,6 @@ func zotPage(page []byte, name, last string, n int) (body []byte, link string, f
 	return body, link, true, nil
 }
 
-// subRequest makes a request of the double's own to next, with r's
-// credentials.
-func subRequest(next http.Handler, r *http.Request, method, target string) *httptest.ResponseRecorder {
-	sub := httptest.NewRequestWithContext(r.Context(), method, target, nil)
-	sub.Host = r.Host
-	if a := r.Header.Get("Authorization"); a != "" {
-		sub.Header.Set("Authorization", a)
-	}
-	rec := httptest.NewRecorder()
-	next.ServeHTTP(rec, sub)
-	return rec
-}
-
-func writeZotError(w http.ResponseWriter, status int, code, message string, detail any) {
-	writeJSON(w, status, map[string]any{"errors": []map[string]any{{"code": code, "message": message, "detail": detail}}})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, _ := json.Marshal(v)
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
-	for k, vs := range rec.Header() {
-		w.Header()[k] = vs
-	}
-	w.WriteHeader(rec.Code)
-	w.Write(rec.Body.Bytes())
-}
-
-// Front puts a double (ZotTags, HideTags, ...) in front of registry r
-// (StartFront), and makes r's URL and Host the front's, and its Name
-// name; Stop and Restart stop and start r behind the front, which lives
-// until closeFront is called.
-func Front(r *Registry, name string, double func(http.Handler) http.Handler) (closeFront func(), err error) {
-	host, closeFront, err := StartFront(r.URL, double, newLogger(r.logFile))
-	if err != nil {
-		return nil, err
-	}
-	r.Name, r.Host, r.URL = name, host, "http://"+host
-	return closeFront, nil
-}
-
-// StartFront serves double in front of the registry at backend, on a free
-// port of 127.0.0.1, and returns its host:port. The proxy keeps the
-// client's Host header, so that the absolute upload locations the
-// registry hands out point back at the front.
-func StartFront(backend string, double func(http.Handler) http.Handler, errorLog *log.Logger) (host string, closeFront func(), err error) {
-	target, err := url.Parse(backend)
-	if err != nil {
-		return "", nil, err
-	}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-		},
-		FlushInterval: -1,
-		ErrorLog:      errorLog,
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: double(proxy), ErrorLog: errorLog}}
-	srv.Start()
-	return ln.Addr().String(), func() {
-		srv.CloseClientConnections()
-		srv.Close()
-	}, nil
-}
-
 // Zot starts the zot double: distribution v3 with deletion (zot deletes),
 // behind ZotTags.
 func Zot(t testing.TB) *Registry { return startDouble(t, NameZot, true, ZotTags) }
-
-// HideTags is a registry that accepts every object but leaves the tags
-// that start with prefix out of its tag lists, as zot's tag lists did for
-// the store before it knew their ways: what the store writes, no list
-// shows. A test of what the store's users are told then.
-func HideTags(prefix string) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/tags/list") {
-				next.ServeHTTP(w, r)
-				return
-			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			var page struct {
-				Name string   `json:"name"`
-				Tags []string `json:"tags"`
-			}
-			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil {
-				copyRecorded(w, rec)
-				return
-			}
-			page.Tags = slices.DeleteFunc(page.Tags, func(tag string) bool { return strings.HasPrefix(tag, prefix) })
-			rec.Header().Del("Content-Length")
-			rec.Body.Reset()
-			json.NewEncoder(rec.Body).Encode(page)
-			copyRecorded(w, rec)
-		})
-	}
-}

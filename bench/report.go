@@ -289,6 +289,19 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s, %s, %s | %s, %s | %s, %s | %s |\n", w, cell(x), cell(n), cell(s),
 			ratio(s, n), ratio(n, x), req(x), req(n), req(s), cpu(n), cpu(s), rss(n), rss(s), guest)
 	}
+	for i, w := range r.order {
+		d, p, z := r.get(w, wasm), r.get(w, wasmProxy), r.get(w, wasmZot)
+		if d == nil || p == nil || z == nil {
+			continue
+		}
+		if i == slices.IndexFunc(r.order, func(w string) bool { return r.get(w, wasmZot) != nil }) {
+			fmt.Fprintln(&b)
+			fmt.Fprintln(&b, "| list, sandboxed | on distribution | through a plain proxy | on the zot double | requests/op (distribution, zot double) |")
+			fmt.Fprintln(&b, "|---|--:|--:|--:|--:|")
+		}
+		perOp := func(res *result) string { return fmt.Sprintf("%.1f ms", res.Total.Seconds*1000/float64(res.Ops)) }
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.2f, %.2f |\n", w, perOp(d), perOp(p), perOp(z), d.ReqPerOp, z.ReqPerOp)
+	}
 	if len(r.Start) > 0 {
 		fmt.Fprintln(&b)
 		fmt.Fprintln(&b, "| start | load | first call | next call | guest memory |")

@@ -215,7 +215,7 @@ func (v *Vault) listedBack(id objects.MAC) error {
 			return nil
 		}
 	}
-	why := "its state is not listed"
+	var why string
 	states, err := v.store.List(v.kctx, storage.StorageResourceState)
 	switch {
 	case err != nil:
@@ -225,9 +225,12 @@ func (v *Vault) listedBack(id objects.MAC) error {
 	default:
 		why = fmt.Sprintf("the store lists %d state(s), none with it", len(states))
 	}
-	return notListed(fmt.Sprintf("the registry accepted snapshot %x but does not list it back: %s; nothing is lost, but the store cannot read it: check that the registry's tag list (GET /v2/<repository>/tags/list) shows the store's tags (docs/registry-quirks.md)",
-		id[:4], why))
+	return notListed(fmt.Sprintf("the registry accepted snapshot %x but does not list it back: %s; nothing is lost, but the store cannot read it: %s",
+		id[:4], why, listingHint))
 }
+
+// listingHint is what to do when the store's listing misses objects.
+const listingHint = "check that the registry's tag list (GET /v2/<repository>/tags/list) shows every tag of the store (docs/registry-quirks.md)"
 
 // parentVFS returns the VFS of the latest snapshot of the same source, or
 // nil if there is none.

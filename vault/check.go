@@ -97,8 +97,8 @@ func (v *Vault) NoSnapshot() error {
 	if packfiles == 0 && states == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: the store lists no snapshot, but %d packfile(s) and %d state(s): backups are there that it cannot read; check that the registry's tag list (GET /v2/<repository>/tags/list) shows every tag of the store (docs/registry-quirks.md)",
-		ErrListingDisagrees, packfiles, states)
+	return fmt.Errorf("%w: the store lists no snapshot, but %d packfile(s) and %d state(s): backups are there that it cannot read; %s",
+		ErrListingDisagrees, packfiles, states, listingHint)
 }
 
 // Remove removes snapshot ref (see Resolve) from the store, as plakar rm

@@ -73,6 +73,27 @@ func Harbor(t testing.TB) *Registry { return startDouble(t, NameHarbor, true, Ha
 // GHCR starts the GHCR double: distribution v3 behind GHCRQuirks.
 func GHCR(t testing.TB) *Registry { return startDouble(t, NameGHCR, false, GHCRQuirks) }
 
+// doubleFactories are the factories of the doubles, for All.
+func doubleFactories() []Factory {
+	var fs []Factory
+	for _, d := range []struct {
+		name   string
+		del    bool
+		double func(http.Handler) http.Handler
+	}{
+		{NameZot, true, ZotTags},
+		{NameQuay, true, QuayTags},
+		{NameHarbor, true, HarborQuirks},
+		{NameGHCR, false, GHCRQuirks},
+	} {
+		fs = append(fs, Factory{Name: d.name, Delete: d.del, Start: func(t testing.TB) *Registry {
+			t.Helper()
+			return startDouble(t, d.name, d.del, d.double)
+		}})
+	}
+	return fs
+}
+
 // startDouble starts distribution v3 behind double, as name.
 func startDouble(t testing.TB, name string, del bool, double func(http.Handler) http.Handler) *Registry {
 	t.Helper()

@@ -172,7 +172,7 @@ func All(t testing.TB) []Factory {
 	t.Helper()
 	v3 := distributionBinary(t)
 	v2 := dockerRegistryBinary(t)
-	return []Factory{
+	return append([]Factory{
 		{Name: NameDistributionDelete, Delete: true, Start: func(t testing.TB) *Registry {
 			t.Helper()
 			return startBinary(t, NameDistributionDelete, v3, Options{Delete: true}, configOptions{})
@@ -189,23 +189,7 @@ func All(t testing.TB) []Factory {
 			t.Helper()
 			return InProcess(t)
 		}},
-		{Name: NameZot, Delete: true, Start: func(t testing.TB) *Registry {
-			t.Helper()
-			return Zot(t)
-		}},
-		{Name: NameQuay, Delete: true, Start: func(t testing.TB) *Registry {
-			t.Helper()
-			return Quay(t)
-		}},
-		{Name: NameHarbor, Delete: true, Start: func(t testing.TB) *Registry {
-			t.Helper()
-			return Harbor(t)
-		}},
-		{Name: NameGHCR, Delete: false, Start: func(t testing.TB) *Registry {
-			t.Helper()
-			return GHCR(t)
-		}},
-	}
+	}, doubleFactories()...)
 }
 
 // Distribution starts the distribution v3.1.2 registry binary.

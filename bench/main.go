@@ -19,9 +19,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -126,6 +128,9 @@ type bench struct {
 	repos  int
 	// wasmBytes is the guest module the wasm variant runs.
 	wasmBytes []byte
+	// fronts are the hosts of the proxies in front of reg: the zot
+	// double (wasmZot) and a plain proxy (wasmProxy).
+	fronts map[string]string
 
 	// The objects the native store put in the last put/get run, at the
 	// highest concurrency, for the range reads (the store keeps its
@@ -165,6 +170,18 @@ func run(cfg config) (*report, error) {
 	}
 	defer b.reg.Close()
 	b.rep.Registry = "distribution " + registrytest.DistributionVersion + " at " + b.reg.URL
+	b.fronts = map[string]string{}
+	for v, double := range map[string]func(http.Handler) http.Handler{
+		wasmZot:   registrytest.ZotTags,
+		wasmProxy: func(h http.Handler) http.Handler { return h },
+	} {
+		front, closeFront, err := registrytest.StartFront(b.reg.URL, double, log.New(io.Discard, "", 0))
+		if err != nil {
+			return nil, err
+		}
+		defer closeFront()
+		b.fronts[v] = front
+	}
 	fmt.Printf("registry: %s (storage %s)\n", b.rep.Registry, b.reg.Dir)
 
 	steps := []struct {
@@ -274,6 +291,9 @@ func (b *bench) newStore(v, repo string) (*storeTarget, error) {
 	case native:
 		s, err = host.NewNativeStore(b.ctx, config, opt)
 	case wasm:
+		s, err = host.NewStore(b.ctx, b.plugin, config, opt)
+	case wasmZot, wasmProxy:
+		config["location"] = "oci://" + b.fronts[v] + "/" + repo
 		s, err = host.NewStore(b.ctx, b.plugin, config, opt)
 	default:
 		err = fmt.Errorf("no store for variant %s", v)
@@ -686,18 +706,40 @@ func (b *bench) list() error {
 	// Every round lists listsPerRound times with each variant: a list
 	// takes tens of milliseconds, and eight of them vary by more than
 	// what is measured.
-	err = b.interleave(fmt.Sprintf("list %d", n), variants, listsPerRound*b.cfg.rounds, lists, func(ctx context.Context, v string, i, w int) (int64, error) {
+	listAll := func(ctx context.Context, v string, i, w int) (int64, error) {
 		got, err := lists[v].list(ctx)
 		if err == nil && got < n {
 			err = fmt.Errorf("listed %d objects, want %d", got, n)
 		}
 		return 0, err
-	}, 1)
+	}
+	err = b.interleave(fmt.Sprintf("list %d", n), variants, listsPerRound*b.cfg.rounds, lists, listAll, 1)
+	if err == nil {
+		// The same repository through the zot double and through the
+		// same proxy without it, against the sandboxed store on
+		// distribution, each warmed by one list (which learns zot's way).
+		for _, v := range []string{wasmProxy, wasmZot} {
+			var t target
+			if t, err = b.newStore(v, nativeRepo); err != nil {
+				break
+			}
+			lists[v] = t
+			if _, err = t.list(b.ctx); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = b.interleave(fmt.Sprintf("list %d"+zotSuffix, n), []string{wasm, wasmProxy, wasmZot}, listsPerRound*b.cfg.rounds, lists, listAll, 1)
+		}
+	}
 	for _, t := range lists {
 		t.close(b.ctx)
 	}
 	return err
 }
+
+// zotSuffix ends the name of the list on the zot double.
+const zotSuffix = ", zot double"
 
 // listsPerRound is how many lists each variant makes in a round.
 const listsPerRound = 6

@@ -32,6 +32,16 @@ const (
 
 var variants = []string{raw, native, wasm}
 
+// wasmZot is the sandboxed store on the zot double (registrytest.ZotTags
+// in front of the same registry): zot's tag lists cost the store lists
+// that start at the first tag. wasmProxy is the sandboxed store through
+// the same proxy without the double: what the proxy's hop costs. Only the
+// list runs them.
+const (
+	wasmZot   = "wasm-zot"
+	wasmProxy = "wasm-proxy"
+)
+
 type target interface {
 	put(ctx context.Context, mac objects.MAC, data []byte) error
 	// get reads the object, or the range of it when n > 0, into buf and

@@ -234,6 +234,17 @@ func TestAuthBasicTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("plain HTTP by default", func(t *testing.T) {
+		// A loopback registry defaults to plain HTTP, which an HTTPS
+		// registry answers 400.
+		err := authStore(t, map[string]string{
+			"location": location, "username": authUser, "password": authPassword,
+		}, logs).Ping(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "registry "+r.Host+" speaks HTTPS") || !strings.Contains(err.Error(), "use_tls=true") || !strings.Contains(err.Error(), "ca_file") {
+			t.Fatalf("ping of an HTTPS registry with plain HTTP: %v; want an error saying it speaks HTTPS, naming use_tls and ca_file", err)
+		}
+	})
+
 	t.Run("tls_insecure_no_verify", func(t *testing.T) {
 		l := &logBuffer{}
 		s := authStore(t, map[string]string{

@@ -44,6 +44,22 @@ func TestKlosetEndToEnd(t *testing.T) {
 	testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
 }
 
+// TestKlosetEndToEndDoubles runs the same on the test doubles of other
+// registries (registrytest), whose quirks change what the store does.
+func TestKlosetEndToEndDoubles(t *testing.T) {
+	for name, start := range map[string]func(testing.TB) *registrytest.Registry{
+		registrytest.NameZot:    registrytest.Zot,
+		registrytest.NameQuay:   registrytest.Quay,
+		registrytest.NameHarbor: registrytest.Harbor,
+		registrytest.NameGHCR:   registrytest.GHCR,
+	} {
+		t.Run(name, func(t *testing.T) {
+			reg := start(t)
+			testKlosetEndToEnd(t, map[string]string{"location": "oci://" + reg.Host + "/e2e/repo"})
+		})
+	}
+}
+
 func testKlosetEndToEnd(t *testing.T, storeConfig map[string]string) {
 	start := time.Now()
 	step := func(format string, args ...any) {

@@ -1584,6 +1584,10 @@ func TestRegistryQuirks(t *testing.T) {
 		registrytest.NameDistributionNoDelete: {pageTags: 2, link: true, deleteTag: "405 UNSUPPORTED"},
 		registrytest.NameDockerRegistry:       {pageTags: 7, link: false, deleteTag: "400 DIGEST_INVALID"},
 		registrytest.NameInProcess:            {pageTags: 2, link: false, deleteTag: "202"},
+		registrytest.NameZot:                  {pageTags: 2, link: true, deleteTag: "202"},
+		registrytest.NameQuay:                 {pageTags: 2, link: true, deleteTag: "202"},
+		registrytest.NameHarbor:               {pageTags: 2, link: true, deleteTag: "400 UNSUPPORTED"},
+		registrytest.NameGHCR:                 {pageTags: 6, link: false, deleteTag: "405 UNSUPPORTED"},
 	}
 	for _, f := range registrytest.All(t) {
 		t.Run(f.Name, func(t *testing.T) {

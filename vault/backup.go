@@ -181,6 +181,9 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	if err := v.rebuildState(); err != nil {
 		return nil, fmt.Errorf("reading the state back after the backup: %w (%w)", cause(kctx, err), ErrCommitted)
 	}
+	if err := v.listedBack(snap.Header.Identifier); err != nil {
+		return nil, err
+	}
 
 	v.events.sync(kctx, v.repo.Configuration().RepositoryID)
 	p := o.progress(v.store)
@@ -209,6 +212,46 @@ func (v *Vault) Backup(dir string, opts *BackupOptions) (*BackupResult, error) {
 	r.Errors, r.NumErrors = errs, max(r.NumErrors, n)
 	return r, nil
 }
+
+// ErrNotListed: the store accepted a snapshot but does not list it back.
+var ErrNotListed = errors.New("the store does not list the snapshot back")
+
+// notListed is an error of ErrNotListed with its own message.
+type notListed string
+
+func (e notListed) Error() string        { return string(e) }
+func (e notListed) Is(target error) bool { return target == ErrNotListed }
+
+// listedBack checks that snapshot id, committed, is among the snapshots
+// the state read back lists. A backup is done only then: a registry that
+// accepts objects and leaves them out of its tag lists (zot's, before the
+// store knew its ways) would otherwise collect backups that no command
+// can see.
+func (v *Vault) listedBack(id objects.MAC) error {
+	for got, err := range v.repo.ListSnapshots() {
+		if err != nil {
+			return fmt.Errorf("listing the snapshots after the backup: %w", cause(v.kctx, err))
+		}
+		if got == id {
+			return nil
+		}
+	}
+	var why string
+	states, err := v.store.List(v.kctx, storage.StorageResourceState)
+	switch {
+	case err != nil:
+		why = fmt.Sprintf("listing the states failed: %v", cause(v.kctx, err))
+	case len(states) == 0:
+		why = "the store lists no state at all"
+	default:
+		why = fmt.Sprintf("the store lists %d state(s), none with it", len(states))
+	}
+	return notListed(fmt.Sprintf("the registry accepted snapshot %x but does not list it back: %s; nothing is lost, but the store cannot read it: %s",
+		id[:4], why, listingHint))
+}
+
+// listingHint is what to do when the store's listing misses objects.
+const listingHint = "check that the registry's tag list (GET /v2/<repository>/tags/list) shows every tag of the store (docs/registry-quirks.md)"
 
 // parentVFS returns the VFS of the latest snapshot of the same source, or
 // nil if there is none.

@@ -104,6 +104,34 @@ func (v *Vault) diagnoseMissingChunks(o *op) {
 	}
 }
 
+// ErrListingDisagrees: the store lists no snapshot, yet lists the objects
+// of some.
+var ErrListingDisagrees = errors.New("the store's listing and its objects disagree")
+
+// NoSnapshot tells what a store that lists no snapshot holds: nil if it
+// holds no packfile and no state either (nothing was ever backed up to
+// it), or if every snapshot was removed; otherwise an error that wraps
+// ErrListingDisagrees, as backups are there and cannot be seen.
+func (v *Vault) NoSnapshot() error {
+	for range v.repo.ListDeletedSnapShots() {
+		return nil
+	}
+	count := map[storage.StorageResource]int{}
+	for _, k := range []storage.StorageResource{storage.StorageResourcePackfile, storage.StorageResourceState} {
+		macs, err := v.store.List(v.kctx, k)
+		if err != nil {
+			return fmt.Errorf("listing the %ss: %w", strings.ToLower(k.String()), cause(v.kctx, err))
+		}
+		count[k] = len(macs)
+	}
+	packfiles, states := count[storage.StorageResourcePackfile], count[storage.StorageResourceState]
+	if packfiles == 0 && states == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the store lists no snapshot, but %d packfile(s) and %d state(s): backups are there that it cannot read; %s",
+		ErrListingDisagrees, packfiles, states, listingHint)
+}
+
 // Remove removes snapshot ref (see Resolve) from the store, as plakar rm
 // does: a new state marks it deleted, and it is no longer listed. The
 // data it alone used stay in the store until Maintenance removes them.

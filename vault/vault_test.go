@@ -194,3 +194,45 @@ func TestVault(t *testing.T) {
 		t.Errorf("locks: %d puts, %d deletes; %s", puts, dels, st)
 	}
 }
+
+// TestBackupListedBack checks that a backup the store does not list back
+// fails, saying so, and that check then reports the disagreement, while
+// on a store that holds nothing it finds nothing wrong.
+func TestBackupListedBack(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	closeFront, err := registrytest.Front(reg, "hides-states", registrytest.HideTags("state-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeFront)
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/vault/hidden"}
+	pass := []byte("vault test passphrase")
+	ctx := context.Background()
+	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, cfg, pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.NoSnapshot(); err != nil {
+		t.Errorf("NoSnapshot on a new store: %v, want nil", err)
+	}
+
+	src := t.TempDir()
+	writeFiles(t, src, map[string]string{"a.txt": "alpha\n"})
+	_, err = v.Backup(src, nil)
+	if !errors.Is(err, vault.ErrNotListed) {
+		t.Fatalf("backup on a registry that hides it: %v, want ErrNotListed", err)
+	}
+	for _, want := range []string{"the registry accepted snapshot ", " but does not list it back: the store lists no state at all; nothing is lost, but the store cannot read it"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("backup error %q lacks %q", err, want)
+		}
+	}
+	err = v.NoSnapshot()
+	if !errors.Is(err, vault.ErrListingDisagrees) || !strings.Contains(err.Error(), "the store lists no snapshot, but ") || !strings.Contains(err.Error(), " packfile(s) and 0 state(s)") {
+		t.Errorf("NoSnapshot after the hidden backup: %v, want ErrListingDisagrees naming the packfiles and 0 states", err)
+	}
+}

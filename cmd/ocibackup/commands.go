@@ -325,7 +325,10 @@ func cmdCheck(a *app, args []string) error {
 			return a.displayError(err)
 		}
 		if len(list) == 0 {
-			a.sayf("no snapshot to check")
+			if err := v.NoSnapshot(); err != nil {
+				return a.displayError(err)
+			}
+			a.sayf("no snapshot to check: the store holds none")
 			return nil
 		}
 		for _, s := range list {

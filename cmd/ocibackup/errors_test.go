@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // TestLocationErrors: a store that cannot be used is refused with a clear
@@ -77,4 +79,25 @@ func TestRestoreTarget(t *testing.T) {
 	if b, err := os.ReadFile(file); err != nil || string(b) != "do not touch" {
 		t.Errorf("the target was touched: %q, %v", b, err)
 	}
+}
+
+// TestUnlistedBackup: on a registry that accepts a backup and does not
+// list it back, backup and check fail, saying so; on a store that holds
+// nothing, check says there is nothing to check.
+func TestUnlistedBackup(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	closeFront, err := registrytest.Front(reg, "hides-states", registrytest.HideTags("state-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeFront)
+	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/team/backups", "OCIBACKUP_PASSPHRASE", passphrase)
+	src := writeTree(t, 3, 1<<20)
+	e.ok("create")
+	if r := e.ok("check"); !strings.Contains(r.stdout, "no snapshot to check: the store holds none") {
+		t.Errorf("check of an empty store says: %s", r)
+	}
+	e.fails(1, []string{"the registry accepted snapshot ", "does not list it back", "nothing is lost, but the store cannot read it"}, "backup", src)
+	e.fails(1, []string{"listing and its objects disagree", "lists no snapshot, but "}, "check")
 }

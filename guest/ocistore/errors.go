@@ -1,6 +1,7 @@
 package ocistore
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -130,6 +131,9 @@ func httpError(loc location.Location, action string, status int, body []byte) *a
 		return e(abi.ErrRangeNotSatisfiable, "the range lies outside the object (%s)", answer)
 	case status == 404:
 		return e(abi.ErrNotFound, "not found in %s (%s)", loc, answer)
+	case status == 400 && plainToHTTPS(body):
+		return e(abi.ErrInvalidConfig, "registry %s speaks HTTPS, and was reached with plain HTTP (the default for a loopback registry): set use_tls=true, and ca_file=<PEM file of its CA> if a private CA signs its certificate",
+			loc.Registry)
 	case status == 408 || status == 429 || status >= 500 || hasCode(errs, "TOOMANYREQUESTS"):
 		err := e(abi.ErrTransient, "registry %s is unavailable or overloaded (%s): try again later", loc.Registry, answer)
 		err.Status = uint16(status)
@@ -137,6 +141,14 @@ func httpError(loc location.Location, action string, status int, body []byte) *a
 	default:
 		return e(abi.ErrOther, "registry %s answered %s", loc.Registry, answer)
 	}
+}
+
+// plainToHTTPS tells whether an answer's body says that the request was
+// plain HTTP sent to an HTTPS port: Go's net/http (distribution, zot,
+// olareg) and nginx (in front of Harbor, GitLab, Quay) answer it 400.
+func plainToHTTPS(body []byte) bool {
+	return bytes.Contains(body, []byte("HTTP request to an HTTPS server")) ||
+		bytes.Contains(body, []byte("plain HTTP request was sent to HTTPS port"))
 }
 
 // networkError is a round trip that got no answer. The host's message

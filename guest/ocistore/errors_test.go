@@ -45,6 +45,10 @@ func TestHTTPError(t *testing.T) {
 		{400, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{"reason":"bad layer"}}]}`, abi.ErrOther,
 			[]string{`400 MANIFEST_INVALID: manifest invalid ({"reason":"bad layer"})`}},
 		{500, `{"errors":[{"code":"UNKNOWN","message":"boom","detail":"boom"}]}`, abi.ErrTransient, []string{"(500 UNKNOWN: boom): try again later"}},
+		// Plain HTTP to an HTTPS port: Go's net/http, then nginx.
+		{400, "Client sent an HTTP request to an HTTPS server.\n", abi.ErrInvalidConfig,
+			[]string{"registry 127.0.0.1:5000 speaks HTTPS, and was reached with plain HTTP", "set use_tls=true, and ca_file="}},
+		{400, "<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head></html>", abi.ErrInvalidConfig, []string{"speaks HTTPS", "use_tls=true"}},
 	}
 	for _, tt := range tests {
 		e := httpError(loc, "put x", tt.status, []byte(tt.body))

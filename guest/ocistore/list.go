@@ -35,9 +35,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// while it makes the objects' pages. Locks have none (bury): the host
 	// reads every lock listed, and leaves out those released.
 	markerFirst := min(c.s.pageSize, probePage)
+	var markerFrom string
 	var markerPage abi.Pending
 	if k != abi.KindLock {
-		markerPage = c.start(c.tagPage(markerFirst, markerPrefix+prefix))
+		markerFrom = c.listFrom(markerPrefix + prefix)
+		markerPage = c.start(c.tagPage(markerFirst, markerFrom))
 	}
 	// Kloset lists the locks before it releases one: the record of how the
 	// registry deletes is read then, alongside, so that the release is one
@@ -52,6 +54,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	}
 	var markers []abi.MAC
 	if k != abi.KindLock {
+		if c.listFrom(markerPrefix+prefix) != markerFrom {
+			// The objects' list just learned that last must name a tag:
+			// the page started is a 404, which the call's end cancels.
+			markerPage = 0
+		}
 		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
 			return nil, err
 		}
@@ -146,29 +153,87 @@ const probePage = 10
 // lets a call have 8.
 const markerReads = 4
 
-// tagPage is the request for the n tags after last.
+// tagPage is the request for the n tags after last, or for the first n
+// tags if last is "".
 func (c *call) tagPage(n int, last string) *abi.Request {
+	if last == "" {
+		return c.request("GET", c.s.tags+"?n="+strconv.Itoa(n))
+	}
 	return c.request("GET", c.s.tags+"?n="+strconv.Itoa(n)+"&last="+url.QueryEscape(last))
+}
+
+// How a registry takes a tag list's last, learned at the store's first
+// list (Store.lastTag).
+const (
+	lastUnknown  = iota
+	lastAny      // any string: the list starts at a kind's prefix
+	lastExisting // only a tag of the repository (zot): lists start at the first tag
+)
+
+// lastCacheKey keeps lastExisting in the host's cache, which every
+// instance of the store shares: a tag has no space, so no object's key
+// is this one.
+const lastCacheKey = " tag list: last must be a tag"
+
+// listFrom is the last a list of the tags that start with prefix asks
+// for first: prefix, or "" (the start of the list) on a registry that
+// answers 404 to a last that is not one of its tags.
+func (c *call) listFrom(prefix string) string {
+	s := c.s
+	mode := s.lastTag.Load()
+	if mode == lastUnknown {
+		// Another instance of the store may have learned it.
+		if v, ok := s.h.CacheGet(s.cacheKey(lastCacheKey)); ok && v == "1" {
+			mode = lastExisting
+			s.lastTag.Store(mode)
+		}
+	}
+	if mode == lastExisting {
+		return ""
+	}
+	return prefix
+}
+
+// learnLast records how the registry took a last that is not a tag.
+func (c *call) learnLast(mode int32) {
+	s := c.s
+	if s.lastTag.Swap(mode) == mode {
+		return
+	}
+	if mode == lastExisting {
+		s.h.CacheSet(s.cacheKey(lastCacheKey), "1")
+		s.h.Log(abi.LevelDebug, "registry "+s.loc.Registry+" answers 404 to a tag list's last that is not a tag (zot): lists read the tag list from its start")
+	}
+}
+
+// repositoryUnknown tells whether an answer says that the repository does
+// not exist: 404 NAME_UNKNOWN, as the OCI spec has it, or Harbor's 404
+// NOT_FOUND ("repository ... not found"). Any other 404, zot's empty one
+// to a last that is not a tag among them, says nothing of the repository.
+func repositoryUnknown(d *doc) bool {
+	return d.status == 404 && hasCode(d.errs, "NAME_UNKNOWN", "NOT_FOUND")
 }
 
 // listTags returns the MACs of the repository's tags that are prefix
 // followed by a MAC in hex, sorted, each once. It asks for the tags after
 // prefix (the OCI spec sorts them lexically), first first of them then
-// pageSize a page, and follows the pages until they leave the prefix. A
-// registry that ignores n and last costs more pages, not correctness:
-// every tag is filtered here. started, if not 0, is the first page's
-// request, already started.
+// pageSize a page, and follows the pages until they leave the prefix; on
+// a registry that takes only a tag as last (zot, listFrom), it asks for
+// the list from its start. A registry that ignores n and last costs more
+// pages, not correctness: every tag is filtered here. started, if not 0,
+// is the first page's request, already started.
 //
 // Each page's Link is followed before the page is read, as soon as its
-// headers are in, when the Link's last is one of our tags (distribution,
-// zot and Harbor name the page's last tag there): the registry makes the
-// next page while the host brings this one and the guest decodes it
-// (http.start). A Link that does not say is followed once the page, read,
-// ends with one of our tags. Either way a sorted registry never gets a
-// request for a page past the prefix.
+// headers are in, when the Link's last is one of our tags or sorts before
+// them (distribution, zot and Harbor name the page's last tag there): the
+// registry makes the next page while the host brings this one and the
+// guest decodes it (http.start). A Link that does not say is followed
+// once the page, read, ends with such a tag. Either way a sorted registry
+// never gets a request for a page past the prefix.
 func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MAC, error) {
 	s := c.s
-	req, sentN, lastSent, n := c.tagPage(first, prefix), true, prefix, first
+	start := c.listFrom(prefix)
+	req, sentN, lastSent, n := c.tagPage(first, start), true, start, first
 	macs := s.listMACs.Take()
 	// The pages are read into one buffer, made for a page of ours with
 	// room to spare for the JSON around the tags: grown as it is read, it
@@ -181,7 +246,10 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	// Sorted pages, each after the one before, give sorted MACs (lowercase
 	// hex sorts as its bytes do); a registry that ignores last repeats
 	// tags across pages, and the MACs are then sorted here.
-	ordered := true
+	ordered, ascending := true, true
+	// listed is set by the first page read; restarted once a 404 to a
+	// last that is not a tag sent the list back to the start.
+	var listed, restarted bool
 	// The answer's Link, and the page it names started from its headers:
 	// the headers of every 200 answer come here, so after a retry next is
 	// the last answer's. (Made once, not at every page: what a closure
@@ -191,7 +259,7 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 	var earlyURL string
 	headers := func(header []abi.Header) {
 		next = c.linkedPage(current.URL, header, n)
-		if early == 0 && next != nil && linkLast(next.URL, prefix) {
+		if early == 0 && next != nil && linkLastBefore(next.URL, prefix) {
 			early, earlyURL = c.start(next), next.URL
 		}
 	}
@@ -206,22 +274,41 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			return nil, err
 		}
 		switch {
-		case d.status == 404 && pages == 0:
-			// NAME_UNKNOWN: nothing was ever pushed to the repository.
+		case d.status == 200:
+		case repositoryUnknown(d) && !listed:
+			// Nothing was ever pushed to the repository.
 			return nil, nil
-		case d.status == 400 && pages == 0 && sentN:
+		case d.status == 404 && !listed && lastSent != "" && !restarted:
+			// zot: last must be one of the repository's tags. The list
+			// from its start tells whether the repository is there; every
+			// later list of the store starts there.
+			restarted, start, lastSent = true, "", ""
+			req = c.tagPage(n, start)
+			continue
+		case d.status == 404 && !listed && start == "":
+			return nil, errorf(abi.ErrOther, "%s: registry %s answered %s to the tag list from its start, without saying that the repository is unknown (NAME_UNKNOWN): the store cannot list its objects",
+				c.action(), s.loc.Registry, describeStatus(d.status, d.errs))
+		case d.status == 400 && !listed && sentN:
 			// Some registries refuse n or last; their own pages will do.
 			req, sentN = c.request("GET", s.tags), false
 			continue
-		case d.status != 200:
+		default:
 			return nil, d.err
+		}
+		if !listed {
+			listed = true
+			if restarted {
+				c.learnLast(lastExisting)
+			} else if start != "" {
+				c.learnLast(lastAny)
+			}
 		}
 		if req = next; req != nil {
 			n = s.pageSize
 			switch {
 			case early != 0 && earlyURL == req.URL:
 				started = early
-			case endsWithTag(d.data, prefix):
+			case endsBefore(d.data, prefix):
 				started = c.start(req)
 			}
 		}
@@ -235,10 +322,16 @@ func (c *call) listTags(prefix string, first int, started abi.Pending) ([]abi.MA
 			return nil, errorf(abi.ErrOther, "%s: registry %s answered a tag list that is not JSON: %v", c.action(), s.loc.Registry, err)
 		}
 		ordered = ordered && p.sorted && (from == 0 || from == len(macs) || macLess(&macs[from-1], &macs[from]))
+		// Pages that repeat the tag before them (an inclusive last) are
+		// still in order.
+		ascending = ascending && p.sorted && (from == 0 || from == len(macs) || !macLess(&macs[from], &macs[from-1]))
 		buf = d.data // decoded: the next page may be read into it
 		// Past the prefix in a sorted list, no tag of ours is left. (A
 		// next page started here is then cancelled when the call returns.)
-		if p.beyond {
+		// A page is known sorted once read whole, and the list once every
+		// page so far was, each after the one before: a page of Quay's,
+		// in the order of its ids, may start with a tag past the prefix.
+		if p.beyond && ascending {
 			break
 		}
 		if req == nil && sentN && p.n == n && p.sorted && p.last > lastSent {
@@ -279,30 +372,36 @@ func (c *call) linkedPage(current string, header []abi.Header, n int) *abi.Reque
 	return c.request("GET", u)
 }
 
-// linkLast tells whether the query of a page's URL asks for the tags
-// after one that starts with prefix. Our prefixes need no escaping, so
+// linkLastBefore tells whether the query of a page's URL asks for the
+// tags after one that starts with prefix or sorts before it: in a sorted
+// list, the page may hold tags of ours. Our prefixes need no escaping, so
 // the query is searched as it is: url.Query would cost the sandbox
 // several times what reading the page's headers does.
-func linkLast(page, prefix string) bool {
+func linkLastBefore(page, prefix string) bool {
 	_, q, _ := strings.Cut(page, "?")
 	for q != "" {
 		var kv string
 		kv, q, _ = strings.Cut(q, "&")
 		if v, ok := strings.CutPrefix(kv, "last="); ok {
-			return strings.HasPrefix(v, prefix)
+			return v < prefix || strings.HasPrefix(v, prefix)
 		}
 	}
 	return false
 }
 
-// endsWithTag tells whether the last string of a tag list page, its last
-// tag as registries write them, starts with prefix. It only decides
-// whether to start the next page early: it reads a few bytes, not the page.
-func endsWithTag(page []byte, prefix string) bool {
+// endsBefore tells whether the last string of a tag list page, its last
+// tag as registries write them, starts with prefix or sorts before it. It
+// only decides whether to start the next page early: it reads a few
+// bytes, not the page.
+func endsBefore(page []byte, prefix string) bool {
 	end := bytes.LastIndexByte(page, '"')
 	if end < 0 {
 		return false
 	}
 	start := bytes.LastIndexByte(page[:end], '"')
-	return start >= 0 && bytes.HasPrefix(page[start+1:end], []byte(prefix))
+	if start < 0 {
+		return false
+	}
+	tag := page[start+1 : end]
+	return bytes.HasPrefix(tag, []byte(prefix)) || string(tag) < prefix
 }

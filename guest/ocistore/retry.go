@@ -212,13 +212,14 @@ func (c *call) exchangeStarted(req *abi.Request, started abi.Pending) (*abi.Resp
 const headerDigest = "Docker-Content-Digest"
 
 // doc is a document getDoc read: the answer's status and headers, and
-// the body of a 200 answer. For any other status the body is consumed and
-// err is what the answer means.
+// the body of a 200 answer. For any other status the body is consumed,
+// err is what the answer means and errs the OCI errors it carried.
 type doc struct {
 	status int
 	header []abi.Header
 	data   []byte
 	err    error
+	errs   []registryError
 }
 
 // get returns the value of the first header named name.
@@ -263,7 +264,9 @@ func (c *call) getStartedDoc(what string, req *abi.Request, started abi.Pending,
 		}
 		d := &doc{status: resp.Status, header: resp.Header}
 		if resp.Status != 200 {
-			d.err = c.s.fail(c.action(), resp)
+			body, _, _ := c.s.read(resp.Body, nil, maxErrorBody, -1)
+			c.s.h.Close(resp.Body)
+			d.err, d.errs = c.s.failWith(c.action(), resp, body), parseRegistryErrors(body)
 			return d, nil
 		}
 		if t.headers != nil {

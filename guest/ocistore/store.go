@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/plakar-oci/ocistore/abi"
@@ -46,6 +47,10 @@ type Store struct {
 	lay *layout
 
 	pageSize int
+	// lastTag is how the registry takes a tag list's last (lastAny,
+	// lastExisting), learned at the first list, shared through the host's
+	// cache by the store's instances.
+	lastTag atomic.Int32
 
 	// sleep and now are sliceSleep and time.Now, but in tests.
 	sleep func(time.Duration)

@@ -1,8 +1,11 @@
 // Package registrytest starts real OCI registries on 127.0.0.1 for tests:
 // the distribution v3 binary, Debian's docker-registry (distribution v2.8)
-// and go-containerregistry's in-process registry. Each one listens on a free
-// port, keeps its storage in t.TempDir(), logs to a file that is printed
-// when the test fails, and is stopped by t.Cleanup.
+// and go-containerregistry's in-process registry, and test doubles of other
+// registries: distribution behind a front that answers as zot, Quay,
+// Harbor or GHCR do where it changes what a client does (doubles.go,
+// zot.go, quay.go). Each one listens on a free port, keeps its storage in
+// t.TempDir(), logs to a file that is printed when the test fails, and is
+// stopped by t.Cleanup.
 //
 // The binaries are installed by `make tools`. A missing binary fails the
 // test: suites never skip a registry silently.
@@ -169,7 +172,7 @@ func All(t testing.TB) []Factory {
 	t.Helper()
 	v3 := distributionBinary(t)
 	v2 := dockerRegistryBinary(t)
-	return []Factory{
+	return append([]Factory{
 		{Name: NameDistributionDelete, Delete: true, Start: func(t testing.TB) *Registry {
 			t.Helper()
 			return startBinary(t, NameDistributionDelete, v3, Options{Delete: true}, configOptions{})
@@ -186,7 +189,7 @@ func All(t testing.TB) []Factory {
 			t.Helper()
 			return InProcess(t)
 		}},
-	}
+	}, doubleFactories()...)
 }
 
 // Distribution starts the distribution v3.1.2 registry binary.

@@ -1,0 +1,137 @@
+package registrytest
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestZotTags pins down the zot double's tag lists against zot's
+// ListTags (project-zot/zot, pkg/api/routes.go), on the real double:
+// distribution behind ZotTags.
+func TestZotTags(t *testing.T) {
+	r := Zot(t)
+	for _, tag := range []string{"b", "a", "d", "c"} {
+		pushEmpty(t, r, "test/zot:"+tag)
+	}
+	for _, tc := range []struct {
+		query, status, link, body string
+	}{
+		{"", "200", "", `{"name":"test/zot","tags":["a","b","c","d"]}`},
+		{"?n=2", "200", `</v2/test/zot/tags/list?n=2&last=b>; rel="next"`, `{"name":"test/zot","tags":["a","b"]}`},
+		{"?n=2&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
+		{"?n=3&last=b", "200", "", `{"name":"test/zot","tags":["c","d"]}`},
+		{"?n=0", "200", "", `{"name":"test/zot","tags":[]}`},
+		{"?n=1&last=b", "200", `</v2/test/zot/tags/list?n=1&last=c>; rel="next"`, `{"name":"test/zot","tags":["c"]}`},
+		{"?n=1&last=c", "200", "", `{"name":"test/zot","tags":["d"]}`},
+		{"?n=1&last=d", "200", "", `{"name":"test/zot","tags":[]}`},
+		{"?last=a", "200", "", `{"name":"test/zot","tags":["b","c","d"]}`},
+		// last must name a tag: an empty 404, not NAME_UNKNOWN.
+		{"?n=2&last=b-", "404", "", ``},
+		{"?n=2&last=0", "404", "", ``},
+		{"?n=-1", "400", "", ``},
+		{"?n=x", "400", "", ``},
+		{"?n=1&n=2", "400", "", ``},
+	} {
+		status, link, body := get(t, r.URL+"/v2/test/zot/tags/list"+tc.query)
+		if status != tc.status || link != tc.link || body != tc.body {
+			t.Errorf("tags/list%s = %s %q %q, want %s %q %q", tc.query, status, link, body, tc.status, tc.link, tc.body)
+		}
+	}
+	// A tag that is the prefix of others.
+	for _, tag := range []string{"b0", "b-x", "b"} {
+		pushEmpty(t, r, "test/prefix:"+tag)
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/prefix/tags/list?last=b"); status != "200" || body != `{"name":"test/prefix","tags":["b-x","b0"]}` {
+		t.Errorf("tags after b = %s %s, want b-x and b0", status, body)
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/prefix/tags/list?last=b-"); status != "404" || body != "" {
+		t.Errorf("tags after b- (not a tag) = %s %q, want an empty 404", status, body)
+	}
+	if status, _, body := get(t, r.URL+"/v2/test/none/tags/list?n=2&last=a"); status != "404" ||
+		body != `{"errors":[{"code":"NAME_UNKNOWN","detail":{"name":"test/none"},"message":"repository name not known to registry"}]}` {
+		t.Errorf("tag list of an unknown repository = %s %s, want 404 NAME_UNKNOWN", status, body)
+	}
+	if status, _, _ := get(t, r.URL+"/v2/_catalog"); status != "404" {
+		t.Errorf("GET /v2/_catalog = %s, want 404", status)
+	}
+}
+
+func get(t *testing.T, url string) (status, link, body string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Status[:3], resp.Header.Get("Link"), strings.TrimSpace(string(b))
+}
+
+// TestQuayTags pins down the Quay double's tag lists: pages of at most
+// 100 in an order that is not the tags', a last that is not a token read
+// as the start, opaque next_page tokens, every tag once.
+func TestQuayTags(t *testing.T) {
+	r := Quay(t)
+	var want []string
+	for i := range 5 {
+		tag := "t" + strconv.Itoa(i)
+		pushEmpty(t, r, "test/quay:"+tag)
+		want = append(want, tag)
+	}
+	status, link, body := get(t, r.URL+"/v2/test/quay/tags/list?n=3&last=t0")
+	var page struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.Unmarshal([]byte(body), &page); status != "200" || err != nil || len(page.Tags) != 3 || !strings.Contains(link, "next_page=quay-token-") {
+		t.Fatalf("first page = %s %q %s, want 3 tags from the start and a Link with a token", status, link, body)
+	}
+	got := page.Tags
+	page.Tags = nil
+	next := strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+	status, link, body = get(t, next)
+	if err := json.Unmarshal([]byte(body), &page); status != "200" || err != nil || link != "" {
+		t.Fatalf("second page = %s %q %s", status, link, body)
+	}
+	got = append(got, page.Tags...)
+	if slices.IsSorted(got) {
+		t.Errorf("tags %q are sorted: Quay's order is its ids'", got)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("tags %q, want %q", got, want)
+	}
+	page.Tags = nil
+	if status, _, body := get(t, r.URL+"/v2/test/quay/tags/list?n=1000"); status != "200" || json.Unmarshal([]byte(body), &page) != nil || len(page.Tags) != 5 {
+		t.Errorf("n=1000 = %s %s, want every tag (5 < 100)", status, body)
+	}
+}
+
+// TestHarborGHCRQuirks pins down the Harbor and GHCR doubles.
+func TestHarborGHCRQuirks(t *testing.T) {
+	h := Harbor(t)
+	pushEmpty(t, h, "test/harbor:a")
+	if got := do(t, http.MethodDelete, h.URL+"/v2/test/harbor/manifests/a"); got != http.StatusBadRequest {
+		t.Errorf("Harbor: DELETE by tag = %d, want 400 UNSUPPORTED", got)
+	}
+	if status, _, body := get(t, h.URL+"/v2/test/none/tags/list"); status != "404" || !strings.Contains(body, `"code":"NOT_FOUND"`) {
+		t.Errorf("Harbor: tag list of an unknown repository = %s %s, want 404 NOT_FOUND", status, body)
+	}
+	g := GHCR(t)
+	for _, tag := range []string{"a", "b", "c"} {
+		pushEmpty(t, g, "test/ghcr:"+tag)
+	}
+	if status, link, body := get(t, g.URL+"/v2/test/ghcr/tags/list?n=1&last=a"); status != "200" || link != "" || body != `{"name":"test/ghcr","tags":["a","b","c"]}` {
+		t.Errorf("GHCR: tags/list?n=1&last=a = %s %q %s, want every tag at once", status, link, body)
+	}
+	if got := do(t, http.MethodDelete, g.URL+"/v2/test/ghcr/manifests/a"); got != http.StatusMethodNotAllowed {
+		t.Errorf("GHCR: DELETE = %d, want 405", got)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -379,7 +380,10 @@ func TestAuthToken(t *testing.T) {
 	})
 
 	t.Run("every call", func(t *testing.T) {
-		useStore(t, authStore(t, config, logs), true)
+		// A repository of its own: create refuses one that holds objects.
+		c := maps.Clone(config)
+		c["location"] += "-calls"
+		useStore(t, authStore(t, c, logs), true)
 	})
 
 	t.Run("read-only credentials", func(t *testing.T) {

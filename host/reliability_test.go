@@ -1587,7 +1587,7 @@ func TestRegistryQuirks(t *testing.T) {
 		registrytest.NameZot:                  {pageTags: 2, link: true, deleteTag: "202"},
 		registrytest.NameQuay:                 {pageTags: 2, link: true, deleteTag: "202"},
 		registrytest.NameHarbor:               {pageTags: 2, link: true, deleteTag: "400 UNSUPPORTED"},
-		registrytest.NameGHCR:                 {pageTags: 6, link: false, deleteTag: "405 UNSUPPORTED"},
+		registrytest.NameGHCR:                 {pageTags: 7, link: false, deleteTag: "405 UNSUPPORTED"},
 	}
 	for _, f := range registrytest.All(t) {
 		t.Run(f.Name, func(t *testing.T) {

@@ -167,6 +167,21 @@ func StartFront(backend string, double func(http.Handler) http.Handler, errorLog
 		},
 		FlushInterval: -1,
 		ErrorLog:      errorLog,
+		// A registry that is down refuses connections; a 502 from the
+		// front would be a registry that answers. Hanging up without an
+		// answer is the closest a front that stays up can come.
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errorLog != nil {
+				errorLog.Printf("front: %s %s: %v: hanging up", r.Method, r.URL.Path, err)
+			}
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					conn.Close()
+					return
+				}
+			}
+			w.WriteHeader(http.StatusBadGateway)
+		},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

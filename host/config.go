@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/plakar-oci/ocistore/host/blobcache"
 	"github.com/plakar-oci/ocistore/internal/location"
 )
 
@@ -32,6 +33,17 @@ import (
 //	                    true skips the verification of the registry's
 //	                    certificate (logged as a warning)
 //
+// Keys for reading (see RATIONALE.md, "Read-ahead windows"):
+//
+//	readahead_cache_size
+//	                    the disk the read-ahead windows of blobs may use,
+//	                    in bytes or with a unit (KiB, MiB, GiB, TiB;
+//	                    default 2GiB); 0 turns read-ahead off, every
+//	                    ranged read then costs a request
+//	readahead_cache_dir where the windows are kept (default
+//	                    <user cache dir>/ocistore/readahead), shared by
+//	                    every store that names it
+//
 // Without credentials in the configuration, the host looks for them in the
 // environment (OCISTORE_USERNAME and OCISTORE_PASSWORD, or OCISTORE_TOKEN),
 // then in Docker's configuration and credential helpers (see auth.go).
@@ -54,6 +66,10 @@ type Config struct {
 	CAFile             string
 	// Concurrency bounds the plugin instances, hence the calls in flight.
 	Concurrency int
+	// ReadAheadSize bounds the disk of the read-ahead windows; 0 turns
+	// read-ahead off. ReadAheadDir is where they are kept.
+	ReadAheadSize int64
+	ReadAheadDir  string
 }
 
 // DefaultConcurrency matches the parallelism Kloset uses for uploads on
@@ -66,6 +82,7 @@ const DefaultConcurrency = 8
 var configKeys = []string{
 	"location", "username", "password", "token", "use_tls", "tls_insecure_no_verify",
 	"ca_file", "repository_prefix", "concurrency", PluginKey,
+	"readahead_cache_size", "readahead_cache_dir",
 }
 
 // ParseConfig validates a store configuration. Every error names the key
@@ -127,7 +144,36 @@ func ParseConfig(m map[string]string) (*Config, error) {
 		}
 		c.Concurrency = n
 	}
+	c.ReadAheadSize = blobcache.DefaultLimit
+	if v, ok := m["readahead_cache_size"]; ok {
+		n, ok := parseSize(v)
+		if !ok {
+			return nil, fmt.Errorf("%w: readahead_cache_size %q must be a size in bytes, with an optional unit (KiB, MiB, GiB, TiB), as in 4GiB; 0 turns read-ahead off", ErrInvalidConfig, v)
+		}
+		c.ReadAheadSize = n
+	}
+	c.ReadAheadDir = m["readahead_cache_dir"]
 	return c, nil
+}
+
+// parseSize reads "2GiB", "512MiB" or a number of bytes.
+func parseSize(v string) (int64, bool) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}, {"B", 0}}
+	shift := uint(0)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, shift = strings.TrimSpace(num), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, false
+	}
+	return n << shift, true
 }
 
 func boolKey(m map[string]string, key string, def bool) (bool, error) {

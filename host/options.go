@@ -6,9 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 
+	"github.com/plakar-oci/ocistore/host/blobcache"
 	"github.com/plakar-oci/ocistore/host/session"
 )
 
@@ -77,11 +80,36 @@ func newStoreEnv(config map[string]string, o storeOptions) (*Config, *session.En
 	if !c.UseTLS {
 		scheme = "http://"
 	}
-	env, err := session.NewEnv(session.Config{Registry: scheme + c.Location.Registry, Client: client, Logger: o.logger})
+	windows, err := openWindows(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	env, err := session.NewEnv(session.Config{Registry: scheme + c.Location.Registry, Client: client, Logger: o.logger, Windows: windows})
 	if err != nil {
 		return nil, nil, err
 	}
 	return c, env, nil
+}
+
+// openWindows opens the read-ahead cache the configuration names: nil when
+// read-ahead is off.
+func openWindows(c *Config) (*blobcache.Cache, error) {
+	if c.ReadAheadSize == 0 {
+		return nil, nil
+	}
+	dir := c.ReadAheadDir
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			base = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
+		}
+		dir = filepath.Join(base, "ocistore", "readahead")
+	}
+	w, err := blobcache.Open(dir, c.ReadAheadSize)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	return w, nil
 }
 
 // readAhead prepares the body of a put before the call takes an instance,

@@ -1,0 +1,151 @@
+package blobcache
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// A window file: a header (magic, the blob's digest and size, the window's
+// offset and length), the sha256 of each block of the window, then the
+// window. Reads check the header against what they ask for and the blocks
+// they return against their sums, so that a file damaged on disk is found
+// and fetched again rather than returned. The sums guard the disk, not
+// the registry: a window's bytes are what the registry sent for that range
+// (only a whole blob is checked against its digest, in writeWindow).
+
+const (
+	magic     = "ociwin01"
+	headerLen = len(magic) + sha256.Size + 3*8
+	blockSize = 64 << 10
+)
+
+func blocks(n uint64) uint64 { return (n + blockSize - 1) / blockSize }
+
+func header(digest string, size uint64, r Range) ([]byte, error) {
+	raw, err := hex.DecodeString(strings.TrimPrefix(digest, "sha256:"))
+	if err != nil || len(raw) != sha256.Size || !strings.HasPrefix(digest, "sha256:") {
+		return nil, fmt.Errorf("read-ahead cache: %q is not a sha256 digest", digest)
+	}
+	h := make([]byte, 0, headerLen)
+	h = append(h, magic...)
+	h = append(h, raw...)
+	h = binary.LittleEndian.AppendUint64(h, size)
+	h = binary.LittleEndian.AppendUint64(h, r.Off)
+	return binary.LittleEndian.AppendUint64(h, r.N), nil
+}
+
+// writeWindow writes the window r of the blob from body into path, through
+// a temporary file renamed into place, and returns the file's size. body
+// must hold exactly r.N bytes; a whole blob must match digest.
+func writeWindow(path string, body io.Reader, digest string, size uint64, r Range) (int64, error) {
+	hdr, err := header(digest, size, r)
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return 0, fmt.Errorf("read-ahead cache: %w: free space or set readahead_cache_dir elsewhere", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	nb := blocks(r.N)
+	sums := make([]byte, nb*sha256.Size)
+	dataStart := int64(headerLen) + int64(len(sums))
+	if _, err := f.Seek(dataStart, io.SeekStart); err != nil {
+		return 0, err
+	}
+	whole := sha256.New()
+	buf := make([]byte, blockSize)
+	var got uint64
+	for i := uint64(0); ; i++ {
+		m, err := io.ReadFull(body, buf)
+		if m > 0 {
+			if got+uint64(m) > r.N {
+				return 0, fmt.Errorf("the registry sent more than the %d bytes asked at offset %d of blob %s", r.N, r.Off, digest)
+			}
+			s := sha256.Sum256(buf[:m])
+			copy(sums[i*sha256.Size:], s[:])
+			whole.Write(buf[:m])
+			if _, werr := f.Write(buf[:m]); werr != nil {
+				return 0, fmt.Errorf("read-ahead cache: %w: free space or set readahead_cache_dir elsewhere", werr)
+			}
+			got += uint64(m)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	if got != r.N {
+		return 0, fmt.Errorf("the registry sent %d bytes where %d were asked at offset %d of blob %s: try again", got, r.N, r.Off, digest)
+	}
+	if r.Off == 0 && r.N == size {
+		if sum := "sha256:" + hex.EncodeToString(whole.Sum(nil)); sum != digest {
+			return 0, fmt.Errorf("corrupted download: expected %s (%d bytes), got %s: the registry or the network altered the data; try again", digest, size, sum)
+		}
+	}
+	if _, err := f.WriteAt(append(hdr, sums...), 0); err != nil {
+		return 0, err
+	}
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return 0, err
+	}
+	ok = true
+	return dataStart + int64(got), nil
+}
+
+// read returns the n bytes at off of the blob from window w, after checking
+// the file's header and the sums of the blocks they lie in.
+func (c *Cache) read(w *window, digest string, size, off, n uint64) ([]byte, error) {
+	f, err := os.Open(w.path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	want, err := header(digest, size, Range{w.off, w.n})
+	if err != nil {
+		return nil, err
+	}
+	hdr := make([]byte, headerLen)
+	if _, err := f.ReadAt(hdr, 0); err != nil || !bytes.Equal(hdr, want) {
+		return nil, errDamaged
+	}
+	first := (off - w.off) / blockSize
+	last := (off + n - 1 - w.off) / blockSize
+	sums := make([]byte, (last-first+1)*sha256.Size)
+	if _, err := f.ReadAt(sums, int64(headerLen)+int64(first*sha256.Size)); err != nil {
+		return nil, errDamaged
+	}
+	start := first * blockSize
+	end := min((last+1)*blockSize, w.n)
+	data := make([]byte, end-start)
+	dataStart := int64(headerLen) + int64(blocks(w.n)*sha256.Size)
+	if _, err := f.ReadAt(data, dataStart+int64(start)); err != nil {
+		return nil, errDamaged
+	}
+	for i := range last - first + 1 {
+		blk := data[i*blockSize : min((i+1)*blockSize, uint64(len(data)))]
+		if s := sha256.Sum256(blk); !bytes.Equal(s[:], sums[i*sha256.Size:(i+1)*sha256.Size]) {
+			return nil, errDamaged
+		}
+	}
+	rel := off - w.off - start
+	return data[rel : rel+n], nil
+}

@@ -27,13 +27,15 @@ const DefaultLimit = 2 << 30
 const (
 	// firstWindow is what the first read of a blob fetches at least: a
 	// read of one small file costs little more than the file.
-	firstWindow = 256 << 10
+	firstWindow = 64 << 10
 	// maxWindow bounds a window grown by sequential reads.
 	maxWindow = 16 << 20
 	// wholeAsks is how many reads of one blob make it worth fetching whole:
 	// Kloset's restore and check read a packfile in many small ranges
 	// (one per file and per chunk), a restore of one file in a few.
 	wholeAsks = 8
+	// alignment is the grain of windows.
+	alignment = 64 << 10
 	// wholeShare: a blob is fetched whole once the bytes asked of it
 	// reach this share of its size (1/wholeShare).
 	wholeShare = 4
@@ -155,7 +157,7 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 		return nil, Range{off, n}, nil, nil
 	}
 	n = min(n, size-off)
-	counted := false
+	counted, waited := false, false
 	for {
 		c.mu.Lock()
 		b := c.blobs[digest]
@@ -193,12 +195,13 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 			c.mu.Unlock()
 			select {
 			case <-wait:
+				waited = true
 				continue
 			case <-ctx.Done():
 				return nil, Range{}, nil, ctx.Err()
 			}
 		}
-		fetch = c.plan(b, off, n)
+		fetch = c.plan(b, off, n, waited)
 		b.fetching = make(chan struct{})
 		c.mu.Unlock()
 		return nil, fetch, &Claim{c: c, b: b, r: fetch}, nil
@@ -207,9 +210,13 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 
 // plan chooses the window a miss fetches: the whole blob when it is small
 // enough and wanted enough, otherwise a window from off that doubles while
-// reads are sequential.
-func (c *Cache) plan(b *blob, off, n uint64) Range {
-	if b.size <= c.wholeMax && (b.asks >= wholeAsks || b.asked*wholeShare >= b.size) {
+// reads are sequential. A blob is wanted enough when it was read often
+// (wholeAsks), or for a good share of its size (wholeShare), or when this
+// read waited for another one's window and missed it: readers in parallel
+// on one blob are a restore or a check going through it, where one read of
+// one file's path is a sequence of single reads.
+func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
+	if b.size <= c.wholeMax && (waited || b.asks >= wholeAsks || b.asked*wholeShare >= b.size) {
 		return Range{0, b.size}
 	}
 	if b.next == 0 || off < b.lastEnd || off > b.lastEnd+b.next {
@@ -217,7 +224,11 @@ func (c *Cache) plan(b *blob, off, n uint64) Range {
 	} else {
 		b.next = min(2*b.next, maxWindow)
 	}
-	r := Range{off, min(max(n, b.next), b.size-off)}
+	// Aligned, so that the ranges Kloset pads around a blob (a random
+	// shift before it) fall in the window of their neighbours.
+	start := off / alignment * alignment
+	end := min((off+max(n, b.next)+alignment-1)/alignment*alignment, b.size)
+	r := Range{start, end - start}
 	if b.size <= c.wholeMax && 2*(r.N) >= b.size {
 		return Range{0, b.size}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/objects"
 
+	"github.com/plakar-oci/ocistore/host"
 	"github.com/plakar-oci/ocistore/internal/faultproxy"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
 	"github.com/plakar-oci/ocistore/vault"
@@ -319,4 +320,25 @@ func TestReadAheadCorruptedWholeBlob(t *testing.T) {
 func digestHex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// TestReadAheadCacheSize: readahead_cache_size takes bytes or a unit, 0
+// turning read-ahead off, and refuses anything else naming the key.
+func TestReadAheadCacheSize(t *testing.T) {
+	for v, want := range map[string]int64{"": 2 << 30, "0": 0, "1048576": 1 << 20, "512MiB": 512 << 20, "4GiB": 4 << 30, "64 KiB": 64 << 10} {
+		config := map[string]string{"location": "oci://127.0.0.1:5000/readahead/size"}
+		if v != "" {
+			config["readahead_cache_size"] = v
+		}
+		c, err := host.ParseConfig(config)
+		if err != nil || c.ReadAheadSize != want {
+			t.Errorf("readahead_cache_size %q: %v, %v; want %d", v, c, err, want)
+		}
+	}
+	for _, v := range []string{"-1", "lots", "2GB", "1.5GiB", "99999999999TiB"} {
+		_, err := host.ParseConfig(map[string]string{"location": "oci://127.0.0.1:5000/readahead/size", "readahead_cache_size": v})
+		if err == nil || !strings.Contains(err.Error(), "readahead_cache_size") {
+			t.Errorf("readahead_cache_size %q: %v, want an error naming the key", v, err)
+		}
+	}
 }

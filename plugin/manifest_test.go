@@ -86,6 +86,7 @@ func TestSchema(t *testing.T) {
 		"use_tls":                {"use_tls": "true"},
 		"tls_insecure_no_verify": {"tls_insecure_no_verify": "false"},
 		"concurrency":            {"concurrency": "4"},
+		"readahead_cache_size":   {"readahead_cache_size": "1GiB"},
 	}
 	for key := range s.Properties {
 		if key == host.PluginKey {
@@ -103,7 +104,7 @@ func TestSchema(t *testing.T) {
 			t.Errorf("schema key %s is unknown to the store: %v", key, err)
 		}
 	}
-	for _, key := range []string{"location", "username", "password", "use_tls", "tls_insecure_no_verify", "ca_file", "repository_prefix", "concurrency", "plugin"} {
+	for _, key := range []string{"location", "username", "password", "use_tls", "tls_insecure_no_verify", "ca_file", "repository_prefix", "concurrency", "plugin", "readahead_cache_size", "readahead_cache_dir"} {
 		if _, ok := s.Properties[key]; !ok {
 			t.Errorf("schema.json does not describe %s", key)
 		}

@@ -797,15 +797,9 @@ func (b *bench) kloset() error {
 		return err
 	}
 	roots = sortedRoots(append(roots, gen))
-	var total int64
-	var files int
-	for _, r := range roots {
-		n, f, err := treeSize(r)
-		if err != nil {
-			return err
-		}
-		total += n
-		files += f
+	total, files, err := rootsSize(roots)
+	if err != nil {
+		return err
 	}
 	if err := warm(roots); err != nil {
 		return err

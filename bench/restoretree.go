@@ -55,13 +55,9 @@ func (b *bench) restoreTree() error {
 	if err != nil {
 		return err
 	}
-	var files int
-	for _, r := range roots {
-		_, f, err := treeSize(r)
-		if err != nil {
-			return err
-		}
-		files += f
+	_, files, err := rootsSize(roots)
+	if err != nil {
+		return err
 	}
 	if err := warm(roots); err != nil {
 		return err

@@ -245,7 +245,7 @@ func TestReadAheadDamagedWindow(t *testing.T) {
 	}
 
 	// One bit flipped in the window's bytes, among those read (the file:
-	// a header of 64 bytes, a sum of 32 bytes per block of 64 KiB, the
+	// a header of 64 bytes, a sum of 32 bytes per block of 4 KiB, the
 	// window; named <digest>-<offset>-<length>).
 	raw, err := os.ReadFile(files[0])
 	if err != nil {
@@ -254,7 +254,7 @@ func TestReadAheadDamagedWindow(t *testing.T) {
 	parts := strings.Split(filepath.Base(files[0]), "-")
 	winOff, _ := strconv.Atoi(parts[1])
 	winLen, _ := strconv.Atoi(parts[2])
-	raw[64+(winLen+65535)/65536*32+int(rng.Offset)-winOff+10] ^= 1
+	raw[64+(winLen+4095)/4096*32+int(rng.Offset)-winOff+10] ^= 1
 	if err := os.WriteFile(files[0], raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -339,6 +339,40 @@ func TestReadAheadCacheSize(t *testing.T) {
 		_, err := host.ParseConfig(map[string]string{"location": "oci://127.0.0.1:5000/readahead/size", "readahead_cache_size": v})
 		if err == nil || !strings.Contains(err.Error(), "readahead_cache_size") {
 			t.Errorf("readahead_cache_size %q: %v, want an error naming the key", v, err)
+		}
+	}
+}
+
+// TestReadAheadCacheBounded: the windows on disk stay within
+// readahead_cache_size, the least recently read going first, and reads
+// still return the right bytes.
+func TestReadAheadCacheBounded(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{})
+	dir := t.TempDir()
+	const limit = 300 << 10
+	config := map[string]string{"location": "oci://" + reg.Host + "/readahead/bounded", "readahead_cache_dir": dir, "readahead_cache_size": strconv.Itoa(limit)}
+	s := newStoreWith(t, config)
+	ctx := context.Background()
+	for i := range 4 {
+		data, mac := randomBytes(1_000_000), randomMAC()
+		put(t, s, packfile, mac, data)
+		for _, off := range []uint64{10_000, 400_000, 800_000} {
+			rng := &storage.Range{Offset: off, Length: 5000}
+			got, err := readAll(ctx, s, packfile, mac, rng)
+			if err != nil || !bytes.Equal(got, data[off:off+5000]) {
+				t.Fatalf("object %d, range at %d: %d bytes, %v; want the 5000 right ones", i, off, len(got), err)
+			}
+			var used int64
+			for _, f := range windowFiles(t, dir) {
+				fi, err := os.Stat(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				used += fi.Size()
+			}
+			if used > limit {
+				t.Fatalf("the windows take %d bytes on disk, more than readahead_cache_size %d", used, limit)
+			}
 		}
 	}
 }

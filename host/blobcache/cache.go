@@ -71,6 +71,7 @@ type blob struct {
 type window struct {
 	off, n uint64
 	path   string
+	size   int64  // of the file
 	used   uint64 // LRU clock of the last read
 }
 
@@ -132,7 +133,7 @@ func (c *Cache) scan() {
 			b = &blob{digest: digest}
 			c.blobs[digest] = b
 		}
-		b.windows = append(b.windows, &window{off: off, n: n, path: filepath.Join(c.dir, e.Name())})
+		b.windows = append(b.windows, &window{off: off, n: n, path: filepath.Join(c.dir, e.Name()), size: fi.Size()})
 		c.used += fi.Size()
 	}
 	c.evict()
@@ -245,17 +246,23 @@ func (b *blob) find(off, n uint64) *window {
 	return nil
 }
 
+// drop forgets window w of b and removes its file.
 func (c *Cache) drop(b *blob, w *window) {
+	if c.forget(b, w) {
+		os.Remove(w.path)
+	}
+}
+
+// forget removes window w from b's, and tells whether it was there.
+func (c *Cache) forget(b *blob, w *window) bool {
 	for i, x := range b.windows {
 		if x == w {
 			b.windows = append(b.windows[:i], b.windows[i+1:]...)
-			if fi, err := os.Stat(w.path); err == nil {
-				c.used -= fi.Size()
-			}
-			os.Remove(w.path)
-			return
+			c.used -= w.size
+			return true
 		}
 	}
+	return false
 }
 
 // evict removes the least recently read windows until the cache fits its
@@ -265,9 +272,6 @@ func (c *Cache) evict() {
 		var ob *blob
 		var ow *window
 		for _, b := range c.blobs {
-			if b.fetching != nil {
-				continue
-			}
 			for _, w := range b.windows {
 				if ow == nil || w.used < ow.used {
 					ob, ow = b, w
@@ -322,13 +326,17 @@ func (cl *Claim) Fill(body io.Reader, off, n uint64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &window{off: cl.r.Off, n: cl.r.N, path: path}
+	w := &window{off: cl.r.Off, n: cl.r.N, path: path, size: size}
 	c.mu.Lock()
 	c.tick++
 	w.used = c.tick
-	if old := b.find(cl.r.Off, cl.r.N); old != nil && old.path == path {
-		// The same window again (another process filled it): replaced.
-		c.drop(b, old)
+	for _, old := range b.windows {
+		if old.path == path {
+			// The same window again (found damaged, or filled by
+			// another process): its file was just replaced.
+			c.forget(b, old)
+			break
+		}
 	}
 	b.windows = append(b.windows, w)
 	c.used += size

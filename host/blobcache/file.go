@@ -13,7 +13,7 @@ import (
 )
 
 // A window file: a header (magic, the blob's digest and size, the window's
-// offset and length), the sha256 of each block of the window, then the
+// offset and length), the sha256 of each block (4 KiB) of the window, then the
 // window. Reads check the header against what they ask for and the blocks
 // they return against their sums, so that a file damaged on disk is found
 // and fetched again rather than returned. The sums guard the disk, not
@@ -23,7 +23,10 @@ import (
 const (
 	magic     = "ociwin01"
 	headerLen = len(magic) + sha256.Size + 3*8
-	blockSize = 64 << 10
+	// blockSize is the grain of the sums: a read hashes its own bytes and
+	// at most a block either side, and a window of 20 MiB has 160 KiB of
+	// sums.
+	blockSize = 4 << 10
 )
 
 func blocks(n uint64) uint64 { return (n + blockSize - 1) / blockSize }
@@ -67,16 +70,19 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 		return 0, err
 	}
 	whole := sha256.New()
-	buf := make([]byte, blockSize)
+	// Read and written 16 blocks at a time, summed a block at a time.
+	buf := make([]byte, 16*blockSize)
 	var got uint64
-	for i := uint64(0); ; i++ {
+	for {
 		m, err := io.ReadFull(body, buf)
 		if m > 0 {
 			if got+uint64(m) > r.N {
 				return 0, fmt.Errorf("the registry sent more than the %d bytes asked at offset %d of blob %s", r.N, r.Off, digest)
 			}
-			s := sha256.Sum256(buf[:m])
-			copy(sums[i*sha256.Size:], s[:])
+			for i := 0; i < m; i += blockSize {
+				s := sha256.Sum256(buf[i:min(i+blockSize, m)])
+				copy(sums[(got/blockSize+uint64(i/blockSize))*sha256.Size:], s[:])
+			}
 			whole.Write(buf[:m])
 			if _, werr := f.Write(buf[:m]); werr != nil {
 				return 0, fmt.Errorf("read-ahead cache: %w: free space or set readahead_cache_dir elsewhere", werr)

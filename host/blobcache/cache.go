@@ -71,8 +71,10 @@ type blob struct {
 type window struct {
 	off, n uint64
 	path   string
-	size   int64  // of the file
-	used   uint64 // LRU clock of the last read
+	f      *os.File // open while the window is in the cache (file.go)
+	hdr    []byte   // the header its file must have
+	size   int64    // of the file
+	used   uint64   // LRU clock of the last read
 }
 
 var (
@@ -180,8 +182,12 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 		if w := b.find(off, n); w != nil {
 			c.tick++
 			w.used = c.tick
+			err := w.open(digest, size)
 			c.mu.Unlock()
-			data, err := c.read(w, digest, size, off, n)
+			var data []byte
+			if err == nil {
+				data, err = w.read(off, n)
+			}
 			if err == nil {
 				return data, Range{}, nil, nil
 			}
@@ -246,9 +252,13 @@ func (b *blob) find(off, n uint64) *window {
 	return nil
 }
 
-// drop forgets window w of b and removes its file.
+// drop forgets window w of b and removes its file. A read of it in
+// progress then fails, and fetches again.
 func (c *Cache) drop(b *blob, w *window) {
 	if c.forget(b, w) {
+		if w.f != nil {
+			w.f.Close()
+		}
 		os.Remove(w.path)
 	}
 }
@@ -334,14 +344,22 @@ func (cl *Claim) Fill(body io.Reader, off, n uint64) ([]byte, error) {
 		if old.path == path {
 			// The same window again (found damaged, or filled by
 			// another process): its file was just replaced.
-			c.forget(b, old)
+			if c.forget(b, old) && old.f != nil {
+				old.f.Close()
+			}
 			break
 		}
 	}
 	b.windows = append(b.windows, w)
 	c.used += size
 	c.mu.Unlock()
-	data, err := c.read(w, b.digest, b.size, off, n)
+	c.mu.Lock()
+	err = w.open(b.digest, b.size)
+	c.mu.Unlock()
+	var data []byte
+	if err == nil {
+		data, err = w.read(off, n)
+	}
 	c.mu.Lock()
 	c.evict()
 	c.mu.Unlock()

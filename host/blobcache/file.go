@@ -117,20 +117,32 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 	return dataStart + int64(got), nil
 }
 
-// read returns the n bytes at off of the blob from window w, after checking
-// the file's header and the sums of the blocks they lie in.
-func (c *Cache) read(w *window, digest string, size, off, n uint64) ([]byte, error) {
-	f, err := os.Open(w.path)
-	if err != nil {
-		return nil, err
+// open opens the file of window w of the blob, once: the window is kept
+// open while it is in the cache, so that a read costs no open. Called with
+// c.mu held.
+func (w *window) open(digest string, size uint64) error {
+	if w.f != nil {
+		return nil
 	}
-	defer f.Close()
 	want, err := header(digest, size, Range{w.off, w.n})
 	if err != nil {
-		return nil, err
+		return err
 	}
+	f, err := os.Open(w.path)
+	if err != nil {
+		return err
+	}
+	w.f, w.hdr = f, want
+	return nil
+}
+
+// read returns the n bytes at off of the blob from window w, opened,
+// after checking the file's header and the sums of the blocks they lie
+// in: each time, as the file may have been written over since.
+func (w *window) read(off, n uint64) ([]byte, error) {
+	f := w.f
 	hdr := make([]byte, headerLen)
-	if _, err := f.ReadAt(hdr, 0); err != nil || !bytes.Equal(hdr, want) {
+	if _, err := f.ReadAt(hdr, 0); err != nil || !bytes.Equal(hdr, w.hdr) {
 		return nil, errDamaged
 	}
 	first := (off - w.off) / blockSize

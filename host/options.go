@@ -80,7 +80,7 @@ func newStoreEnv(config map[string]string, o storeOptions) (*Config, *session.En
 	if !c.UseTLS {
 		scheme = "http://"
 	}
-	windows, err := openWindows(c)
+	windows, err := openWindows(c, o.logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -92,22 +92,28 @@ func newStoreEnv(config map[string]string, o storeOptions) (*Config, *session.En
 }
 
 // openWindows opens the read-ahead cache the configuration names: nil when
-// read-ahead is off.
-func openWindows(c *Config) (*blobcache.Cache, error) {
+// read-ahead is off. A directory the configuration names must work; the
+// default one (under the user's cache directory) may not, on a read-only
+// home: the store then reads without read-ahead, and says so.
+func openWindows(c *Config, log *slog.Logger) (*blobcache.Cache, error) {
 	if c.ReadAheadSize == 0 {
 		return nil, nil
 	}
-	dir := c.ReadAheadDir
-	if dir == "" {
-		base, err := os.UserCacheDir()
+	if c.ReadAheadDir != "" {
+		w, err := blobcache.Open(c.ReadAheadDir, c.ReadAheadSize)
 		if err != nil {
-			base = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 		}
-		dir = filepath.Join(base, "ocistore", "readahead")
+		return w, nil
 	}
-	w, err := blobcache.Open(dir, c.ReadAheadSize)
+	base, err := os.UserCacheDir()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		base = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
+	}
+	w, err := blobcache.Open(filepath.Join(base, "ocistore", "readahead"), c.ReadAheadSize)
+	if err != nil {
+		log.Warn("oci store: the default read-ahead cache cannot be used, so every ranged read is a request: set readahead_cache_dir to a writable directory", "error", err)
+		return nil, nil
 	}
 	return w, nil
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/objects"
@@ -374,5 +375,29 @@ func TestReadAheadCacheBounded(t *testing.T) {
 				t.Fatalf("the windows take %d bytes on disk, more than readahead_cache_size %d", used, limit)
 			}
 		}
+	}
+}
+
+// TestReadAheadStaleTemporaryFiles: what a process killed while writing a
+// window left behind is removed by the next one that opens the cache; a
+// file another process is writing now is left alone.
+func TestReadAheadStaleTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	stale, fresh := filepath.Join(dir, ".tmp-killed"), filepath.Join(dir, ".tmp-writing")
+	for _, f := range []string{stale, fresh} {
+		if err := os.WriteFile(f, []byte("part of a window"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	newStoreWith(t, map[string]string{"location": "oci://127.0.0.1:1/readahead/stale", "readahead_cache_dir": dir})
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("the stale temporary file is still there: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("the temporary file being written was removed: %v", err)
 	}
 }

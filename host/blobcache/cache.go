@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultLimit is the disk a cache uses when given no limit: room for a few
@@ -106,7 +107,7 @@ func Open(dir string, limit int64) (*Cache, error) {
 		return c, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("read-ahead cache %s: %w: set readahead_cache_dir to a writable directory", dir, err)
+		return nil, fmt.Errorf("read-ahead cache %s: %w: set readahead_cache_dir to a writable directory, or readahead_cache_size to 0", dir, err)
 	}
 	c := &Cache{dir: dir, limit: limit, blobs: map[string]*blob{}}
 	c.setWholeMax()
@@ -117,16 +118,25 @@ func Open(dir string, limit int64) (*Cache, error) {
 
 func (c *Cache) setWholeMax() { c.wholeMax = uint64(min(c.limit/4, 256<<20)) }
 
-// scan indexes the windows already in the directory.
+// staleTemp is the age past which a temporary file of the directory is
+// the leftover of a process that died while it wrote a window.
+const staleTemp = time.Hour
+
+// scan indexes the windows already in the directory, and removes what
+// processes killed while writing one left behind.
 func (c *Cache) scan() {
 	entries, _ := os.ReadDir(c.dir)
 	for _, e := range entries {
-		digest, off, n, ok := parseName(e.Name())
-		if !ok {
-			continue
-		}
 		fi, err := e.Info()
 		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), tempPrefix) && time.Since(fi.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(c.dir, e.Name()))
+			continue
+		}
+		digest, off, n, ok := parseName(e.Name())
+		if !ok {
 			continue
 		}
 		b := c.blobs[digest]

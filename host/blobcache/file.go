@@ -29,6 +29,13 @@ const (
 	blockSize = 4 << 10
 )
 
+// tempPrefix names the files being written, renamed into place when whole.
+const tempPrefix = ".tmp-"
+
+func diskError(err error) error {
+	return fmt.Errorf("read-ahead cache: %w: free space, set readahead_cache_dir to another directory, or readahead_cache_size to 0 to read without it", err)
+}
+
 func blocks(n uint64) uint64 { return (n + blockSize - 1) / blockSize }
 
 func header(digest string, size uint64, r Range) ([]byte, error) {
@@ -52,9 +59,9 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 	if err != nil {
 		return 0, err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	f, err := os.CreateTemp(filepath.Dir(path), tempPrefix+"*")
 	if err != nil {
-		return 0, fmt.Errorf("read-ahead cache: %w: free space or set readahead_cache_dir elsewhere", err)
+		return 0, diskError(err)
 	}
 	ok := false
 	defer func() {
@@ -85,7 +92,7 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 			}
 			whole.Write(buf[:m])
 			if _, werr := f.Write(buf[:m]); werr != nil {
-				return 0, fmt.Errorf("read-ahead cache: %w: free space or set readahead_cache_dir elsewhere", werr)
+				return 0, diskError(werr)
 			}
 			got += uint64(m)
 		}
@@ -105,13 +112,13 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 		}
 	}
 	if _, err := f.WriteAt(append(hdr, sums...), 0); err != nil {
-		return 0, err
+		return 0, diskError(err)
 	}
 	if err := f.Close(); err != nil {
-		return 0, err
+		return 0, diskError(err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
-		return 0, err
+		return 0, diskError(err)
 	}
 	ok = true
 	return dataStart + int64(got), nil

@@ -37,6 +37,9 @@ const (
 	wholeAsks = 8
 	// alignment is the grain of windows.
 	alignment = 64 << 10
+	// bulkSpell is how long a blob fetched whole for being wanted makes
+	// the next ones wanted at their second read.
+	bulkSpell = time.Minute
 	// wholeShare: a blob is fetched whole once the bytes asked of it
 	// reach this share of its size (1/wholeShare).
 	wholeShare = 4
@@ -51,8 +54,11 @@ type Cache struct {
 
 	mu    sync.Mutex
 	blobs map[string]*blob // by digest
-	used  int64
-	tick  uint64 // the LRU clock
+	// bulkUntil: until then, a restore or a check is going through
+	// packfiles (see plan).
+	bulkUntil time.Time
+	used      int64
+	tick      uint64 // the LRU clock
 }
 
 type blob struct {
@@ -232,9 +238,18 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 // read waited for another one's window and missed it: readers in parallel
 // on one blob are a restore or a check going through it, where one read of
 // one file's path is a sequence of single reads.
+//
+// Once a blob was wanted enough, the process is going through a snapshot:
+// for a while (bulkSpell), a blob is wanted enough at its second read, so
+// that the packfiles after the first cost a window of the entries they
+// hold and then the whole packfile.
 func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
-	if b.size <= c.wholeMax && (waited || b.asks >= wholeAsks || b.asked*wholeShare >= b.size) {
-		return Range{0, b.size}
+	if b.size <= c.wholeMax {
+		bulk := time.Now().Before(c.bulkUntil)
+		if waited || b.asks >= wholeAsks || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
+			c.bulkUntil = time.Now().Add(bulkSpell)
+			return Range{0, b.size}
+		}
 	}
 	if b.next == 0 || off < b.lastEnd || off > b.lastEnd+b.next {
 		b.next = firstWindow

@@ -157,9 +157,6 @@ func (c *Cache) scan() {
 	c.evict()
 }
 
-// Dir is the cache's directory.
-func (c *Cache) Dir() string { return c.dir }
-
 // Range is a part of a blob: n bytes from Off.
 type Range struct{ Off, N uint64 }
 

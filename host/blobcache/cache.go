@@ -33,8 +33,12 @@ const (
 	maxWindow = 16 << 20
 	// wholeAsks is how many reads of one blob make it worth fetching whole:
 	// Kloset's restore and check read a packfile in many small ranges
-	// (one per file and per chunk), a restore of one file in a few.
-	wholeAsks = 8
+	// (one per file and per chunk), a restore of one file in a few (up
+	// to about ten of the packfile that holds the index trees, some of
+	// them at once). parallelAsks is how many make it worth it when reads
+	// wait for each other's windows.
+	wholeAsks    = 8
+	parallelAsks = 3
 	// alignment is the grain of windows.
 	alignment = 64 << 10
 	// bulkSpell is how long a blob fetched whole for being wanted makes
@@ -232,9 +236,10 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 // enough and wanted enough, otherwise a window from off that doubles while
 // reads are sequential. A blob is wanted enough when it was read often
 // (wholeAsks), or for a good share of its size (wholeShare), or when this
-// read waited for another one's window and missed it: readers in parallel
-// on one blob are a restore or a check going through it, where one read of
-// one file's path is a sequence of single reads.
+// read waited for another one's window and missed it, the blob read a few
+// times already (parallelAsks): readers in parallel on one blob are a
+// restore or a check going through it, where one read of one file's path
+// is mostly a sequence of single reads.
 //
 // Once a blob was wanted enough, the process is going through a snapshot:
 // for a while (bulkSpell), a blob is wanted enough at its second read, so
@@ -243,7 +248,8 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
 	if b.size <= c.wholeMax {
 		bulk := time.Now().Before(c.bulkUntil)
-		if waited || b.asks >= wholeAsks || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
+		parallel := waited && b.asks >= parallelAsks
+		if parallel || b.asks >= wholeAsks || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
 			c.bulkUntil = time.Now().Add(bulkSpell)
 			return Range{0, b.size}
 		}

@@ -38,6 +38,8 @@
 //	tuple<string, u64>          string @0; u64 @8
 //	option<string>              disc u8 @0; string @4
 //	tuple<string, string>       string @0; string @8 (16 bytes)
+//	windows.plan                disc u8 @0; held u32 @8 | fetch offset u64 @8, length u32 @16
+//	result<byte-stream, string> disc u8 @0; u32 @4 | string @4 (windows.keep)
 package abi
 
 import (
@@ -60,6 +62,7 @@ const (
 	ModuleHTTP    = "plakar:storage/http@" + Version
 	ModuleStreams = "plakar:storage/streams@" + Version
 	ModuleCache   = "plakar:storage/cache@" + Version
+	ModuleWindows = "plakar:storage/windows@" + Version
 	ModuleLog     = "plakar:storage/log@" + Version
 )
 
@@ -286,6 +289,11 @@ type Host interface {
 	CacheGet(key string) (string, bool)
 	CacheSet(key, value string)
 	CacheRemove(key string)
+	// Plan is windows.plan: held is the stream of the bytes when the
+	// host holds them (not 0), otherwise fetch is the window to fetch.
+	Plan(digest string, size, offset uint64, length uint32) (held Stream, fetch Range)
+	// Keep is windows.keep.
+	Keep(body Stream, digest string, size uint64, window Range, offset uint64, length uint32) (Stream, error)
 	// Log is log.log.
 	Log(level Level, msg string)
 }

@@ -181,6 +181,26 @@ func klosetRestore(e *klosetEnv, repo *repository.Repository, id objects.MAC, de
 	return e.check("restore")
 }
 
+// klosetCheck is `plakar check SNAPSHOT`: every chunk of every file read
+// and checked against its MAC.
+func klosetCheck(e *klosetEnv, repo *repository.Repository, id objects.MAC) error {
+	snap, err := snapshot.Load(repo, id)
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	cc, err := e.cache.Check()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	snap.SetCheckCache(cc)
+	if err := snap.Check("/", &snapshot.CheckOptions{}); err != nil {
+		return err
+	}
+	return e.check("check")
+}
+
 // openRepository is what plakar does before a command: the store's
 // configuration read and checked against the key.
 func openRepository(e *klosetEnv, store storage.Store, key []byte) (*repository.Repository, error) {

@@ -67,7 +67,7 @@ func main() {
 	flag.IntVar(&cfg.rangeConc, "range-conc", 4, "concurrency of the range reads, the small puts and Kloset's store")
 	flag.StringVar(&cfg.out, "out", "build/bench.json", "JSON report")
 	flag.StringVar(&cfg.markdown, "md", "", "also write the table, as Markdown, to this file")
-	flag.StringVar(&only, "only", "", "run only these workloads (comma-separated: start, putget, range, list, big, kloset, zeros)")
+	flag.StringVar(&only, "only", "", "run only these workloads (comma-separated: start, putget, range, list, big, kloset, zeros, restore-tree)")
 	flag.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (registry storage, trees)")
 	flag.StringVar(&cfg.restoreDir, "restore-dir", defaultRestoreDir(), "where Kloset restores go (a tmpfs by default, when there is one: see restoreRoot)")
@@ -126,6 +126,7 @@ type bench struct {
 	plugin *host.Plugin
 	rep    *report
 	repos  int
+	stores int
 	// wasmBytes is the guest module the wasm variant runs.
 	wasmBytes []byte
 	// fronts are the hosts of the proxies in front of reg: the zot
@@ -195,6 +196,7 @@ func run(cfg config) (*report, error) {
 		{"big", b.big},
 		{"kloset", b.kloset},
 		{"zeros", b.zeros},
+		{"restore-tree", b.restoreTree},
 	}
 	for _, s := range steps {
 		if b.plugin == nil && s.name != "start" {
@@ -282,8 +284,17 @@ func (b *bench) newTarget(v, name string, conc int) (target, error) {
 }
 
 func (b *bench) newStore(v, repo string) (*storeTarget, error) {
+	return b.newStoreAt(v, b.reg.Host, repo)
+}
+
+// newStoreAt makes a store of repository repo at registry host (the
+// registry, or a proxy to it), with an empty read-ahead cache of its own,
+// as a new process on another machine has.
+func (b *bench) newStoreAt(v, registry, repo string) (*storeTarget, error) {
 	cnt := &counter{}
-	config := map[string]string{"location": "oci://" + b.reg.Host + "/" + repo}
+	b.stores++
+	windows := b.path(fmt.Sprintf("readahead-%d", b.stores))
+	config := map[string]string{"location": "oci://" + registry + "/" + repo, "readahead_cache_dir": windows}
 	opt := host.WithTransport(cnt.wrap)
 	var s storage.Store
 	var err error
@@ -301,7 +312,7 @@ func (b *bench) newStore(v, repo string) (*storeTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &storeTarget{s: s, cnt: cnt, repo: repo}, nil
+	return &storeTarget{s: s, cnt: cnt, repo: repo, windows: windows}, nil
 }
 
 // buffers makes sure every worker has a buffer for objects of size bytes
@@ -833,15 +844,9 @@ func (b *bench) kloset() error {
 		return err
 	}
 	roots = sortedRoots(append(roots, gen))
-	var total int64
-	var files int
-	for _, r := range roots {
-		n, f, err := treeSize(r)
-		if err != nil {
-			return err
-		}
-		total += n
-		files += f
+	total, files, err := rootsSize(roots)
+	if err != nil {
+		return err
 	}
 	if err := warm(roots); err != nil {
 		return err

@@ -72,26 +72,30 @@ type targetResult struct {
 }
 
 type report struct {
-	Command     string         `json:"command"`
-	Date        string         `json:"date"`
-	Go          string         `json:"go"`
-	Platform    string         `json:"platform"`
-	CPU         string         `json:"cpu"`
-	CPUs        int            `json:"cpus"`
-	Registry    string         `json:"registry"`
-	Guest       string         `json:"guest,omitempty"` // the embedded one if empty
-	LoadBefore  string         `json:"loadavg_before"`
-	LoadAfter   string         `json:"loadavg_after"`
-	Scale       float64        `json:"scale"`
-	Rounds      int            `json:"rounds"`
-	LongRounds  int            `json:"long_rounds"`
-	RSSPerPhase bool           `json:"peak_rss_per_phase"`
-	Tree        string         `json:"kloset_tree,omitempty"`
-	Start       []startResult  `json:"start"`
-	Results     []*result      `json:"results"`
-	Targets     []targetResult `json:"targets"`
-	order       []string       // workloads, in the order they ran
-	byKey       map[string]*result
+	Command     string       `json:"command"`
+	Date        string       `json:"date"`
+	Go          string       `json:"go"`
+	Platform    string       `json:"platform"`
+	CPU         string       `json:"cpu"`
+	CPUs        int          `json:"cpus"`
+	Registry    string       `json:"registry"`
+	Guest       string       `json:"guest,omitempty"` // the embedded one if empty
+	LoadBefore  string       `json:"loadavg_before"`
+	LoadAfter   string       `json:"loadavg_after"`
+	Scale       float64      `json:"scale"`
+	Rounds      int          `json:"rounds"`
+	LongRounds  int          `json:"long_rounds"`
+	RSSPerPhase bool         `json:"peak_rss_per_phase"`
+	Tree        string       `json:"kloset_tree,omitempty"`
+	RestoreTree string       `json:"restore_tree,omitempty"`
+	Tree2       []treeResult `json:"restore_tree_results,omitempty"`
+	// TreePackfiles is how many packfiles the restore-tree backup made.
+	TreePackfiles int            `json:"restore_tree_packfiles,omitempty"`
+	Start         []startResult  `json:"start"`
+	Results       []*result      `json:"results"`
+	Targets       []targetResult `json:"targets"`
+	order         []string       // workloads, in the order they ran
+	byKey         map[string]*result
 }
 
 func newReport(cfg config) *report {
@@ -197,6 +201,7 @@ func (r *report) evaluate() {
 			add("native/raw, "+w, ratio, fmt.Sprintf(">= %.2f", wantNative), ratio >= wantNative)
 		}
 	}
+	r.evaluateTree(add)
 	var guest uint64
 	for _, res := range r.Results {
 		guest = max(guest, res.GuestMemory)
@@ -223,6 +228,51 @@ func (r *report) evaluate() {
 				add(fmt.Sprintf("requests per range read, %s", v), res.ReqPerOp, fmt.Sprintf("<= %d", wantGetRequests), res.ReqPerOp <= wantGetRequests)
 			}
 		}
+	}
+}
+
+// The targets of the restore-tree workload (issue 18).
+const (
+	wantTreeVsBackup = 1.0
+	wantTreeVsFS     = 1.5
+	wantTreeLatency  = 2.0
+	wantTreeRSS      = 700e6
+	wantTreeRequests = 4 // a manifest, and at most 3 windows (RATIONALE.md)
+)
+
+func (r *report) tree(phase, store string) *treeResult {
+	for i := range r.Tree2 {
+		if t := &r.Tree2[i]; t.Phase == phase && t.Store == store {
+			return t
+		}
+	}
+	return nil
+}
+
+func (r *report) evaluateTree(add func(name string, value float64, want string, pass bool)) {
+	backup := r.tree("backup", treeOCI)
+	for _, phase := range []string{"restore", "check"} {
+		oci, fs, slow := r.tree(phase, treeOCI), r.tree(phase, treeFS), r.tree(phase, treeLatency)
+		if oci == nil {
+			continue
+		}
+		if backup != nil {
+			x := oci.Seconds / backup.Seconds
+			add(fmt.Sprintf("tree %s time / backup time, oci", phase), x, fmt.Sprintf("<= %.2f", wantTreeVsBackup), x <= wantTreeVsBackup)
+		}
+		if fs != nil {
+			x := oci.Seconds / fs.Seconds
+			add(fmt.Sprintf("tree %s time, oci / fs", phase), x, fmt.Sprintf("<= %.2f", wantTreeVsFS), x <= wantTreeVsFS)
+		}
+		if slow != nil {
+			x := slow.Seconds / oci.Seconds
+			add(fmt.Sprintf("tree %s time, +20 ms a request / none", phase), x, fmt.Sprintf("<= %.2f", wantTreeLatency), x <= wantTreeLatency)
+		}
+		if r.TreePackfiles > 0 {
+			x := float64(oci.Requests.Total-oci.OpenRequests) / float64(r.TreePackfiles)
+			add(fmt.Sprintf("tree %s requests per packfile (%d packfiles)", phase, r.TreePackfiles), x, fmt.Sprintf("<= %d", wantTreeRequests), x <= wantTreeRequests)
+		}
+		add(fmt.Sprintf("tree %s peak RSS (MB), oci", phase), float64(oci.PeakRSS)/1e6, fmt.Sprintf("< %.0f", wantTreeRSS/1e6), oci.PeakRSS < wantTreeRSS)
 	}
 }
 
@@ -306,6 +356,14 @@ func (r *report) markdown() string {
 		}
 		perOp := func(res *result) string { return fmt.Sprintf("%.1f ms", res.Total.Seconds*1000/float64(res.Ops)) }
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.2f, %.2f |\n", w, perOp(d), perOp(p), perOp(z), d.ReqPerOp, z.ReqPerOp)
+	}
+	if len(r.Tree2) > 0 {
+		fmt.Fprintf(&b, "\nRestore tree: %s; %d packfiles.\n\n", r.RestoreTree, r.TreePackfiles)
+		fmt.Fprintln(&b, "| tree phase | store | time | requests (GET; opening) | peak RSS | read-ahead on disk |")
+		fmt.Fprintln(&b, "|---|---|--:|--:|--:|--:|")
+		for _, t := range r.Tree2 {
+			fmt.Fprintf(&b, "| %s | %s | %.2f s | %d (%d; %d) | %s | %s |\n", t.Phase, t.Store, t.Seconds, t.Requests.Total, t.Requests.Method["GET"], t.OpenRequests, mib(t.PeakRSS), mib(t.Windows))
+		}
 	}
 	if len(r.Start) > 0 {
 		fmt.Fprintln(&b)

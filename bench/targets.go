@@ -57,9 +57,10 @@ type target interface {
 
 // storeTarget is a storage.Store, native or sandboxed.
 type storeTarget struct {
-	s    storage.Store
-	cnt  *counter
-	repo string
+	s       storage.Store
+	cnt     *counter
+	repo    string
+	windows string // the read-ahead cache's directory
 }
 
 // kloset passes readers that are neither io.Seekers nor io.WriterTos (a

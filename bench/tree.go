@@ -43,6 +43,21 @@ func treeSize(root string) (int64, int, error) {
 	return total, files, err
 }
 
+// rootsSize is treeSize of every root, added up.
+func rootsSize(roots []string) (int64, int, error) {
+	var total int64
+	var files int
+	for _, r := range roots {
+		n, f, err := treeSize(r)
+		if err != nil {
+			return 0, 0, err
+		}
+		total += n
+		files += f
+	}
+	return total, files, nil
+}
+
 // sourceRoots picks directories of src whose sizes add up to at most
 // budget: the whole of src when it fits.
 func sourceRoots(src string, budget int64) ([]string, int64, error) {

@@ -50,6 +50,12 @@ func importCacheSet(keyPtr, keyLen, valuePtr, valueLen uint32)
 //go:wasmimport plakar:storage/cache@0.2.0 remove
 func importCacheRemove(keyPtr, keyLen uint32)
 
+//go:wasmimport plakar:storage/windows@0.2.0 plan
+func importPlan(digestPtr, digestLen uint32, size, offset uint64, length, ret uint32)
+
+//go:wasmimport plakar:storage/windows@0.2.0 keep
+func importKeep(body, digestPtr, digestLen uint32, size, windowOffset uint64, windowLength uint32, offset uint64, length, ret uint32)
+
 //go:wasmimport plakar:storage/log@0.2.0 log
 func importLog(level, msgPtr, msgLen uint32)
 
@@ -251,6 +257,27 @@ func (host) CacheSet(key, value string) {
 func (host) CacheRemove(key string) {
 	importCacheRemove(stringAddr(key), uint32(len(key)))
 	runtime.KeepAlive(key)
+}
+
+func (host) Plan(digest string, size, offset uint64, length uint32) (abi.Stream, abi.Range) {
+	importPlan(stringAddr(digest), uint32(len(digest)), size, offset, length, ret.ptr())
+	runtime.KeepAlive(digest)
+	b := ret.bytes()
+	if b[0] == 0 {
+		return abi.Stream(le.Uint32(b[8:])), abi.Range{}
+	}
+	return 0, abi.Range{Offset: le.Uint64(b[8:]), Length: le.Uint32(b[16:])}
+}
+
+func (host) Keep(body abi.Stream, digest string, size uint64, window abi.Range, offset uint64, length uint32) (abi.Stream, error) {
+	importKeep(uint32(body), stringAddr(digest), uint32(len(digest)), size, window.Offset, window.Length, offset, length, ret.ptr())
+	runtime.KeepAlive(digest)
+	defer releaseAll()
+	b := ret.bytes()
+	if b[0] != 0 {
+		return 0, errors.New(takeString(le.Uint32(b[4:]), le.Uint32(b[8:])))
+	}
+	return abi.Stream(le.Uint32(b[4:])), nil
 }
 
 func (host) Log(level abi.Level, msg string) {

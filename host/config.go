@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plakar-oci/ocistore/host/blobcache"
 	"github.com/plakar-oci/ocistore/host/session"
 	"github.com/plakar-oci/ocistore/internal/location"
 )
@@ -41,6 +42,17 @@ import (
 //	                    requests waited is taken as stopped, and requests
 //	                    fail at once for as long again
 //
+// Keys for reading (see RATIONALE.md, "Read-ahead windows"):
+//
+//	readahead_cache_size
+//	                    the disk the read-ahead windows of blobs may use,
+//	                    in bytes or with a unit (KiB, MiB, GiB, TiB;
+//	                    default 2GiB); 0 turns read-ahead off, every
+//	                    ranged read then costs a request
+//	readahead_cache_dir where the windows are kept (default
+//	                    <user cache dir>/ocistore/readahead), shared by
+//	                    every store that names it
+//
 // Without credentials in the configuration, the host looks for them in the
 // environment (OCISTORE_USERNAME and OCISTORE_PASSWORD, or OCISTORE_TOKEN),
 // then in Docker's configuration and credential helpers (see auth.go).
@@ -67,6 +79,10 @@ type Config struct {
 	// without progress; StallTimeout takes the registry as stopped when
 	// nothing came from it for that long (session.Watchdog).
 	IdleTimeout, StallTimeout time.Duration
+	// ReadAheadSize bounds the disk of the read-ahead windows; 0 turns
+	// read-ahead off. ReadAheadDir is where they are kept.
+	ReadAheadSize int64
+	ReadAheadDir  string
 }
 
 // DefaultConcurrency matches the parallelism Kloset uses for uploads on
@@ -79,6 +95,7 @@ const DefaultConcurrency = 8
 var configKeys = []string{
 	"location", "username", "password", "token", "use_tls", "tls_insecure_no_verify",
 	"ca_file", "repository_prefix", "concurrency", "idle_timeout", "stall_timeout", PluginKey,
+	"readahead_cache_size", "readahead_cache_dir",
 }
 
 // ConfigKeys lists the keys a store configuration may hold, sorted: what
@@ -157,6 +174,15 @@ func ParseConfig(m map[string]string) (*Config, error) {
 	if c.StallTimeout < c.IdleTimeout {
 		return nil, fmt.Errorf("%w: stall_timeout %v is shorter than idle_timeout %v: it must be at least as long", ErrInvalidConfig, c.StallTimeout, c.IdleTimeout)
 	}
+	c.ReadAheadSize = blobcache.DefaultLimit
+	if v, ok := m["readahead_cache_size"]; ok {
+		n, ok := parseSize(v)
+		if !ok {
+			return nil, fmt.Errorf("%w: readahead_cache_size %q must be a size in bytes, with an optional unit (KiB, MiB, GiB, TiB), as in 4GiB; 0 turns read-ahead off", ErrInvalidConfig, v)
+		}
+		c.ReadAheadSize = n
+	}
+	c.ReadAheadDir = m["readahead_cache_dir"]
 	return c, nil
 }
 
@@ -171,6 +197,26 @@ func durationKey(m map[string]string, key string, def time.Duration) (time.Durat
 		return 0, fmt.Errorf("%w: %s %q must be a duration such as 30s or 2m, above 0 and at most 24h", ErrInvalidConfig, key, v)
 	}
 	return d, nil
+}
+
+// parseSize reads "2GiB", "512MiB" or a number of bytes.
+func parseSize(v string) (int64, bool) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}, {"B", 0}}
+	shift := uint(0)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, shift = strings.TrimSpace(num), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, false
+	}
+	return n << shift, true
 }
 
 func boolKey(m map[string]string, key string, def bool) (bool, error) {

@@ -71,6 +71,10 @@ func instantiateImports(ctx context.Context, rt wazero.Runtime) error {
 			{"set", cacheSet, []api.ValueType{i32, i32, i32, i32}, nil},
 			{"remove", cacheRemove, []api.ValueType{i32, i32}, nil},
 		},
+		abi.ModuleWindows: {
+			{"plan", windowsPlan, []api.ValueType{i32, i32, i64, i64, i32, i32}, nil},
+			{"keep", windowsKeep, []api.ValueType{i32, i32, i32, i64, i64, i32, i64, i32, i32}, nil},
+		},
 		abi.ModuleLog: {
 			{"log", logMessage, []api.ValueType{i32, i32, i32}, nil},
 		},
@@ -280,6 +284,32 @@ func cacheSet(ctx context.Context, mod api.Module, stack []uint64) {
 
 func cacheRemove(ctx context.Context, mod api.Module, stack []uint64) {
 	callOf(ctx).sess.CacheRemove(viewString(mod, stack[0], stack[1]))
+}
+
+func windowsPlan(ctx context.Context, mod api.Module, stack []uint64) {
+	held, fetch := callOf(ctx).sess.Plan(viewString(mod, stack[0], stack[1]), stack[2], stack[3], uint32(stack[4]))
+	area := make([]byte, 24)
+	if held != 0 {
+		le.PutUint32(area[8:], uint32(held))
+	} else {
+		area[0] = 1
+		le.PutUint64(area[8:], fetch.Offset)
+		le.PutUint32(area[16:], fetch.Length)
+	}
+	writeArea(mod, stack[5], area)
+}
+
+func windowsKeep(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callOf(ctx)
+	window := abi.Range{Offset: stack[4], Length: uint32(stack[5])}
+	st, err := c.sess.Keep(abi.Stream(stack[0]), viewString(mod, stack[1], stack[2]), stack[3], window, stack[6], uint32(stack[7]))
+	if err != nil {
+		writeArea(mod, stack[8], errorArea(ctx, c, err.Error()))
+		return
+	}
+	area := make([]byte, 12)
+	le.PutUint32(area[4:], uint32(st))
+	writeArea(mod, stack[8], area)
 }
 
 func logMessage(ctx context.Context, mod api.Module, stack []uint64) {

@@ -6,9 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 
+	"github.com/plakar-oci/ocistore/host/blobcache"
 	"github.com/plakar-oci/ocistore/host/session"
 )
 
@@ -77,11 +80,42 @@ func newStoreEnv(config map[string]string, o storeOptions) (*Config, *session.En
 	if !c.UseTLS {
 		scheme = "http://"
 	}
-	env, err := session.NewEnv(session.Config{Registry: scheme + c.Location.Registry, Client: client, Logger: o.logger})
+	windows, err := openWindows(c, o.logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	env, err := session.NewEnv(session.Config{Registry: scheme + c.Location.Registry, Client: client, Logger: o.logger, Windows: windows})
 	if err != nil {
 		return nil, nil, err
 	}
 	return c, env, nil
+}
+
+// openWindows opens the read-ahead cache the configuration names: nil when
+// read-ahead is off. A directory the configuration names must work; the
+// default one (under the user's cache directory) may not, on a read-only
+// home: the store then reads without read-ahead, and says so.
+func openWindows(c *Config, log *slog.Logger) (*blobcache.Cache, error) {
+	if c.ReadAheadSize == 0 {
+		return nil, nil
+	}
+	if c.ReadAheadDir != "" {
+		w, err := blobcache.Open(c.ReadAheadDir, c.ReadAheadSize)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		}
+		return w, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
+	}
+	w, err := blobcache.Open(filepath.Join(base, "ocistore", "readahead"), c.ReadAheadSize)
+	if err != nil {
+		log.Warn("oci store: the default read-ahead cache cannot be used, so every ranged read is a request: set readahead_cache_dir to a writable directory", "error", err)
+		return nil, nil
+	}
+	return w, nil
 }
 
 // readAhead prepares the body of a put before the call takes an instance,

@@ -46,7 +46,16 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
-	os.Exit(m.Run())
+	// The stores' read-ahead windows go to a cache of this run, not the
+	// user's: a test sees only the windows its own run fetched.
+	dir, err := os.MkdirTemp("", "ocistore-host-test-cache-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CACHE_HOME", dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // newStoreWith makes a store over the embedded guest (compiled once for the
@@ -82,11 +91,11 @@ func newFaultRig(t *testing.T, reg *registrytest.Registry) *faultRig {
 	return &faultRig{reg: reg, proxy: faultproxy.Start(t, reg.URL)}
 }
 
-// store makes a new store (with an empty cache, as another process has) on
-// repository repo through the proxy.
+// store makes a new store (with empty caches, as another process on
+// another machine has) on repository repo through the proxy.
 func (r *faultRig) store(t *testing.T, repo string, opts ...host.StoreOption) *host.Store {
 	t.Helper()
-	return newStoreWith(t, map[string]string{"location": "oci://" + r.proxy.Host + "/" + repo}, opts...)
+	return newStoreWith(t, map[string]string{"location": "oci://" + r.proxy.Host + "/" + repo, "readahead_cache_dir": t.TempDir()}, opts...)
 }
 
 // readAll reads a Get through: the bytes, and the error of the Get or of
@@ -283,7 +292,9 @@ func countEntries(log []faultproxy.Entry, method string, status int) int {
 func TestReliabilityGetFaults(t *testing.T) {
 	rig := newFaultRig(t, registrytest.Distribution(t, registrytest.Options{Delete: true}))
 	p := rig.proxy
-	data := randomBytes(300_000)
+	// Larger than the first read-ahead window twice, so that a ranged
+	// read fetches a window with a Range, not the whole blob.
+	data := randomBytes(2_000_000)
 	mac := randomMAC()
 	put(t, rig.store(t, "reliability/get"), packfile, mac, data)
 	ctx := context.Background()

@@ -178,7 +178,8 @@ Global options (before or after the command):
                  (a store saved with 'store add'); default $OCIBACKUP_LOCATION
   -o KEY=VALUE   a store option: username, password, token, use_tls,
                  tls_insecure_no_verify, ca_file, repository_prefix, concurrency,
-                 idle_timeout, stall_timeout (repeatable)
+                 idle_timeout, stall_timeout, readahead_cache_size,
+                 readahead_cache_dir (repeatable)
   -keyfile FILE  read the passphrase from FILE (default $OCIBACKUP_PASSPHRASE,
                  or a prompt on a terminal)
   -silent        no progress and no summaries; errors only

@@ -117,46 +117,77 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	return resp.Body, nil
 }
 
-// fetchRange is fetch of the bytes rng of blob.
+// fetchRange is fetch of the bytes rng of blob, through the host's
+// read-ahead windows: the host serves the bytes when a window it holds has
+// them, or names the window of the blob to fetch, which holds the range;
+// the guest asks the registry for it and hands the answer back for the
+// host to keep and slice (see RATIONALE.md, "Read-ahead windows").
 func (c *call) fetchRange(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	s := c.s
-	off, size := rng.Offset, uint64(blob.Size)
-	last, want := rangeBounds(off, rng.Length, size)
-	byteRange := s.mem.String(func(b []byte) []byte {
-		b = strconv.AppendUint(append(b, "bytes="...), off, 10)
-		return strconv.AppendUint(append(b, '-'), last, 10)
-	})
-	resp, err := c.exchange(c.request("GET", s.blobURL(blob.Digest), abi.Header{"Range", byteRange}))
+	size := uint64(blob.Size)
+	if rng.Offset >= size && size > 0 {
+		return 0, s.rangeError(c.action(), rng.Offset, size)
+	}
+	held, win := s.h.Plan(blob.Digest, size, rng.Offset, rng.Length)
+	if held != 0 {
+		return held, nil
+	}
+	off := win.Offset
+	last, want := rangeBounds(off, win.Length, size)
+	if win.Offset > rng.Offset || win.Offset+want < rng.Offset+min(uint64(rng.Length), size-min(rng.Offset, size)) {
+		return 0, errorf(abi.ErrOther, "%s: the host planned the window %d+%d for the range %d+%d: the host and the guest disagree on the contract",
+			c.action(), win.Offset, win.Length, rng.Offset, rng.Length)
+	}
+	whole := off == 0 && want == size && size > 0
+	var hdr []abi.Header
+	if !whole {
+		byteRange := s.mem.String(func(b []byte) []byte {
+			b = strconv.AppendUint(append(b, "bytes="...), off, 10)
+			return strconv.AppendUint(append(b, '-'), last, 10)
+		})
+		hdr = []abi.Header{{"Range", byteRange}}
+	}
+	resp, err := c.exchange(c.request("GET", s.blobURL(blob.Digest), hdr...))
 	if err != nil {
 		return 0, err
 	}
-	switch resp.Status {
-	case 206:
+	var body abi.Stream
+	switch {
+	case resp.Status == 206 && !whole:
 		got := resp.Get("Content-Range")
 		if start, ok := contentRangeStart(got); !ok || start != off {
 			s.discard(resp)
 			return 0, errorf(abi.ErrOther, "%s: registry %s answered Content-Range %q to Range bytes=%d-%d: refusing bytes that may be the wrong ones",
 				c.action(), s.loc.Registry, got, off, last)
 		}
-		// An HTTP body ends at its Content-Length: when that is what was
-		// asked for, the body is the range, and a call to the host is
-		// saved. Otherwise Slice guards against a registry sending more.
-		if n, ok := parseDecimal(resp.Get("Content-Length")); ok && n == want {
-			return resp.Body, nil
+		// Slice guards against a registry sending more than asked.
+		body = resp.Body
+		if n, ok := parseDecimal(resp.Get("Content-Length")); !ok || n != want {
+			body = s.h.Slice(resp.Body, 0, want)
 		}
-		return s.h.Slice(resp.Body, 0, want), nil
-	case 200:
-		// The registry ignored Range and sends the whole blob.
+	case resp.Status == 200:
+		// The whole blob: asked for, or the registry ignored Range.
 		if off >= size {
 			s.discard(resp)
 			return 0, s.rangeError(c.action(), off, size)
 		}
-		return s.h.Slice(resp.Body, off, want), nil
-	case 416:
+		s.h.Verify(resp.Body, blob.Digest, size)
+		body = resp.Body
+		win = abi.Range{Offset: 0, Length: uint32(min(size, math.MaxUint32))}
+		if size > math.MaxUint32 {
+			return s.h.Slice(resp.Body, rng.Offset, uint64(rng.Length)), nil
+		}
+	case resp.Status == 416:
 		s.discard(resp)
 		return 0, s.rangeError(c.action(), off, size)
+	default:
+		return 0, s.fail(c.action(), resp)
 	}
-	return 0, s.fail(c.action(), resp)
+	st, err := s.h.Keep(body, blob.Digest, size, win, rng.Offset, rng.Length)
+	if err != nil {
+		return 0, errorf(abi.ErrOther, "%s: %v", c.action(), err)
+	}
+	return st, nil
 }
 
 func (s *Store) rangeError(action string, off, size uint64) error {

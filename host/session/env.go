@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/plakar-oci/ocistore/host/blobcache"
 )
 
 // DefaultMaxDocumentSize bounds the response bodies the guest reads itself.
@@ -52,6 +54,10 @@ type Config struct {
 	Cache     *LRU
 	CacheSize int
 
+	// Windows holds the read-ahead windows of blobs (windows.go); nil
+	// turns read-ahead off: every ranged read fetches its range.
+	Windows *blobcache.Cache
+
 	// AllowedHosts are hosts besides the registry that the guest's
 	// requests may name and that redirects may reach over the registry's
 	// scheme, as "host" (default port of the scheme) or "host:port". More
@@ -71,6 +77,7 @@ type Env struct {
 	log      *slog.Logger // with plugin=oci
 	maxDoc   int64
 	cache    *LRU
+	windows  *blobcache.Cache
 	allowMu  sync.Mutex                      // serialises writers of allowed
 	allowed  atomic.Pointer[map[string]bool] // copy on write: read on every request
 	registry string                          // base URL, for messages
@@ -88,6 +95,7 @@ func NewEnv(cfg Config) (*Env, error) {
 		baseKey:  hostKey(base),
 		maxDoc:   cfg.MaxDocumentSize,
 		cache:    cfg.Cache,
+		windows:  cfg.Windows,
 		registry: base.String(),
 		loopback: isLoopbackHost(base.Hostname()),
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/blobcache"
 )
 
 var _ abi.Host = (*Session)(nil)
@@ -37,8 +38,9 @@ type Session struct {
 
 	mu      sync.Mutex
 	streams handles[stream]
-	inline  [4]*stream       // the streams' first backing array, allocated with the session
-	started handles[pending] // requests started and not yet finished (pending.go)
+	inline  [4]*stream         // the streams' first backing array, allocated with the session
+	started handles[pending]   // requests started and not yet finished (pending.go)
+	claims  []*blobcache.Claim // windows planned and not yet kept (windows.go)
 }
 
 // AddReader registers a reader of the host's, such as the body Kloset hands
@@ -227,6 +229,7 @@ func (s *Session) Take(h abi.Stream) (io.ReadCloser, error) {
 // one stream.)
 func (s *Session) CloseAll() {
 	s.abandon()
+	s.releaseClaims("")
 	s.mu.Lock()
 	table := s.streams.drain()
 	s.mu.Unlock()

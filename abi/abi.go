@@ -9,14 +9,14 @@
 //
 // # Calling convention
 //
-// Exports are named "plakar:storage/store@0.2.0#<func>" and return an i32
+// Exports are named "plakar:storage/store@0.3.0#<func>" and return an i32
 // pointer to a return area in guest memory (every result here flattens to
 // more than one value). After reading it, the host calls
 // "cabi_post_<export name>", which lets the guest release the memory behind
 // the area. Parameters that are lists are lowered by the host into memory it
 // obtains from the guest's "cabi_realloc" export.
 //
-// Imports live in modules named "plakar:storage/<interface>@0.2.0". Those
+// Imports live in modules named "plakar:storage/<interface>@0.3.0". Those
 // whose result needs memory take a last i32 parameter, the address of a
 // return area the guest provides; lists and strings in the result are
 // written by the host into memory obtained from "cabi_realloc", which the
@@ -49,7 +49,7 @@ import (
 
 // Version is the version of the WIT package the guest implements. The host
 // refuses a guest that implements another one.
-const Version = "0.2.0"
+const Version = "0.3.0"
 
 // Package is the WIT package, and World the world the guest targets.
 const (

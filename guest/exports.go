@@ -17,7 +17,7 @@ import (
 
 var store *ocistore.Store
 
-//go:wasmexport plakar:storage/store@0.2.0#configure
+//go:wasmexport plakar:storage/store@0.3.0#configure
 func configure(ptr, n uint32) uint32 {
 	options := map[string]string{}
 	// The store keeps its options: their strings come from memory that
@@ -32,13 +32,13 @@ func configure(ptr, n uint32) uint32 {
 	return resultUnit(err)
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#create
+//go:wasmexport plakar:storage/store@0.3.0#create
 func create(ptr, n uint32) uint32 {
 	config := take(ptr, n)
 	return resultUnit(call(func(s *ocistore.Store) error { return s.Create(config) }))
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#open
+//go:wasmexport plakar:storage/store@0.3.0#open
 func open() uint32 {
 	var config []byte
 	err := call(func(s *ocistore.Store) (err error) {
@@ -55,12 +55,12 @@ func open() uint32 {
 	return area.ptr
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#ping
+//go:wasmexport plakar:storage/store@0.3.0#ping
 func ping() uint32 {
 	return resultUnit(call(func(s *ocistore.Store) error { return s.Ping() }))
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#mode
+//go:wasmexport plakar:storage/store@0.3.0#mode
 func mode() uint32 {
 	var access abi.Access
 	err := call(func(s *ocistore.Store) (err error) {
@@ -75,7 +75,7 @@ func mode() uint32 {
 	return area.ptr
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#size
+//go:wasmexport plakar:storage/store@0.3.0#size
 func size() uint32 {
 	var n int64
 	err := call(func(s *ocistore.Store) (err error) {
@@ -85,7 +85,7 @@ func size() uint32 {
 	return resultU64(uint64(n), err)
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#list
+//go:wasmexport plakar:storage/store@0.3.0#list
 func list(kind uint32) uint32 {
 	var macs []abi.MAC
 	err := call(func(s *ocistore.Store) (err error) {
@@ -117,7 +117,7 @@ func list(kind uint32) uint32 {
 	return area.ptr
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#put
+//go:wasmexport plakar:storage/store@0.3.0#put
 func put(kind, macPtr, macLen, body uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
 	fault(mac)
@@ -132,7 +132,7 @@ func put(kind, macPtr, macLen, body uint32) uint32 {
 	return resultU64(n, err)
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#get
+//go:wasmexport plakar:storage/store@0.3.0#get
 func get(kind, macPtr, macLen, hasRange uint32, offset uint64, length uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
 	fault(mac)
@@ -156,7 +156,7 @@ func get(kind, macPtr, macLen, hasRange uint32, offset uint64, length uint32) ui
 	return area.ptr
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#delete
+//go:wasmexport plakar:storage/store@0.3.0#delete
 func deleteObject(kind, macPtr, macLen uint32) uint32 {
 	mac, macErr := liftMAC(macPtr, macLen)
 	fault(mac)
@@ -169,44 +169,44 @@ func deleteObject(kind, macPtr, macLen uint32) uint32 {
 	}))
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#close
+//go:wasmexport plakar:storage/store@0.3.0#close
 func closeStore() uint32 {
 	return resultUnit(call(func(s *ocistore.Store) error { return s.Close() }))
 }
 
 // Post-return functions: the host has read the results.
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#configure
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#configure
 func postConfigure(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#create
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#create
 func postCreate(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#open
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#open
 func postOpen(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#ping
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#ping
 func postPing(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#mode
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#mode
 func postMode(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#size
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#size
 func postSize(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#list
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#list
 func postList(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#put
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#put
 func postPut(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#get
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#get
 func postGet(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#delete
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#delete
 func postDelete(uint32) { releaseAll() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#close
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#close
 func postClose(uint32) { releaseAll() }
 
 // call runs f on the configured store, turning a panic into an error so that

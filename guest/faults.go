@@ -29,7 +29,7 @@ const (
 // sink keeps modeOOM's allocations alive.
 var sink [][]byte
 
-//go:wasmimport plakar:storage/log@0.2.0 log
+//go:wasmimport plakar:storage/log@0.3.0 log
 func importLogRaw(level, msgPtr, msgLen uint32)
 
 // fault misbehaves as mac says, or returns.

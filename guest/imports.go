@@ -17,46 +17,46 @@ import (
 // The imports of interfaces http, streams, cache and log, and host, the
 // abi.Host they make up for the store logic.
 
-//go:wasmimport plakar:storage/http@0.2.0 round-trip
+//go:wasmimport plakar:storage/http@0.3.0 round-trip
 func importRoundTrip(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2, ret uint32)
 
-//go:wasmimport plakar:storage/http@0.2.0 start
+//go:wasmimport plakar:storage/http@0.3.0 start
 func importStart(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2 uint32) uint32
 
-//go:wasmimport plakar:storage/http@0.2.0 finish
+//go:wasmimport plakar:storage/http@0.3.0 finish
 func importFinish(p, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.2.0 read
+//go:wasmimport plakar:storage/streams@0.3.0 read
 func importRead(s, max, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.2.0 digest
+//go:wasmimport plakar:storage/streams@0.3.0 digest
 func importDigest(s, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.2.0 slice
+//go:wasmimport plakar:storage/streams@0.3.0 slice
 func importSlice(s uint32, skip, length uint64) uint32
 
-//go:wasmimport plakar:storage/streams@0.2.0 verify
+//go:wasmimport plakar:storage/streams@0.3.0 verify
 func importVerify(s, digestPtr, digestLen uint32, size uint64)
 
-//go:wasmimport plakar:storage/streams@0.2.0 close
+//go:wasmimport plakar:storage/streams@0.3.0 close
 func importClose(s uint32)
 
-//go:wasmimport plakar:storage/cache@0.2.0 get
+//go:wasmimport plakar:storage/cache@0.3.0 get
 func importCacheGet(keyPtr, keyLen, ret uint32)
 
-//go:wasmimport plakar:storage/cache@0.2.0 set
+//go:wasmimport plakar:storage/cache@0.3.0 set
 func importCacheSet(keyPtr, keyLen, valuePtr, valueLen uint32)
 
-//go:wasmimport plakar:storage/cache@0.2.0 remove
+//go:wasmimport plakar:storage/cache@0.3.0 remove
 func importCacheRemove(keyPtr, keyLen uint32)
 
-//go:wasmimport plakar:storage/windows@0.2.0 plan
+//go:wasmimport plakar:storage/windows@0.3.0 plan
 func importPlan(digestPtr, digestLen uint32, size, offset uint64, length, ret uint32)
 
-//go:wasmimport plakar:storage/windows@0.2.0 keep
+//go:wasmimport plakar:storage/windows@0.3.0 keep
 func importKeep(body, digestPtr, digestLen uint32, size, windowOffset uint64, windowLength uint32, offset uint64, length, ret uint32)
 
-//go:wasmimport plakar:storage/log@0.2.0 log
+//go:wasmimport plakar:storage/log@0.3.0 log
 func importLog(level, msgPtr, msgLen uint32)
 
 type host struct{}

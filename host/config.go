@@ -49,9 +49,10 @@ import (
 //	                    in bytes or with a unit (KiB, MiB, GiB, TiB;
 //	                    default 2GiB); 0 turns read-ahead off, every
 //	                    ranged read then costs a request
-//	readahead_cache_dir where the windows are kept (default
-//	                    <user cache dir>/ocistore/readahead), shared by
-//	                    every store that names it
+//	readahead_cache_dir where the windows are kept (default: readahead
+//	                    in the host's cache root, <user cache
+//	                    dir>/ocistore or $OCISTORE_CACHE_DIR, none when
+//	                    that is "off"), shared by every store that names it
 //
 // Without credentials in the configuration, the host looks for them in the
 // environment (OCISTORE_USERNAME and OCISTORE_PASSWORD, or OCISTORE_TOKEN),

@@ -3,11 +3,13 @@ package host
 import (
 	"errors"
 	"io/fs"
+	"strings"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/repository"
 
 	"github.com/plakar-oci/ocistore/abi"
+	"github.com/plakar-oci/ocistore/host/blobcache"
 )
 
 // Errors of this store that have no Kloset sentinel: test with errors.Is.
@@ -61,4 +63,10 @@ func storeError(res storage.StorageResource, err error) error {
 		return &Error{Resource: res, Code: e.Code, Status: e.Status, Message: e.Message}
 	}
 	return err
+}
+
+// IsCorrupted tells whether err is a download whose bytes did not match
+// their digest: the registry or the network altered them.
+func IsCorrupted(err error) bool {
+	return err != nil && strings.Contains(err.Error(), blobcache.Corrupted)
 }

@@ -106,11 +106,16 @@ func openWindows(c *Config, log *slog.Logger) (*blobcache.Cache, error) {
 		}
 		return w, nil
 	}
-	base, err := os.UserCacheDir()
+	// Beside the host's other caches (Plakar's cache directory for its
+	// plugin), and off where they are off.
+	root, err := cacheRoot("")
 	if err != nil {
-		base = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
+		root = filepath.Join(os.TempDir(), fmt.Sprintf("ocistore-%d", os.Getuid()))
 	}
-	w, err := blobcache.Open(filepath.Join(base, "ocistore", "readahead"), c.ReadAheadSize)
+	if root == "" {
+		return nil, nil
+	}
+	w, err := blobcache.Open(filepath.Join(root, "readahead"), c.ReadAheadSize)
 	if err != nil {
 		log.Warn("oci store: the default read-ahead cache cannot be used, so every ranged read is a request: set readahead_cache_dir to a writable directory", "error", err)
 		return nil, nil

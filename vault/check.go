@@ -96,6 +96,8 @@ func (v *Vault) diagnoseMissingChunks(o *op) {
 			o.replaceError(subject, subject+": could not be read during the check, and reads now: check again")
 		case errors.Is(err, repository.ErrBlobNotFound), errors.Is(err, repository.ErrPackfileNotFound), errors.Is(err, fs.ErrNotExist):
 			// Missing indeed.
+		case host.IsCorrupted(err):
+			o.replaceError(subject, fmt.Sprintf("%s: corrupted: the registry's bytes of its packfile do not match their digest (%v)", subject, cause(v.kctx, err)))
 		case errors.As(err, &se):
 			o.replaceError(subject, fmt.Sprintf("%s: could not be read from the store: %v", subject, cause(v.kctx, err)))
 		default:

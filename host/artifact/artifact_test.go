@@ -43,7 +43,7 @@ func TestInspectModule(t *testing.T) {
 			artifact.AppendWorldSection(artifacttest.StubModule(abi.Version), abi.World), abi.World),
 		"exports of another version": artifacttest.StubModule("9.9.9"),
 		"exports of two versions": artifacttest.Module(
-			"plakar:storage/store@0.1.0#open", "plakar:storage/store@0.2.0#open"),
+			"plakar:storage/store@0.1.0#open", "plakar:storage/store@0.3.0#open"),
 		"no store exports": artifacttest.Module("_initialize", "cabi_realloc"),
 	}
 	for name, wasm := range refused {

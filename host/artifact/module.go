@@ -13,7 +13,7 @@ import (
 )
 
 // WorldSection is the name of the custom section in which a module may say
-// which WIT world it implements, as "plakar:storage/plugin@0.2.0". Go's
+// which WIT world it implements, as "plakar:storage/plugin@0.3.0". Go's
 // wasip1 toolchain cannot emit custom sections, so the guest built by `make
 // guest` has none and its version is read from its exports;
 // AppendWorldSection stamps one on a built module.

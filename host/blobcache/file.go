@@ -12,6 +12,11 @@ import (
 	"strings"
 )
 
+// Corrupted starts the message of a download whose bytes do not match
+// their digest (here and in session's streams). The message crosses the
+// sandbox as text, so this is how it is recognised (host.IsCorrupted).
+const Corrupted = "corrupted download"
+
 // A window file: a header (magic, the blob's digest and size, the window's
 // offset and length), the sha256 of each block (4 KiB) of the window, then the
 // window. Reads check the header against what they ask for and the blocks
@@ -108,7 +113,7 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 	}
 	if r.Off == 0 && r.N == size {
 		if sum := "sha256:" + hex.EncodeToString(whole.Sum(nil)); sum != digest {
-			return 0, fmt.Errorf("corrupted download: expected %s (%d bytes), got %s: the registry or the network altered the data; try again", digest, size, sum)
+			return 0, fmt.Errorf("%s: expected %s (%d bytes), got %s: the registry or the network altered the data; try again", Corrupted, digest, size, sum)
 		}
 	}
 	if _, err := f.WriteAt(append(hdr, sums...), 0); err != nil {

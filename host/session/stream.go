@@ -11,6 +11,8 @@ import (
 	"math"
 	"net/url"
 	"strings"
+
+	"github.com/plakar-oci/ocistore/host/blobcache"
 )
 
 var errClosed = errors.New("read from a closed stream: it was closed by the guest or when its export call returned")
@@ -115,7 +117,7 @@ func (s *stream) check() error {
 	if s.n == s.wantN && got == s.want {
 		return nil
 	}
-	return fmt.Errorf("corrupted download: expected %s (%d bytes), got %s (%d bytes): the registry or the network altered the data; try again", s.want, s.wantN, got, s.n)
+	return fmt.Errorf("%s: expected %s (%d bytes), got %s (%d bytes): the registry or the network altered the data; try again", blobcache.Corrupted, s.want, s.wantN, got, s.n)
 }
 
 // sliceReader reads length bytes of src after skipping skip. The skip is

@@ -81,8 +81,8 @@ func TestWrongGuest(t *testing.T) {
 		t.Error("wasm-tools built a component of the wrong guest")
 	}
 	want := []string{
-		`export "plakar:storage/store@0.2.0#put": signature (i32, i32, i32, i64) -> (i32), want (i32, i32, i32, i32) -> (i32)`,
-		`import "plakar:storage/log@0.2.0" "log": signature (i32, i32) -> (), want (i32, i32, i32) -> ()`,
+		`export "plakar:storage/store@0.3.0#put": signature (i32, i32, i32, i64) -> (i32), want (i32, i32, i32, i32) -> (i32)`,
+		`import "plakar:storage/log@0.3.0" "log": signature (i32, i32) -> (), want (i32, i32, i32) -> ()`,
 	}
 	if len(e.Mismatches) != len(want) {
 		t.Errorf("got %d mismatches, want %d:\n%s", len(e.Mismatches), len(want), strings.Join(e.Mismatches, "\n"))
@@ -110,7 +110,7 @@ func TestMissingExports(t *testing.T) {
 	}
 	var e *Error
 	errors.As(err, &e)
-	for _, name := range []string{"plakar:storage/store@0.2.0#configure", "cabi_post_plakar:storage/store@0.2.0#close", "cabi_realloc"} {
+	for _, name := range []string{"plakar:storage/store@0.3.0#configure", "cabi_post_plakar:storage/store@0.3.0#close", "cabi_realloc"} {
 		if !strings.Contains(err.Error(), `export "`+name+`": missing`) {
 			t.Errorf("missing export %s not reported:\n%v", name, err)
 		}

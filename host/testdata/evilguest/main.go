@@ -63,13 +63,13 @@ func stringAddr(s string) uint32 {
 	return uint32(uintptr(unsafe.Pointer(unsafe.StringData(s))))
 }
 
-//go:wasmimport plakar:storage/http@0.2.0 round-trip
+//go:wasmimport plakar:storage/http@0.3.0 round-trip
 func importRoundTrip(methodPtr, methodLen, urlPtr, urlLen, headersPtr, headersLen, bodyCase, body1, body2, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.2.0 read
+//go:wasmimport plakar:storage/streams@0.3.0 read
 func importRead(s, max, ret uint32)
 
-//go:wasmimport plakar:storage/streams@0.2.0 close
+//go:wasmimport plakar:storage/streams@0.3.0 close
 func importClose(s uint32)
 
 type retArea [3]uint64
@@ -139,19 +139,19 @@ func result(size, off uint32, errMsg string) uint32 {
 
 func start() { clear(pins) }
 
-//go:wasmexport plakar:storage/store@0.2.0#configure
+//go:wasmexport plakar:storage/store@0.3.0#configure
 func configure(ptr, n uint32) uint32 { start(); return result(20, 4, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#create
+//go:wasmexport plakar:storage/store@0.3.0#create
 func create(ptr, n uint32) uint32 { start(); return result(20, 4, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#open
+//go:wasmexport plakar:storage/store@0.3.0#open
 func open() uint32 { start(); return result(20, 4, "the evil guest keeps no store") }
 
-//go:wasmexport plakar:storage/store@0.2.0#ping
+//go:wasmexport plakar:storage/store@0.3.0#ping
 func ping() uint32 { start(); return result(20, 4, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#mode
+//go:wasmexport plakar:storage/store@0.3.0#mode
 func mode() uint32 {
 	start()
 	ptr, a := alloc(20)
@@ -159,13 +159,13 @@ func mode() uint32 {
 	return ptr
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#size
+//go:wasmexport plakar:storage/store@0.3.0#size
 func size() uint32 { start(); return result(24, 8, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#list
+//go:wasmexport plakar:storage/store@0.3.0#list
 func list(kind uint32) uint32 { start(); return result(20, 4, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#put
+//go:wasmexport plakar:storage/store@0.3.0#put
 func put(kind, macPtr, macLen, body uint32) uint32 {
 	start()
 	script, ok := readAll(body)
@@ -188,14 +188,14 @@ func put(kind, macPtr, macLen, body uint32) uint32 {
 	return result(24, 8, strings.Join(report, "\n"))
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#get
+//go:wasmexport plakar:storage/store@0.3.0#get
 func get(kind, macPtr, macLen, hasRange uint32, offset uint64, length uint32) uint32 {
 	start()
 	return result(20, 4, "the evil guest keeps no objects")
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#delete
+//go:wasmexport plakar:storage/store@0.3.0#delete
 func deleteObject(kind, macPtr, macLen uint32) uint32 { start(); return result(20, 4, "") }
 
-//go:wasmexport plakar:storage/store@0.2.0#close
+//go:wasmexport plakar:storage/store@0.3.0#close
 func closeStore() uint32 { start(); return result(20, 4, "") }

@@ -30,16 +30,16 @@ func area() unsafe.Pointer {
 	return unsafe.Pointer(&ret)
 }
 
-//go:wasmimport plakar:storage/http@0.2.0 round-trip
+//go:wasmimport plakar:storage/http@0.3.0 round-trip
 func roundTrip(method unsafe.Pointer, methodLen uint32, url unsafe.Pointer, urlLen uint32, headers unsafe.Pointer, headersLen uint32, bodyKind uint32, body0 uint32, body1 uint32, result unsafe.Pointer)
 
-//go:wasmimport plakar:storage/streams@0.2.0 slice
+//go:wasmimport plakar:storage/streams@0.3.0 slice
 func slice(s uint32, skip, length uint64) uint32
 
-//go:wasmimport plakar:storage/cache@0.2.0 get
+//go:wasmimport plakar:storage/cache@0.3.0 get
 func cacheGet(key unsafe.Pointer, keyLen uint32, result unsafe.Pointer)
 
-//go:wasmexport plakar:storage/store@0.2.0#configure
+//go:wasmexport plakar:storage/store@0.3.0#configure
 func configure(options unsafe.Pointer, n uint32) unsafe.Pointer {
 	// Calls each import, so that the linker keeps them.
 	if n == 1<<31 {
@@ -53,64 +53,64 @@ func configure(options unsafe.Pointer, n uint32) unsafe.Pointer {
 	return area()
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#create
+//go:wasmexport plakar:storage/store@0.3.0#create
 func create(config unsafe.Pointer, n uint32) unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#open
+//go:wasmexport plakar:storage/store@0.3.0#open
 func open() unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#ping
+//go:wasmexport plakar:storage/store@0.3.0#ping
 func ping() unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#mode
+//go:wasmexport plakar:storage/store@0.3.0#mode
 func mode() unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#size
+//go:wasmexport plakar:storage/store@0.3.0#size
 func size() unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#list
+//go:wasmexport plakar:storage/store@0.3.0#list
 func list(kind uint32) unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#get
+//go:wasmexport plakar:storage/store@0.3.0#get
 func get(kind uint32, mac unsafe.Pointer, macLen uint32, hasRange uint32, offset uint64, length uint32) unsafe.Pointer {
 	return area()
 }
 
-//go:wasmexport plakar:storage/store@0.2.0#delete
+//go:wasmexport plakar:storage/store@0.3.0#delete
 func del(kind uint32, mac unsafe.Pointer, macLen uint32) unsafe.Pointer { return area() }
 
-//go:wasmexport plakar:storage/store@0.2.0#close
+//go:wasmexport plakar:storage/store@0.3.0#close
 func closeStore() unsafe.Pointer { return area() }
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#configure
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#configure
 func postConfigure(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#create
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#create
 func postCreate(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#open
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#open
 func postOpen(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#ping
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#ping
 func postPing(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#mode
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#mode
 func postMode(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#size
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#size
 func postSize(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#list
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#list
 func postList(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#put
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#put
 func postPut(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#get
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#get
 func postGet(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#delete
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#delete
 func postDelete(unsafe.Pointer) {}
 
-//go:wasmexport cabi_post_plakar:storage/store@0.2.0#close
+//go:wasmexport cabi_post_plakar:storage/store@0.3.0#close
 func postClose(unsafe.Pointer) {}

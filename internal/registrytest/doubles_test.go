@@ -2,8 +2,10 @@ package registrytest
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,5 +135,50 @@ func TestHarborGHCRQuirks(t *testing.T) {
 	}
 	if got := do(t, http.MethodDelete, g.URL+"/v2/test/ghcr/manifests/a"); got != http.StatusMethodNotAllowed {
 		t.Errorf("GHCR: DELETE = %d, want 405", got)
+	}
+}
+
+// TestZotTagsClampedBackend: the registry behind the zot double clamps n
+// (distribution: to 1000) and links the rest; the double still answers
+// pages of n tags, as zot does, with a Link while tags are left.
+func TestZotTagsClampedBackend(t *testing.T) {
+	tags := []string{"a", "b", "c", "d", "e", "f", "g"}
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		last := r.URL.Query().Get("last")
+		var page []string
+		for _, tag := range tags {
+			if tag > last {
+				page = append(page, tag)
+			}
+		}
+		if len(page) > min(n, 2) {
+			page = page[:min(n, 2)]
+			w.Header().Set("Link", fmt.Sprintf(`</v2/r/tags/list?n=%d&last=%s>; rel="next"`, n, page[len(page)-1]))
+		}
+		json.NewEncoder(w).Encode(map[string]any{"name": "r", "tags": page})
+	})
+	zot := ZotTags(backend)
+	var got []string
+	for target, pages := "/v2/r/tags/list?n=3", 0; target != ""; pages++ {
+		if pages > len(tags) {
+			t.Fatalf("more pages than tags: %q", got)
+		}
+		rec := httptest.NewRecorder()
+		zot.ServeHTTP(rec, httptest.NewRequest("GET", target, nil))
+		var page struct {
+			Tags []string `json:"tags"`
+		}
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil {
+			t.Fatalf("GET %s: %d %s", target, rec.Code, rec.Body)
+		}
+		if len(page.Tags) != 3 && len(got)+len(page.Tags) != len(tags) {
+			t.Errorf("GET %s: %q, want 3 tags while tags are left", target, page.Tags)
+		}
+		got = append(got, page.Tags...)
+		target, _ = strings.CutPrefix(strings.SplitN(rec.Header().Get("Link"), ">", 2)[0], "<")
+	}
+	if !slices.Equal(got, tags) {
+		t.Errorf("listed %q, want %q", got, tags)
 	}
 }

@@ -144,7 +144,12 @@ func TestHarborGHCRQuirks(t *testing.T) {
 func TestZotTagsClampedBackend(t *testing.T) {
 	tags := []string{"a", "b", "c", "d", "e", "f", "g"}
 	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil {
+			n = len(tags) // no n: every tag, unclamped, as distribution does
+		} else {
+			n = min(n, 2)
+		}
 		last := r.URL.Query().Get("last")
 		var page []string
 		for _, tag := range tags {
@@ -152,8 +157,8 @@ func TestZotTagsClampedBackend(t *testing.T) {
 				page = append(page, tag)
 			}
 		}
-		if len(page) > min(n, 2) {
-			page = page[:min(n, 2)]
+		if len(page) > n {
+			page = page[:n]
 			w.Header().Set("Link", fmt.Sprintf(`</v2/r/tags/list?n=%d&last=%s>; rel="next"`, n, page[len(page)-1]))
 		}
 		json.NewEncoder(w).Encode(map[string]any{"name": "r", "tags": page})

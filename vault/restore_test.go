@@ -17,8 +17,15 @@ import (
 func newTestVault(t *testing.T) *vault.Vault {
 	t.Helper()
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/vault/restore"}
-	pass := []byte("restore test passphrase")
+	return createTestVault(t, "oci://"+reg.Host+"/vault/restore")
+}
+
+// createTestVault creates the store at location and opens it; it is
+// closed at the end of t.
+func createTestVault(t *testing.T, location string) *vault.Vault {
+	t.Helper()
+	cfg := map[string]string{"location": location}
+	pass := []byte("vault test passphrase")
 	ctx := context.Background()
 	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
 		t.Fatal(err)

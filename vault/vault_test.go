@@ -205,17 +205,7 @@ func TestBackupListedBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(closeFront)
-	cfg := map[string]string{"location": "oci://" + reg.Host + "/vault/hidden"}
-	pass := []byte("vault test passphrase")
-	ctx := context.Background()
-	if _, err := vault.Create(ctx, cfg, pass, nil); err != nil {
-		t.Fatal(err)
-	}
-	v, err := vault.Open(ctx, cfg, pass, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := createTestVault(t, "oci://"+reg.Host+"/vault/hidden")
 	if err := v.NoSnapshot(); err != nil {
 		t.Errorf("NoSnapshot on a new store: %v, want nil", err)
 	}

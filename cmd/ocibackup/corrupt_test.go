@@ -17,7 +17,7 @@ import (
 func TestCorruptedChunk(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase, "OCIBACKUP_LOCATION", "oci://"+reg.Host+"/corrupt/store")
+	e := storeEnv(t, reg, "corrupt/store")
 	src := filepath.Join(t.TempDir(), "src")
 	writeRandomFiles(t, src, 9, 1, 2<<20)
 	e.ok("create")

@@ -92,7 +92,7 @@ func TestUnlistedBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(closeFront)
-	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/team/backups", "OCIBACKUP_PASSPHRASE", passphrase)
+	e := storeEnv(t, reg, "team/backups")
 	src := writeTree(t, 3, 1<<20)
 	e.ok("create")
 	if r := e.ok("check"); !strings.Contains(r.stdout, "no snapshot to check: the store holds none") {

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // The tests drive the ocibackup binary, built once into a temporary
@@ -79,6 +81,12 @@ func newEnv(t *testing.T) *env {
 		"XDG_DATA_HOME":      filepath.Join(home, ".local", "share"),
 		"OCISTORE_CACHE_DIR": wazeroCache,
 	}}
+}
+
+// storeEnv is an environment whose store is path on reg, opened with the
+// tests' passphrase.
+func storeEnv(t *testing.T, reg *registrytest.Registry, path string) *env {
+	return newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/"+path, "OCIBACKUP_PASSPHRASE", passphrase)
 }
 
 func (e *env) with(kv ...string) *env {

@@ -17,7 +17,7 @@ import (
 func TestRegistrySaysWhy(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase, "OCIBACKUP_LOCATION", "oci://"+reg.Host+"/why/store")
+	e := storeEnv(t, reg, "why/store")
 	src := filepath.Join(t.TempDir(), "src")
 	writeRandomFiles(t, src, 10, 1, 1<<20)
 	e.ok("create")

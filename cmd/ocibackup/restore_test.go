@@ -20,7 +20,7 @@ import (
 func TestRestoreSpecialFiles(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/special", "OCIBACKUP_PASSPHRASE", passphrase)
+	e := storeEnv(t, reg, "special")
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func restoreAsNobody(t *testing.T, e *env, id string) {
 func TestRestorePaths(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
-	e := newEnv(t).with("OCIBACKUP_LOCATION", "oci://"+reg.Host+"/paths", "OCIBACKUP_PASSPHRASE", passphrase)
+	e := storeEnv(t, reg, "paths")
 	src := filepath.Join(t.TempDir(), "Documents")
 	for name, content := range map[string]string{"notes.txt": "notes\n", "sub/x.txt": "x\n"} {
 		p := filepath.Join(src, name)

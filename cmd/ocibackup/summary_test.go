@@ -15,7 +15,7 @@ import (
 func TestSmallBackupStored(t *testing.T) {
 	t.Parallel()
 	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := newEnv(t).with("OCIBACKUP_PASSPHRASE", passphrase, "OCIBACKUP_LOCATION", "oci://"+reg.Host+"/small/store")
+	e := storeEnv(t, reg, "small/store")
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)

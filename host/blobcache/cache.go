@@ -31,16 +31,24 @@ const (
 	firstWindow = 64 << 10
 	// maxWindow bounds a window grown by sequential reads.
 	maxWindow = 16 << 20
-	// wholeAsks is how many reads of one blob make it worth fetching whole:
-	// Kloset's restore and check read a packfile in many small ranges
-	// (one per file and per chunk), a restore of one file in a few (up
-	// to about ten of the packfile that holds the index trees, some of
-	// them at once). parallelAsks is how many make it worth it when reads
-	// wait for each other's windows.
-	wholeAsks    = 8
+	// wholePages is how many distinct pages of one blob, read, make it
+	// worth fetching whole: Kloset's restore and check go through a
+	// packfile's files and chunks, page after page, while a restore of one
+	// file reads the few nodes of the index trees on its path, several
+	// times each (measured: 15 reads over 7 pages; counting reads
+	// instead fetched the index packfile whole one run in two).
+	// parallelAsks is how many reads make it worth it when reads wait for
+	// each other's windows.
+	wholePages   = 16
+	page         = 4 << 10
 	parallelAsks = 3
 	// alignment is the grain of windows.
 	alignment = 64 << 10
+	// spreadBlobs blobs first read within spreadTime of each other are a
+	// restore or a check going through a snapshot: a restore of one file
+	// reads two (the packfile of the index trees, and its own).
+	spreadBlobs = 3
+	spreadTime  = 5 * time.Second
 	// bulkSpell is how long a blob fetched whole for being wanted makes
 	// the next ones wanted at their second read.
 	bulkSpell = time.Minute
@@ -72,6 +80,10 @@ type blob struct {
 	// Demand: how many reads asked for how many bytes, hits and misses.
 	asks  int
 	asked uint64
+	first time.Time // of the first read in this process
+	// pages: a bit for each page read; touched counts them.
+	pages   []uint64
+	touched int
 	// next is the size of the next window; lastEnd where the last one
 	// ended, to tell sequential reads.
 	next, lastEnd uint64
@@ -192,8 +204,12 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 			b.size = size
 		}
 		if !counted {
+			if b.asks == 0 {
+				c.spread(b)
+			}
 			b.asks++
 			b.asked += n
+			b.touch(off, n)
 			counted = true
 		}
 		if w := b.find(off, n); w != nil {
@@ -233,35 +249,39 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 }
 
 // plan chooses the window a miss fetches: the whole blob when it is small
-// enough and wanted enough, otherwise a window from off that doubles while
-// reads are sequential. A blob is wanted enough when it was read often
-// (wholeAsks), or for a good share of its size (wholeShare), or when this
+// enough and wanted enough, otherwise a window at off that doubles while
+// reads are sequential. A blob is wanted enough when many of its pages
+// were read (wholePages), or a good share of its size (wholeShare), or when this
 // read waited for another one's window and missed it, the blob read a few
 // times already (parallelAsks): readers in parallel on one blob are a
 // restore or a check going through it, where one read of one file's path
 // is mostly a sequence of single reads.
 //
-// Once a blob was wanted enough, the process is going through a snapshot:
-// for a while (bulkSpell), a blob is wanted enough at its second read, so
-// that the packfiles after the first cost a window of the entries they
-// hold and then the whole packfile.
+// Once a blob was wanted enough, or a few blobs were first read at once
+// (spread), the process is going through a snapshot: for a while
+// (bulkSpell), a blob is wanted enough at its second read, so that
+// packfiles cost a window of the entries they hold and then the whole
+// packfile.
 func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
 	if b.size <= c.wholeMax {
 		bulk := time.Now().Before(c.bulkUntil)
 		parallel := waited && b.asks >= parallelAsks
-		if parallel || b.asks >= wholeAsks || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
+		if parallel || b.touched >= wholePages || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
 			c.bulkUntil = time.Now().Add(bulkSpell)
 			return Range{0, b.size}
 		}
 	}
-	if b.next == 0 || off < b.lastEnd || off > b.lastEnd+b.next {
-		b.next = firstWindow
-	} else {
-		b.next = min(2*b.next, maxWindow)
-	}
 	// Aligned, so that the ranges Kloset pads around a blob (a random
 	// shift before it) fall in the window of their neighbours.
 	start := off / alignment * alignment
+	if b.next == 0 || off < b.lastEnd || off > b.lastEnd+b.next {
+		// A jump: the nodes of an index tree, read from its root down,
+		// were written before it, so the window reaches back as well.
+		b.next = firstWindow
+		start = (off - min(off, firstWindow)) / alignment * alignment
+	} else {
+		b.next = min(2*b.next, maxWindow)
+	}
 	end := min((off+max(n, b.next)+alignment-1)/alignment*alignment, b.size)
 	r := Range{start, end - start}
 	if b.size <= c.wholeMax && 2*(r.N) >= b.size {
@@ -269,6 +289,35 @@ func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
 	}
 	b.lastEnd = r.Off + r.N
 	return r
+}
+
+// spread marks b read for the first time, and starts a bulk spell when
+// spreadBlobs blobs were first read within spreadTime.
+func (c *Cache) spread(b *blob) {
+	now := time.Now()
+	b.first = now
+	n := 0
+	for _, o := range c.blobs {
+		if now.Sub(o.first) < spreadTime {
+			n++
+		}
+	}
+	if n >= spreadBlobs {
+		c.bulkUntil = now.Add(bulkSpell)
+	}
+}
+
+// touch marks the pages of the n bytes at off read.
+func (b *blob) touch(off, n uint64) {
+	if want := int((b.size + page*64 - 1) / (page * 64)); len(b.pages) != want {
+		b.pages, b.touched = make([]uint64, want), 0 // a size learned anew
+	}
+	for p := off / page; p <= (off+n-1)/page; p++ {
+		if w, bit := p/64, uint64(1)<<(p%64); b.pages[w]&bit == 0 {
+			b.pages[w] |= bit
+			b.touched++
+		}
+	}
 }
 
 func (b *blob) find(off, n uint64) *window {

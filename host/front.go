@@ -55,6 +55,15 @@ type front[I backend] struct {
 	// each kept for the one Get that Kloset makes of it next (readLocks).
 	locksMu   sync.Mutex
 	locksRead map[objects.MAC][]byte
+
+	// deleteMu runs the deletes of objects other than locks one at a
+	// time: on a registry that refuses DELETE each rewrites the store's
+	// list of deleted objects, which two at once would each push with
+	// only their own object added (the guest's graveyard.go). Only
+	// maintenance deletes them, one after another (Kloset's and
+	// vault's), so this costs nothing; locks are released by a request
+	// of their own and stay concurrent.
+	deleteMu sync.Mutex
 }
 
 func newFront[I backend](config map[string]string, o storeOptions, newInst func(context.Context, *front[I]) (I, error)) (*front[I], error) {
@@ -286,6 +295,9 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 	}
 	if kind == abi.KindLock {
 		f.lockRead(mac)
+	} else {
+		f.deleteMu.Lock()
+		defer f.deleteMu.Unlock()
 	}
 	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
 		return inst.delete(ctx, sess, kind, mac)

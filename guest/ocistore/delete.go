@@ -195,27 +195,32 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // Kloset does right after, and leaves out those that read as missing, so
 // the one request that moves the tag releases the lock, whatever happens
 // next, and a lock taken again under the same MAC reads as live. Locks
-// are released by every command: a marker each would pile up, and List
-// would read every one of them.
+// are released by every command: the graveyard would be rewritten by
+// each.
 //
 // Other objects are deleted by maintenance only, and their List is not
-// checked by reading: a marker tag, deleted-<kind>-<hex>, tells List to
-// leave the object out without reading its tag. The marker goes first: a
-// delete that stops half-way leaves a marker on a live tag, which List
-// reads as an object put again (alive, and readable), never an object
-// listed that cannot be read; deleting it again completes the deletion.
+// checked by reading every tag: the graveyard names them (entomb). It
+// does first: a delete that stops half-way leaves a live tag the
+// graveyard names, which List reads as an object put again (alive, and
+// readable), never an object listed that cannot be read; deleting it
+// again completes the deletion. An object whose tag is a tombstone
+// already is named too before the delete reports it missing: that heals
+// a name lost to a graveyard pushed by two deletes at once.
 func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 	tag := c.s.objectTag(k, mac)
 	digest, exists, err := c.manifestDigest(tag)
 	if err != nil {
 		return err
 	}
-	if !exists || digest == tombstoneDigest {
+	if !exists || (k == abi.KindLock && digest == tombstoneDigest) {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	if k != abi.KindLock {
-		if err := c.putManifest(c.s.markerTag(k, mac), tombstone); err != nil {
+		if err := c.entomb(k, mac); err != nil {
 			return err
+		}
+		if digest == tombstoneDigest {
+			return errorf(abi.ErrNotFound, "%s: no such object (deleted already)", c.action())
 		}
 	}
 	return c.putManifest(tag, tombstone)

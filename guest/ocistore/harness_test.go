@@ -121,6 +121,19 @@ func (x *harness) list(k abi.Kind) []abi.MAC {
 	return macs
 }
 
+// buryWithMarker deletes object (k, mac) as versions before the graveyard
+// did where DELETE is refused: a marker tag, then the tombstone.
+func (x *harness) buryWithMarker(k abi.Kind, mac abi.MAC) {
+	x.t.Helper()
+	x.must("bury with a marker", x.do(func() error {
+		c := x.store.newCall("bury ", ObjectTag(k, mac), " in ")
+		if err := c.putManifest(markerPrefix+ObjectTag(k, mac), tombstone); err != nil {
+			return err
+		}
+		return c.putManifest(ObjectTag(k, mac), tombstone)
+	}))
+}
+
 func (x *harness) del(k abi.Kind, mac abi.MAC) error {
 	return x.do(func() error { return x.store.Delete(k, mac) })
 }

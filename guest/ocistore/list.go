@@ -29,17 +29,23 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		return nil, err
 	}
 	prefix := c.s.tagPrefix(k)
-	// Deletion markers are few, or none where the registry deletes: the
+	// Deletion markers (deleted-<kind>-<hex>, the tags that versions
+	// before the graveyard wrote where DELETE is refused) are few, or
+	// none where the registry deletes: the
 	// first page after their prefix is then the objects' own tags, and a
 	// short one saves reading a thousand of them. The registry makes it
 	// while it makes the objects' pages. Locks have none (bury): the host
 	// reads every lock listed, and leaves out those released.
 	markerFirst := min(c.s.pageSize, probePage)
 	var markerFrom string
-	var markerPage abi.Pending
+	var markerPage, graveyardPage abi.Pending
 	if k != abi.KindLock {
 		markerFrom = c.listFrom(markerPrefix + prefix)
 		markerPage = c.start(c.tagPage(markerFirst, markerFrom))
+		// Read whatever the deletion mode: a process that learned it long
+		// ago may not know that the registry has stopped deleting since,
+		// or that another process met a registry that never did.
+		graveyardPage = c.start(c.graveyardGet())
 	}
 	// Kloset lists the locks before it releases one: the record of how the
 	// registry deletes is read then, alongside, so that the release is one
@@ -62,17 +68,24 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
 			return nil, err
 		}
+		graves, err := c.readGraveyard(graveyardPage)
+		if err != nil {
+			return nil, err
+		}
+		if gm := graveMACs(graves, k); len(gm) > 0 {
+			// Marker tags are what versions before the graveyard wrote.
+			markers = slices.Compact(slices.SortedFunc(slices.Values(append(gm, markers...)), compareMAC))
+		}
 	}
 	if modeHead != 0 {
 		// A failure here is the release's to report, if it meets it.
 		c.readDeletionMode(modeHead)
 	}
-	// A marker stays once written, and is written before the tag moves to
-	// the tombstone (bury): the object is alive if its tag is not a
-	// tombstone (put again after the deletion, or a deletion that stopped
-	// half-way). The tags of marked objects still listed are read a few at
-	// a time: a store carries a marker for every object maintenance ever
-	// deleted.
+	// A name in the graveyard (or a marker tag) stays once written, and is
+	// written before the tag moves to the tombstone (bury): the object is
+	// alive if its tag is not a tombstone (put again after the deletion,
+	// or a deletion that stopped half-way). The tags of named objects
+	// still listed are read a few at a time.
 	var dead []bool // by index in macs
 	var check []int // the same, of the marked objects
 	for _, mac := range markers {

@@ -297,3 +297,16 @@ type Host interface {
 	// Log is log.log.
 	Log(level Level, msg string)
 }
+
+// DeletionModeKey is the entry of the host's cache where the guest keeps
+// how the registry of the store at registry/repository deletes objects:
+// "0" by tag (also what a store with no record of it means), "1" by
+// digest, "2" by tombstone (the registry refuses DELETE). The host reads
+// it to report what became of the objects a maintenance removed.
+func DeletionModeKey(registry, repository string) string {
+	return registry + "/" + repository + ":deletion-mode"
+}
+
+// DeletesByTombstone is the value of DeletionModeKey of a registry that
+// refuses DELETE.
+const DeletesByTombstone = "2"

@@ -311,6 +311,16 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 	return err
 }
 
+// Tombstones tells whether the store's registry refuses DELETE, so that
+// deleted objects were replaced by tombstones and their bytes stay, as
+// the guest learned it in this process (its cache entry, abi.
+// DeletionModeKey): known is false when no call learned it, nor read the
+// store's record of it.
+func (f *front[I]) Tombstones() (tombstones, known bool) {
+	v, ok := f.env.Cache().Get(abi.DeletionModeKey(f.config.Location.Registry, f.config.Location.Repository))
+	return v == abi.DeletesByTombstone, ok
+}
+
 // Close closes the idle instances; calls in flight finish on theirs, which
 // are closed as they come back.
 func (f *front[I]) Close(ctx context.Context) error {

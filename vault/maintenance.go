@@ -81,6 +81,46 @@ type MaintenanceResult struct {
 	// maintenance tries again).
 	Failed []string
 	Grace  time.Duration
+	// Deletion is what became of the objects deleted (not in a dry run,
+	// nor when nothing was deleted): from the store's record of how its
+	// registry deletes.
+	Deletion Deletion
+}
+
+// Deletion is how a store's registry deleted objects.
+type Deletion int
+
+const (
+	// DeletionUnknown: nothing was deleted, or the store does not say.
+	DeletionUnknown Deletion = iota
+	// DeletedByRegistry: the registry deleted the objects' tags; its own
+	// garbage collection frees their blobs.
+	DeletedByRegistry
+	// DeletedByTombstone: the registry refuses DELETE; each object's tag
+	// was moved to a tombstone, and its bytes stay in the registry
+	// (README, "Deleting").
+	DeletedByTombstone
+)
+
+// tombstoner is a store that tells whether it deletes by tombstone (the
+// host's).
+type tombstoner interface {
+	Tombstones() (tombstones, known bool)
+}
+
+// deletion is how v's store deletes, as far as it knows.
+func (v *Vault) deletion() Deletion {
+	t, ok := v.deleter.(tombstoner)
+	if !ok {
+		return DeletionUnknown
+	}
+	switch tomb, known := t.Tombstones(); {
+	case !known:
+		return DeletionUnknown
+	case tomb:
+		return DeletedByTombstone
+	}
+	return DeletedByRegistry
 }
 
 // Maintenance does what plakar maintenance does, in one pass: under
@@ -156,6 +196,14 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 			continue
 		}
 		written, size, err := v.packfileTime(mac)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Listed, yet missing: a tombstone whose name in the store's
+			// list of deleted objects was lost (two deletes at once).
+			// No state knows of it, no backup is writing it: deleting it
+			// again names it.
+			r.Orphans = append(r.Orphans, mac)
+			continue
+		}
 		if err != nil {
 			r.Failed = append(r.Failed, fmt.Sprintf("packfile %x kept: its date cannot be read: %v", mac[:4], err))
 			continue
@@ -218,6 +266,9 @@ func (v *Vault) Maintenance(opts MaintenanceOptions) (*MaintenanceResult, error)
 		return nil, fmt.Errorf("maintenance: measuring the store: %w", cause(v.kctx, err))
 	}
 	r.LockBytes = sizeMid - sizeAfter
+	if len(r.Unused)+len(r.Orphans)+len(r.StaleLocks) > len(r.Failed) {
+		r.Deletion = v.deletion()
+	}
 	if opts.AfterDelete != nil {
 		opts.AfterDelete()
 	}

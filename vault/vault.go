@@ -236,6 +236,9 @@ type Vault struct {
 	kctx     *kcontext.KContext
 	repo     *repository.Repository
 	store    *CountingStore
+	// deleter is the store as opened, before any wrapping: it tells how
+	// its registry deletes (MaintenanceResult.Deletion).
+	deleter storage.Store
 	cache    *caching.Manager
 	location string
 	tmpCache string // removed by Close
@@ -299,6 +302,7 @@ func Open(ctx context.Context, storeConfig map[string]string, passphrase []byte,
 	if err != nil {
 		return fail(err)
 	}
+	v.deleter = inner
 	if opts.WrapStore != nil {
 		inner = opts.WrapStore(inner)
 	}

@@ -75,12 +75,7 @@ func cmdMaintenance(a *app, args []string) error {
 		}
 		collected, collectErr = a.localReg.Collect()
 	case a.localServer == "":
-		if n := len(r.Unused) + len(r.Orphans) + len(r.StaleLocks); n > 0 {
-			a.sayf("registry: it frees the blobs of the %d objects removed when its own garbage collection runs. "+
-				"If it refuses DELETE, each was replaced by a tombstone (its tag, KIND-MAC, points to a small tombstone manifest, "+
-				"and a deleted-KIND-MAC tag marks it): their %s stay in the registry until its operator enables deletion, "+
-				"deletes those tags and runs its garbage collection", n, ibytes(r.PackfileBytes+r.LockBytes))
-		}
+		a.sayRegistryDeletion(r)
 		return nil
 	}
 	if collectErr != nil || collected == nil {
@@ -121,6 +116,26 @@ func (a *app) printMaintenance(r *vault.MaintenanceResult) {
 	}
 	if len(r.Failed) > 0 {
 		a.printErrors("could not remove", r.Failed, int64(len(r.Failed)))
+	}
+}
+
+// sayRegistryDeletion says what an external registry does with the
+// objects maintenance removed, from the store's record of how it deletes.
+func (a *app) sayRegistryDeletion(r *vault.MaintenanceResult) {
+	n := len(r.Unused) + len(r.Orphans) + len(r.StaleLocks) - len(r.Failed)
+	if n <= 0 {
+		return
+	}
+	freed := ibytes(r.PackfileBytes + r.LockBytes)
+	tombstones := fmt.Sprintf("each was replaced by a tombstone: its tag, KIND-MAC, points to a small tombstone manifest, and the tag graveyard lists it. "+
+		"Their %s stay in the registry until its operator enables deletion, deletes those tags (and graveyard, deleted-* tags of older versions) and runs its garbage collection (README, \"Deleting\")", freed)
+	switch r.Deletion {
+	case vault.DeletedByRegistry:
+		a.sayf("registry: it deleted the %d objects removed; its own garbage collection frees their blobs (%s) when it runs", n, freed)
+	case vault.DeletedByTombstone:
+		a.sayf("registry: it refuses DELETE, so the %d objects removed are tombstones: %s", n, tombstones)
+	default:
+		a.sayf("registry: it frees the blobs of the %d objects removed when its own garbage collection runs. If it refuses DELETE, %s", n, tombstones)
 	}
 }
 

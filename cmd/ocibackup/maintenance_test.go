@@ -113,7 +113,7 @@ func TestMaintenanceNoDelete(t *testing.T) {
 	id2, src2, _, _, two := removeFirstOfTwo(t, e, at, reg.Dir)
 
 	r := e.ok("-at", at, "maintenance")
-	for _, want := range []string{"packfiles that only removed snapshots used: ", "tombstone", "garbage collection"} {
+	for _, want := range []string{"packfiles that only removed snapshots used: ", "refuses DELETE, so the", "tombstone", "graveyard", `README, "Deleting"`, "garbage collection"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("the report does not say %q: %s", want, r)
 		}
@@ -130,4 +130,22 @@ func TestMaintenanceNoDelete(t *testing.T) {
 	dest := filepath.Join(t.TempDir(), "restored")
 	e.ok("-at", at, "restore", id2, dest)
 	sameTree(t, src2, dest)
+}
+
+// TestMaintenanceDeleteReported: on a registry that deletes, the report
+// says that it deleted the objects and that its own garbage collection
+// frees their blobs, and nothing of tombstones.
+func TestMaintenanceDeleteReported(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	e := newEnv(t)
+	at := "oci://" + reg.Host + "/maint/store"
+	removeFirstOfTwo(t, e, at, reg.Dir)
+	r := e.ok("-at", at, "maintenance")
+	if !strings.Contains(r.stdout, "registry: it deleted the ") || !strings.Contains(r.stdout, "garbage collection frees their blobs") {
+		t.Errorf("the report does not say that the registry deleted the objects: %s", r)
+	}
+	if strings.Contains(r.stdout, "tombstone") {
+		t.Errorf("the report speaks of tombstones on a registry that deletes: %s", r)
+	}
 }

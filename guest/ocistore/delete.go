@@ -67,8 +67,13 @@ func (c *call) deletionMode() int32 {
 	return mode
 }
 
+// deletionModeKey is where the host's cache keeps the deletion mode.
+func (s *Store) deletionModeKey() string {
+	return abi.DeletionModeKey(s.loc.Registry, s.loc.Repository)
+}
+
 func (c *call) cachedDeletionMode() (int32, bool) {
-	v, ok := c.s.h.CacheGet(c.s.cacheKey(deletionModeTag))
+	v, ok := c.s.h.CacheGet(c.s.deletionModeKey())
 	if !ok || len(v) != 1 || v[0] < '0' || v[0] > '2' {
 		return 0, false
 	}
@@ -94,7 +99,7 @@ func (c *call) readDeletionMode(started abi.Pending) (int32, error) {
 		return 0, c.s.fail(c.action(), resp)
 	}
 	c.s.discard(resp)
-	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	c.s.h.CacheSet(c.s.deletionModeKey(), string(rune('0'+mode)))
 	return mode, nil
 }
 
@@ -104,7 +109,7 @@ func (c *call) deletionModeHead() *abi.Request { return c.manifestHead(deletionM
 // repository. A failure to record costs the next process one refused
 // request, nothing more: it is logged, never returned.
 func (c *call) recordDeletionMode(mode int32) {
-	c.s.h.CacheSet(c.s.cacheKey(deletionModeTag), string(rune('0'+mode)))
+	c.s.h.CacheSet(c.s.deletionModeKey(), string(rune('0'+mode)))
 	if mode == deleteByTag {
 		return // the default: nothing to record
 	}

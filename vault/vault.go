@@ -233,12 +233,12 @@ func newStore(kctx *kcontext.KContext, storeConfig map[string]string) (storage.S
 
 // Vault is an open store.
 type Vault struct {
-	kctx     *kcontext.KContext
-	repo     *repository.Repository
-	store    *CountingStore
+	kctx  *kcontext.KContext
+	repo  *repository.Repository
+	store *CountingStore
 	// deleter is the store as opened, before any wrapping: it tells how
 	// its registry deletes (MaintenanceResult.Deletion).
-	deleter storage.Store
+	deleter  storage.Store
 	cache    *caching.Manager
 	location string
 	tmpCache string // removed by Close

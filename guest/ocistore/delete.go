@@ -69,7 +69,11 @@ func (c *call) deletionMode() int32 {
 
 // deletionModeKey is where the host's cache keeps the deletion mode.
 func (s *Store) deletionModeKey() string {
-	return abi.DeletionModeKey(s.loc.Registry, s.loc.Repository)
+	if s.modeKey == "" {
+		// Made once: every put reads it.
+		s.modeKey = abi.DeletionModeKey(s.loc.Registry, s.loc.Repository)
+	}
+	return s.modeKey
 }
 
 func (c *call) cachedDeletionMode() (int32, bool) {
@@ -221,7 +225,7 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 		return errorf(abi.ErrNotFound, "%s: no such object", c.action())
 	}
 	if k != abi.KindLock {
-		if err := c.entomb(k, mac); err != nil {
+		if err := c.entomb(k, mac, digest == tombstoneDigest); err != nil {
 			return err
 		}
 		if digest == tombstoneDigest {

@@ -11,9 +11,16 @@ import (
 // graveyardTag names the objects deleted by tombstone (bury): one tag
 // whose manifest (artifactType application/vnd.plakar.graveyard.v1) has
 // one layer, the list of the deleted objects, a line "<kind> <hex MAC>"
-// each, sorted. On a registry that refuses DELETE no tag ever goes away:
-// one tag for every deleted object would grow the tag list, which every
-// List pages through, by one per object forever.
+// each, sorted, followed by " pending" while the object's tag may not be
+// a tombstone yet. On a registry that refuses DELETE no tag ever goes
+// away: one tag for every deleted object would grow the tag list, which
+// every List pages through, by one per object forever.
+//
+// List takes a name that is not pending as the object's death without
+// reading its tag, unless a marker tag says the object was put again
+// (Put): so List costs one read more, not one per object ever deleted.
+// It reads the tags of the pending ones, which the next delete confirms
+// (entomb).
 const graveyardTag = "graveyard"
 
 const artifactGraveyard = "application/vnd.plakar.graveyard.v1"
@@ -23,11 +30,15 @@ const artifactGraveyard = "application/vnd.plakar.graveyard.v1"
 // registry's tag list.
 const maxGraveyard = 64 << 20
 
-// grave is one deleted object.
+// grave is one deleted object. pending: its tag was live when it was
+// named, and may still be (a delete stopped half-way).
 type grave struct {
-	k   abi.Kind
-	mac abi.MAC
+	k       abi.Kind
+	mac     abi.MAC
+	pending bool
 }
+
+const pendingField = " pending"
 
 func compareGrave(a, b grave) int {
 	if a.k != b.k {
@@ -91,8 +102,9 @@ func parseGraveyard(data []byte) ([]grave, error) {
 	sorted := true
 	for line := range bytes.Lines(data) {
 		line = bytes.TrimSuffix(line, []byte("\n"))
-		name, h, ok := bytes.Cut(line, []byte(" "))
 		var g grave
+		line, g.pending = bytes.CutSuffix(line, []byte(pendingField))
+		name, h, ok := bytes.Cut(line, []byte(" "))
 		kindOK := false
 		for _, k := range abi.Kinds() {
 			if string(name) == k.String() {
@@ -108,8 +120,17 @@ func parseGraveyard(data []byte) ([]grave, error) {
 		graves = append(graves, g)
 	}
 	if !sorted {
-		slices.SortFunc(graves, compareGrave)
-		graves = slices.Compact(graves)
+		slices.SortStableFunc(graves, compareGrave)
+		// A name given twice is pending if either is: its tag is read.
+		out := graves[:0]
+		for _, g := range graves {
+			if n := len(out); n > 0 && compareGrave(out[n-1], g) == 0 {
+				out[n-1].pending = out[n-1].pending || g.pending
+				continue
+			}
+			out = append(out, g)
+		}
+		graves = out
 	}
 	return graves, nil
 }
@@ -120,42 +141,69 @@ func encodeGraveyard(graves []grave) []byte {
 		b = append(b, g.k.String()...)
 		b = append(b, ' ')
 		b = hex.AppendEncode(b, g.mac[:])
+		if g.pending {
+			b = append(b, pendingField...)
+		}
 		b = append(b, '\n')
 	}
 	return b
 }
 
-// graveMACs are the MACs of kind k among graves, sorted.
-func graveMACs(graves []grave, k abi.Kind) []abi.MAC {
-	var macs []abi.MAC
+// gravesOf are the graves of kind k among graves, sorted.
+func gravesOf(graves []grave, k abi.Kind) []grave {
+	var of []grave
 	for _, g := range graves {
 		if g.k == k {
-			macs = append(macs, g.mac)
+			of = append(of, g)
 		}
 	}
-	return macs
+	return of
 }
 
-// entomb makes the graveyard name object (k, mac): it reads the list,
-// and if the object is not on it pushes the list with it and moves the
-// tag. Registries have no compare-and-swap: two entombs at once would
-// each push the list they read plus their own object, and the one pushed
-// first is lost. The host runs a store's deletes of objects other than
-// locks one at a time (front.Delete), Kloset's exclusive lock keeps two
-// maintenances apart, and a lost name heals: the object's tag is a
-// tombstone, which List shows, and the next delete of it (maintenance
-// deletes what it lists and no state uses) names it again.
-func (c *call) entomb(k abi.Kind, mac abi.MAC) error {
+// entomb makes the graveyard name object (k, mac), pending unless its tag
+// is a tombstone already (tombstoned), and confirms the pending names
+// whose tags are tombstones now (read markerReads at a time: normally the
+// one the delete before named). Registries have no compare-and-swap: two
+// entombs at once would each push the list they read plus their own
+// object, and the one pushed first is lost. The host runs a store's
+// deletes of objects other than locks one at a time (front.Delete),
+// Kloset's exclusive lock keeps two maintenances apart, and a lost name
+// heals: the object's tag is a tombstone, which List shows, and the next
+// delete of it (maintenance deletes what it lists and no state uses)
+// names it again.
+func (c *call) entomb(k abi.Kind, mac abi.MAC, tombstoned bool) error {
 	graves, err := c.readGraveyard(0)
 	if err != nil {
 		return err
 	}
-	g := grave{k, mac}
-	i, found := slices.BinarySearchFunc(graves, g, compareGrave)
-	if found {
+	changed := false
+	var pending []int
+	var tags []string
+	for i, g := range graves {
+		if g.pending && (g.k != k || g.mac != mac) {
+			pending = append(pending, i)
+			tags = append(tags, c.s.objectTag(g.k, g.mac))
+		}
+	}
+	dead, err := c.deadTags(tags)
+	if err != nil {
+		return err
+	}
+	for j, i := range pending {
+		if dead[j] {
+			graves[i].pending, changed = false, true
+		}
+	}
+	g := grave{k, mac, !tombstoned}
+	switch i, found := slices.BinarySearchFunc(graves, g, compareGrave); {
+	case !found:
+		graves, changed = slices.Insert(graves, i, g), true
+	case graves[i].pending != g.pending:
+		graves[i], changed = g, true
+	}
+	if !changed {
 		return nil
 	}
-	graves = slices.Insert(graves, i, g)
 	data := encodeGraveyard(graves)
 	if len(data) > maxGraveyard {
 		return errorf(abi.ErrOther, "%s: the list of deleted objects would be %d bytes, more than %d: enable deletion on registry %s (README, Deleting)",
@@ -166,6 +214,29 @@ func (c *call) entomb(k abi.Kind, mac abi.MAC) error {
 		return err
 	}
 	return c.putManifest(graveyardTag, graveyardManifest(blob))
+}
+
+// deadTags reads tags, markerReads at a time, and tells which are
+// tombstones or missing.
+func (c *call) deadTags(tags []string) ([]bool, error) {
+	dead := make([]bool, len(tags))
+	for from := 0; from < len(tags); from += markerReads {
+		batch := tags[from:min(len(tags), from+markerReads)]
+		var reqs [markerReads]*abi.Request
+		var started [markerReads]abi.Pending
+		for j, tag := range batch {
+			reqs[j] = c.manifestHead(tag)
+			started[j] = c.start(reqs[j])
+		}
+		for j, tag := range batch {
+			digest, exists, err := c.manifestDigestStarted(tag, reqs[j], started[j])
+			if err != nil {
+				return nil, err
+			}
+			dead[from+j] = !exists || digest == tombstoneDigest
+		}
+	}
+	return dead, nil
 }
 
 func graveyardManifest(blob descriptor) []byte {

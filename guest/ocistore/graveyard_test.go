@@ -54,8 +54,14 @@ func TestDeleteGraveyard(t *testing.T) {
 	for _, mac := range macs[1:4] {
 		x.must("Delete", x.del(abi.KindPackfile, mac))
 	}
+	x.host.takeRequests()
 	if got := x.list(abi.KindPackfile); !slices.Equal(got, macs[4:]) {
 		t.Errorf("List = %x, want %x", got, macs[4:])
+	}
+	// The tags read: the one with an old marker, and the last one deleted,
+	// whose name is pending until the next delete; not one per object.
+	if heads := countRequests(x.host.takeRequests(), "HEAD /v2/team/backups/manifests/packfile-"); heads != 2 {
+		t.Errorf("List read %d tags of deleted objects, want 2", heads)
 	}
 	// The same MAC in another kind is not deleted.
 	if got := x.list(abi.KindState); !slices.Equal(got, macs[:1]) {
@@ -152,9 +158,10 @@ func TestGraveyardLostUpdateHeals(t *testing.T) {
 }
 
 func TestParseGraveyard(t *testing.T) {
-	graves := []grave{{abi.KindPackfile, testMAC(2)}, {abi.KindPackfile, testMAC(1)}, {abi.KindECCState, testMAC(1)}, {abi.KindPackfile, testMAC(1)}}
+	graves := []grave{{abi.KindPackfile, testMAC(2), true}, {abi.KindPackfile, testMAC(1), false}, {abi.KindECCState, testMAC(1), false}, {abi.KindPackfile, testMAC(1), true}}
 	got, err := parseGraveyard(encodeGraveyard(graves))
-	want := []grave{{abi.KindPackfile, testMAC(1)}, {abi.KindPackfile, testMAC(2)}, {abi.KindECCState, testMAC(1)}}
+	// A name given twice is pending if either is.
+	want := []grave{{abi.KindPackfile, testMAC(1), true}, {abi.KindPackfile, testMAC(2), true}, {abi.KindECCState, testMAC(1), false}}
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("parseGraveyard(encodeGraveyard(unsorted)) = %v, %v; want %v", got, err, want)
 	}

@@ -59,6 +59,7 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		return nil, err
 	}
 	var markers []abi.MAC
+	var graves []grave
 	if k != abi.KindLock {
 		if c.listFrom(markerPrefix+prefix) != markerFrom {
 			// The objects' list just learned that last must name a tag:
@@ -68,51 +69,56 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
 			return nil, err
 		}
-		graves, err := c.readGraveyard(graveyardPage)
+		all, err := c.readGraveyard(graveyardPage)
 		if err != nil {
 			return nil, err
 		}
-		if gm := graveMACs(graves, k); len(gm) > 0 {
-			// Marker tags are what versions before the graveyard wrote.
-			markers = slices.Compact(slices.SortedFunc(slices.Values(append(gm, markers...)), compareMAC))
-		}
+		graves = gravesOf(all, k)
 	}
 	if modeHead != 0 {
 		// A failure here is the release's to report, if it meets it.
 		c.readDeletionMode(modeHead)
 	}
-	// A name in the graveyard (or a marker tag) stays once written, and is
-	// written before the tag moves to the tombstone (bury): the object is
-	// alive if its tag is not a tombstone (put again after the deletion,
-	// or a deletion that stopped half-way). The tags of named objects
-	// still listed are read a few at a time.
+	// A name in the graveyard stays once written, and is written before
+	// the tag moves to the tombstone (bury): a pending one may name a live
+	// object (a deletion that stopped half-way), whose tag is read. So is
+	// the tag of an object with a marker: Put marks an object it puts
+	// again over a tombstone, and versions before the graveyard marked
+	// every object they deleted. The object is alive if its tag is not a
+	// tombstone.
 	var dead []bool // by index in macs
-	var check []int // the same, of the marked objects
-	for _, mac := range markers {
-		if i, found := slices.BinarySearchFunc(macs, mac, compareMAC); found {
-			check = append(check, i)
+	var check []int // the same, of the objects whose tags are read
+	var tags []string
+	for _, g := range graves {
+		i, found := slices.BinarySearchFunc(macs, g.mac, compareMAC)
+		switch _, marked := slices.BinarySearchFunc(markers, g.mac, compareMAC); {
+		case !found:
+		case g.pending || marked:
+			check, tags = append(check, i), append(tags, c.s.objectTag(k, g.mac))
+		default:
+			if dead == nil {
+				dead = make([]bool, len(macs))
+			}
+			dead[i] = true
 		}
 	}
-	for len(check) > 0 {
-		batch := check[:min(len(check), markerReads)]
-		check = check[len(batch):]
-		var reqs [markerReads]*abi.Request
-		var started [markerReads]abi.Pending
-		for j, i := range batch {
-			reqs[j] = c.manifestHead(c.s.objectTag(k, macs[i]))
-			started[j] = c.start(reqs[j])
+	for _, mac := range markers {
+		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
+		_, named := slices.BinarySearchFunc(graves, grave{k: k, mac: mac}, compareGrave)
+		if found && !named {
+			check, tags = append(check, i), append(tags, c.s.objectTag(k, mac))
 		}
-		for j, i := range batch {
-			digest, exists, err := c.manifestDigestStarted(c.s.objectTag(k, macs[i]), reqs[j], started[j])
-			if err != nil {
-				return nil, err
+	}
+	read, err := c.deadTags(tags)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range check {
+		if read[j] {
+			if dead == nil {
+				dead = make([]bool, len(macs))
 			}
-			if !exists || digest == tombstoneDigest {
-				if dead == nil {
-					dead = make([]bool, len(macs))
-				}
-				dead[i] = true
-			}
+			dead[i] = true
 		}
 	}
 	if dead != nil {

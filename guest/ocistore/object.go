@@ -18,9 +18,32 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	}
 	tag, key := s.objectKey(k, mac)
 	c := s.newCall("put ", tag, " to ")
+	// Where deleted objects are tombstones named in the graveyard, which
+	// List believes without reading their tags, an object put again over
+	// a tombstone gets a marker first, which has List read its tag. (Locks
+	// are read whenever they are listed.) The tag is read while the bytes
+	// go up. The mode is the host cache's, which List fills (Kloset lists
+	// the locks before it puts anything) and every put keeps fresh.
+	var mark *abi.Request
+	var marking abi.Pending
+	if mode, _ := c.cachedDeletionMode(); k != abi.KindLock && mode == deleteByTombstone {
+		mark = c.manifestHead(tag)
+		marking = c.start(mark)
+	}
 	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
+	}
+	if mark != nil {
+		digest, _, err := c.manifestDigestStarted(tag, mark, marking)
+		if err != nil {
+			return 0, err
+		}
+		if digest == tombstoneDigest {
+			if err := c.putManifest(s.markerTag(k, mac), tombstone); err != nil {
+				return 0, err
+			}
+		}
 	}
 	raw := s.mem.Bytes(func(b []byte) []byte { return s.lay.appendManifest(b, k, mac, blob) })
 	if err := c.putManifest(tag, raw); err != nil {

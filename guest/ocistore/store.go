@@ -32,6 +32,7 @@ type Store struct {
 	// messages, the API paths of the repository, the store's part of the
 	// host's cache.
 	where, manifests, blobs, uploads, tags, cacheSpace string
+	modeKey                                            string // deletionModeKey
 
 	// mem and reqs are the memory of the call in progress, reused by the
 	// next (package scratch, Reset): a put or a ranged get then makes no

@@ -61,20 +61,27 @@
 //     Get treats a tombstone as a missing object. A lock needs nothing
 //     more: the host reads the locks List returns and leaves out those
 //     that read as missing, so the one PUT releases it. Other objects
-//     also get a marker, deleted-<kind>-<hex>, tagged on the tombstone
-//     before the object's tag moves: List drops the objects that have a
-//     marker, unless their tag is not a tombstone (checked with a HEAD of
-//     the tag: put again since, or a delete that stopped half-way). The
-//     bytes stay in the registry until its owner removes the tombstone and
-//     garbage-collects (README).
+//     are first named in the graveyard, the tag graveyard, whose
+//     manifest (artifactType application/vnd.plakar.graveyard.v1) has
+//     one layer listing the deleted objects (graveyard.go): List drops
+//     the objects it names, reading the tags of names still pending (a
+//     delete that stopped half-way) and of objects with a marker tag,
+//     deleted-<kind>-<hex> (put again over a tombstone, or deleted by an
+//     older version): their object is alive if the tag is not a
+//     tombstone. The bytes stay in the registry until its owner removes
+//     the tombstone and garbage-collects (README).
 //
 // # Costs
 //
 // Put is four requests (start upload, stream, commit, manifest); Get is one
-// when the host's cache knows the object's blob, two otherwise. List is one
-// request per page of tags, twice (objects and deletion markers; once for
-// locks, which have no markers), plus one HEAD per marker whose object tag
-// is still listed (four at a time). Size lists every kind
+// when the host's cache knows the object's blob, two otherwise (a put
+// where the store deletes by tombstone adds a HEAD of its tag alongside
+// the upload). List is one request per page of tags, twice (objects and
+// deletion markers; once for locks, which have none), plus the
+// graveyard's manifest and list, plus one HEAD per pending name or marker
+// whose object tag is still listed (four at a time). A delete by
+// tombstone of an object other than a lock reads and pushes the
+// graveyard (five requests and a HEAD per pending name) before its PUT. Size lists every kind
 // and reads every object's manifest it has not cached: it is slow on big
 // stores and meant for occasional reporting.
 //

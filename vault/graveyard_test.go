@@ -168,3 +168,105 @@ func TestMaintenanceDeletionReported(t *testing.T) {
 		t.Errorf("Deletion = %v, want DeletedByRegistry", r.Deletion)
 	}
 }
+
+// pushEmptyGraveyard makes the graveyard of repo list nothing, as a lost
+// update that named none of the objects deleted so far would.
+func pushEmptyGraveyard(t *testing.T, host, repo string) {
+	t.Helper()
+	base := "http://" + host + "/v2/" + repo
+	req, err := http.NewRequest("POST", base+"/blobs/uploads/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := resp.Location()
+	if err != nil {
+		t.Fatalf("starting an upload: %s %v", resp.Status, err)
+	}
+	const emptySHA = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	q := loc.Query()
+	q.Set("digest", emptySHA)
+	loc.RawQuery = q.Encode()
+	httpDo(t, "PUT", loc.String(), nil, "application/octet-stream")
+	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.plakar.graveyard.v1",` +
+		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},` +
+		`"layers":[{"mediaType":"application/vnd.plakar.graveyard.v1","digest":"` + emptySHA + `","size":0}]}`
+	httpDo(t, "PUT", base+"/manifests/graveyard", []byte(manifest), "application/vnd.oci.image.manifest.v1+json")
+}
+
+// TestMaintenanceOrphanGraveyardHeals: the packfiles of a backup that
+// never committed (no state knows of them) are deleted as orphans on a
+// registry that refuses DELETE; a graveyard update lost lists them again,
+// unreadable, and the next maintenance deletes them again (which names
+// them), rather than failing on packfiles whose date it cannot read.
+func TestMaintenanceOrphanGraveyardHeals(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: false})
+	repo := "maint/orphan-heals"
+	st := newTestStore(t, reg.Host, repo)
+	ctx := context.Background()
+	m := st.open(ctx, nil)
+	keptDir := t.TempDir()
+	kept := randomFiles(t, keptDir, 1, 100<<10)
+	if _, err := m.Backup(keptDir, nil); err != nil {
+		t.Fatal(err)
+	}
+	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
+	bctx, cancel := context.WithCancel(ctx)
+	b := st.open(bctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
+	src := t.TempDir()
+	randomFiles(t, src, 2, 300<<10)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := b.Backup(src, nil)
+		backupDone <- err
+	}()
+	<-hold.reached
+	cancel()
+	close(hold.release)
+	if err := <-backupDone; err == nil {
+		t.Fatal("the stopped backup succeeded")
+	}
+	b.Close()
+
+	r, err := m.Maintenance(vault.MaintenanceOptions{Grace: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Orphans) == 0 {
+		t.Fatal("no orphan deleted")
+	}
+	pushEmptyGraveyard(t, reg.Host, repo)
+	listed, err := m.Store().List(ctx, storage.StorageResourcePackfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mac := range r.Orphans {
+		if !slices.Contains(listed, mac) {
+			t.Fatalf("orphan %x is not listed after the graveyard lost it", mac[:4])
+		}
+	}
+	r2, err := m.Maintenance(vault.MaintenanceOptions{Grace: 0})
+	if err != nil {
+		t.Fatalf("the maintenance after a lost graveyard update: %v", err)
+	}
+	if len(r2.Orphans) != len(r.Orphans) {
+		t.Errorf("the next maintenance deleted %d orphans again, want %d", len(r2.Orphans), len(r.Orphans))
+	}
+	left, err := m.Store().List(ctx, storage.StorageResourcePackfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mac := range r.Orphans {
+		if slices.Contains(left, mac) {
+			t.Errorf("orphan %x is still listed after the next maintenance", mac[:4])
+		}
+	}
+	if _, err := m.Check("latest"); err != nil {
+		t.Fatal(err)
+	}
+	restoresSame(t, m, "latest", kept)
+}

@@ -25,10 +25,12 @@ const graveyardTag = "graveyard"
 
 const artifactGraveyard = "application/vnd.plakar.graveyard.v1"
 
-// maxGraveyard bounds the list: about 75 bytes an object, so nearly a
-// million deleted objects, each of which also left its own tag in the
-// registry's tag list.
-const maxGraveyard = 64 << 20
+// maxGraveyard bounds the list: the size of the largest manifest, which
+// the host reads whatever its limit on documents. At about 75 bytes an
+// object that is some 55,000 deleted objects (a terabyte of packfiles),
+// past which deletes fail until an operator reclaims the space (README,
+// "Deleting"), which empties the graveyard.
+const maxGraveyard = maxManifest
 
 // grave is one deleted object. pending: its tag was live when it was
 // named, and may still be (a delete stopped half-way).
@@ -206,8 +208,8 @@ func (c *call) entomb(k abi.Kind, mac abi.MAC, tombstoned bool) error {
 	}
 	data := encodeGraveyard(graves)
 	if len(data) > maxGraveyard {
-		return errorf(abi.ErrOther, "%s: the list of deleted objects would be %d bytes, more than %d: enable deletion on registry %s (README, Deleting)",
-			c.action(), len(data), maxGraveyard, c.s.loc.Registry)
+		return errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is full at %d bytes: registry %s refuses DELETE, and the space of what was deleted must be reclaimed first (README, \"Deleting\"), which empties it",
+			c.action(), graveyardTag, maxGraveyard, c.s.loc.Registry)
 	}
 	blob, err := c.uploadBytes(data)
 	if err != nil {

@@ -171,3 +171,33 @@ func TestParseGraveyard(t *testing.T) {
 		}
 	}
 }
+
+// TestGraveyardFull: a graveyard that cannot take one more name fails the
+// delete with what to do, and leaves the object whole.
+func TestGraveyardFull(t *testing.T) {
+	x := newHarness(t, refuseDelete)
+	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))
+	line := len(encodeGraveyard([]grave{{abi.KindPackfile, testMAC(1), false}}))
+	graves := make([]grave, maxGraveyard/line)
+	for i := range graves {
+		graves[i].k = abi.KindPackfile
+		graves[i].mac[0], graves[i].mac[1], graves[i].mac[2] = 0xff, byte(i>>8), byte(i)
+	}
+	x.must("push a full graveyard", x.do(func() error {
+		c := x.store.newCall("push ", graveyardTag, " to ")
+		blob, err := c.uploadBytes(encodeGraveyard(graves))
+		if err != nil {
+			return err
+		}
+		return c.putManifest(graveyardTag, graveyardManifest(blob))
+	}))
+	a := testMAC(1)
+	x.must("Put", x.put(abi.KindPackfile, a, []byte("a")))
+	wantCode(t, "Delete into a full graveyard", x.del(abi.KindPackfile, a), abi.ErrOther, "is full", "Deleting")
+	if data, err := x.get(abi.KindPackfile, a, nil); err != nil || string(data) != "a" {
+		t.Errorf("Get after the delete failed = %q, %v", data, err)
+	}
+	if got := x.list(abi.KindPackfile); !slices.Equal(got, []abi.MAC{a}) {
+		t.Errorf("List after the delete failed = %x", got)
+	}
+}

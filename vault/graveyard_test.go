@@ -141,17 +141,7 @@ func TestMaintenanceGraveyard(t *testing.T) {
 			t.Errorf("packfile %x is still listed after the next maintenance", mac[:4])
 		}
 	}
-	again, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(again.Unused)+len(again.Orphans) != 0 {
-		t.Errorf("a third pass found %d unused and %d orphan packfiles", len(again.Unused), len(again.Orphans))
-	}
-	if _, err := v.Check("latest"); err != nil {
-		t.Fatal(err)
-	}
-	restoresSame(t, v, "latest", files)
+	nothingLeftToRemove(t, v, files)
 }
 
 // TestMaintenanceDeletionReported: on a registry that deletes, the
@@ -174,6 +164,7 @@ func TestMaintenanceDeletionReported(t *testing.T) {
 func pushEmptyGraveyard(t *testing.T, host, repo string) {
 	t.Helper()
 	base := "http://" + host + "/v2/" + repo
+	const emptySHA = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 	req, err := http.NewRequest("POST", base+"/blobs/uploads/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +178,6 @@ func pushEmptyGraveyard(t *testing.T, host, repo string) {
 	if err != nil {
 		t.Fatalf("starting an upload: %s %v", resp.Status, err)
 	}
-	const emptySHA = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 	q := loc.Query()
 	q.Set("digest", emptySHA)
 	loc.RawQuery = q.Encode()

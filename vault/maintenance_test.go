@@ -310,19 +310,26 @@ func TestMaintenanceEveryRegistry(t *testing.T) {
 					t.Errorf("packfile %x is still listed", mac[:4])
 				}
 			}
-			again, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(again.Unused)+len(again.Orphans) != 0 {
-				t.Errorf("a second pass found %d unused and %d orphan packfiles", len(again.Unused), len(again.Orphans))
-			}
-			if _, err := v.Check("latest"); err != nil {
-				t.Fatal(err)
-			}
-			restoresSame(t, v, "latest", files)
+			nothingLeftToRemove(t, v, files)
 		})
 	}
+}
+
+// nothingLeftToRemove checks that one more maintenance finds nothing to
+// remove, and that the latest snapshot checks and restores files.
+func nothingLeftToRemove(t *testing.T, v *vault.Vault, files map[string][]byte) {
+	t.Helper()
+	again, err := v.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Unused)+len(again.Orphans) != 0 {
+		t.Errorf("one more pass found %d unused and %d orphan packfiles", len(again.Unused), len(again.Orphans))
+	}
+	if _, err := v.Check("latest"); err != nil {
+		t.Fatal(err)
+	}
+	restoresSame(t, v, "latest", files)
 }
 
 // TestMaintenanceThenBackupAgain: after maintenance deleted a removed

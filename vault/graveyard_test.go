@@ -204,23 +204,7 @@ func TestMaintenanceOrphanGraveyardHeals(t *testing.T) {
 	if _, err := m.Backup(keptDir, nil); err != nil {
 		t.Fatal(err)
 	}
-	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
-	bctx, cancel := context.WithCancel(ctx)
-	b := st.open(bctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
-	src := t.TempDir()
-	randomFiles(t, src, 2, 300<<10)
-	backupDone := make(chan error, 1)
-	go func() {
-		_, err := b.Backup(src, nil)
-		backupDone <- err
-	}()
-	<-hold.reached
-	cancel()
-	close(hold.release)
-	if err := <-backupDone; err == nil {
-		t.Fatal("the stopped backup succeeded")
-	}
-	b.Close()
+	stopBackupUncommitted(t, st, 2)
 
 	r, err := m.Maintenance(vault.MaintenanceOptions{Grace: 0})
 	if err != nil {

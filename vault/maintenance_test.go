@@ -222,6 +222,30 @@ func TestMaintenanceStaleLock(t *testing.T) {
 	}
 }
 
+// stopBackupUncommitted backs up n random files of 300 KiB to st from
+// another open store, and stops the backup once its packfiles are
+// uploaded, before it commits (as kill -9 would): they are orphans.
+func stopBackupUncommitted(t *testing.T, st *testStore, n int) {
+	t.Helper()
+	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
+	bctx, cancel := context.WithCancel(context.Background())
+	b := st.open(bctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
+	src := filepath.Join(t.TempDir(), "src")
+	randomFiles(t, src, n, 300<<10)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := b.Backup(src, nil)
+		backupDone <- err
+	}()
+	<-hold.reached
+	cancel()
+	close(hold.release)
+	if err := <-backupDone; err == nil {
+		t.Fatal("the stopped backup succeeded")
+	}
+	b.Close()
+}
+
 // TestMaintenanceOrphans: a backup stopped after uploading its packfiles
 // (as by kill -9: nothing committed) leaves orphans; maintenance keeps
 // them within the grace period and deletes them past it, and the snapshot
@@ -237,23 +261,7 @@ func TestMaintenanceOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hold := &holdState{reached: make(chan struct{}), release: make(chan struct{})}
-	bctx, cancel := context.WithCancel(ctx)
-	b := st.open(bctx, func(s storage.Store) storage.Store { hold.Store = s; return hold })
-	src := filepath.Join(t.TempDir(), "src")
-	randomFiles(t, src, 3, 300<<10)
-	backupDone := make(chan error, 1)
-	go func() {
-		_, err := b.Backup(src, nil)
-		backupDone <- err
-	}()
-	<-hold.reached
-	cancel()
-	close(hold.release)
-	if err := <-backupDone; err == nil {
-		t.Fatal("the stopped backup succeeded")
-	}
-	b.Close()
+	stopBackupUncommitted(t, st, 3)
 
 	r, err := m.Maintenance(vault.MaintenanceOptions{Grace: vault.DefaultGrace})
 	if err != nil {

@@ -29,13 +29,13 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		return nil, err
 	}
 	prefix := c.s.tagPrefix(k)
-	// Deletion markers (deleted-<kind>-<hex>, the tags that versions
-	// before the graveyard wrote where DELETE is refused) are few, or
-	// none where the registry deletes: the
-	// first page after their prefix is then the objects' own tags, and a
-	// short one saves reading a thousand of them. The registry makes it
-	// while it makes the objects' pages. Locks have none (bury): the host
-	// reads every lock listed, and leaves out those released.
+	// Deletion markers (deleted-<kind>-<hex>: objects put again over a
+	// tombstone, and every object versions before the graveyard deleted)
+	// are few, or none where the registry deletes: the first page after
+	// their prefix is then the objects' own tags, and a short one saves
+	// reading a thousand of them. The registry makes it while it makes
+	// the objects' pages. Locks have none (bury): the host reads every
+	// lock listed, and leaves out those released.
 	markerFirst := min(c.s.pageSize, probePage)
 	var markerFrom string
 	var markerPage, graveyardPage abi.Pending

@@ -82,6 +82,11 @@ func TestDeleteGraveyard(t *testing.T) {
 	if len(tags) != before+3 || !slices.Contains(tags, graveyardTag) {
 		t.Errorf("%d tags after deleting 4 objects, from %d: %q", len(tags), before, tags)
 	}
+	// What the host reads to report how the registry deleted.
+	loc := x.store.Location()
+	if v, _ := x.host.CacheGet(abi.DeletionModeKey(loc.Registry, loc.Repository)); v != abi.DeletesByTombstone {
+		t.Errorf("the host's cache says the registry deletes in mode %q, want %q", v, abi.DeletesByTombstone)
+	}
 	// Put again after the delete: alive, then deleted again.
 	x.must("Put again", x.put(abi.KindPackfile, macs[1], []byte("again")))
 	if got := x.list(abi.KindPackfile); !slices.Equal(got, append([]abi.MAC{macs[1]}, macs[4:]...)) {

@@ -206,3 +206,25 @@ func TestGraveyardFull(t *testing.T) {
 		t.Errorf("List after the delete failed = %x", got)
 	}
 }
+
+// TestPutAgainUnknownMode: an object put again over a tombstone whose
+// name the graveyard has confirmed is listed, even by a process that did
+// not know how the registry deletes (no list before the put).
+func TestPutAgainUnknownMode(t *testing.T) {
+	x := newHarness(t, refuseDelete)
+	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))
+	a, b := testMAC(1), testMAC(2)
+	x.must("Put a", x.put(abi.KindPackfile, a, []byte("a")))
+	x.must("Put b", x.put(abi.KindPackfile, b, []byte("b")))
+	x.must("Delete a", x.del(abi.KindPackfile, a))
+	x.must("Delete b", x.del(abi.KindPackfile, b)) // confirms a's name
+	loc := x.store.Location()
+	x.host.CacheRemove(abi.DeletionModeKey(loc.Registry, loc.Repository))
+	x.must("Put a again", x.put(abi.KindPackfile, a, []byte("a2")))
+	if got := x.list(abi.KindPackfile); !slices.Equal(got, []abi.MAC{a}) {
+		t.Errorf("List after a put again = %x, want a", got)
+	}
+	if data, err := x.get(abi.KindPackfile, a, nil); err != nil || string(data) != "a2" {
+		t.Errorf("Get a = %q, %v", data, err)
+	}
+}

@@ -23,16 +23,31 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	// a tombstone gets a marker first, which has List read its tag. (Locks
 	// are read whenever they are listed.) The tag is read while the bytes
 	// go up. The mode is the host cache's, which List fills (Kloset lists
-	// the locks before it puts anything) and every put keeps fresh.
+	// the locks before it puts anything) and every put keeps fresh; a put
+	// that finds none reads the store's record alongside the upload.
 	var mark *abi.Request
-	var marking abi.Pending
-	if mode, _ := c.cachedDeletionMode(); k != abi.KindLock && mode == deleteByTombstone {
-		mark = c.manifestHead(tag)
-		marking = c.start(mark)
+	var marking, modeHead abi.Pending
+	if k != abi.KindLock {
+		switch mode, known := c.cachedDeletionMode(); {
+		case !known:
+			modeHead = c.start(c.deletionModeHead())
+		case mode == deleteByTombstone:
+			mark = c.manifestHead(tag)
+			marking = c.start(mark)
+		}
 	}
 	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
+	}
+	if modeHead != 0 {
+		mode, err := c.readDeletionMode(modeHead)
+		if err != nil {
+			return 0, err
+		}
+		if mode == deleteByTombstone {
+			mark = c.manifestHead(tag)
+		}
 	}
 	if mark != nil {
 		digest, _, err := c.manifestDigestStarted(tag, mark, marking)

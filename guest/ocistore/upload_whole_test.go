@@ -43,6 +43,7 @@ func TestPutReadAhead(t *testing.T) {
 	}
 	data := bytes.Repeat([]byte("read ahead "), 100_000)
 	mac := abi.MAC{1, 2, 3}
+	x.list(abi.KindLock) // as Kloset does before it puts: the deletion mode is known
 	x.host.takeRequests()
 	x.must("Put", x.do(func() error {
 		n, err := st.Put(abi.KindPackfile, mac, h.addAhead(data, len(data)))

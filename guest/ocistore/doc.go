@@ -76,7 +76,8 @@
 // Put is four requests (start upload, stream, commit, manifest); Get is one
 // when the host's cache knows the object's blob, two otherwise (a put
 // where the store deletes by tombstone adds a HEAD of its tag alongside
-// the upload). List is one request per page of tags, twice (objects and
+// the upload, and one that does not know how the store deletes, a HEAD
+// of the record of it). List is one request per page of tags, twice (objects and
 // deletion markers; once for locks, which have none), plus the
 // graveyard's manifest and list, plus one HEAD per pending name or marker
 // whose object tag is still listed (four at a time). A delete by

@@ -6,9 +6,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -266,5 +268,74 @@ func TestZotTagsOneReadPerWalk(t *testing.T) {
 		if rec := serve("GET", "/v2/r/tags/list?n=2&last=b"); rec.Code != http.StatusOK || reads.Load() != tc.reads {
 			t.Errorf("page after PUT %s: %d, %d reads of the registry behind, want 200 and %d", tc.write, rec.Code, reads.Load(), tc.reads)
 		}
+	}
+}
+
+// TestZotTagsReadsUnderWay: a first page asked while another's read of the
+// tag list from the registry behind is under way waits for that read,
+// unless a manifest of the repository was written through the double
+// since it started: then it reads the list again, and sees the write.
+func TestZotTagsReadsUnderWay(t *testing.T) {
+	var mu sync.Mutex
+	tags := []string{"a", "b"}
+	var reads atomic.Int32
+	blocked, release := make(chan struct{}), make(chan struct{})
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method == http.MethodPut {
+			tags = append(tags, path.Base(r.URL.Path))
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		page := slices.Clone(tags)
+		if reads.Add(1) == 1 {
+			mu.Unlock()
+			close(blocked)
+			<-release
+			mu.Lock()
+		}
+		json.NewEncoder(w).Encode(map[string]any{"name": "r", "tags": page})
+	})
+	zot := ZotTags(backend).(*zotDouble)
+	joined := make(chan struct{}, 1)
+	zot.onJoin = func() { joined <- struct{}{} }
+	serve := func(method, target string) string {
+		rec := httptest.NewRecorder()
+		zot.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+		return rec.Body.String()
+	}
+	bodies := make(chan string, 2)
+	go func() { bodies <- serve("GET", "/v2/r/tags/list?n=10") }()
+	<-blocked
+	go func() { bodies <- serve("GET", "/v2/r/tags/list?n=1") }()
+	select {
+	case <-joined:
+	case body := <-bodies:
+		close(release)
+		t.Fatalf("a first page asked during another's read read the list itself: %s", body)
+	}
+	// A write through the double: the next first page does not wait for
+	// the read under way, which may not hold it.
+	serve("PUT", "/v2/r/manifests/c")
+	after := make(chan string, 1)
+	go func() { after <- serve("GET", "/v2/r/tags/list?n=10") }()
+	select {
+	case <-joined:
+		close(release)
+		t.Fatalf("a first page asked after a write waited for a read that started before it")
+	case got := <-after:
+		if want := `{"name":"r","tags":["a","b","c"]}`; got != want {
+			t.Errorf("first page after a write during a read = %s, want %s", got, want)
+		}
+	}
+	close(release)
+	got := []string{<-bodies, <-bodies}
+	slices.Sort(got)
+	if want := []string{`{"name":"r","tags":["a","b"]}`, `{"name":"r","tags":["a"]}`}; !slices.Equal(got, want) {
+		t.Errorf("first pages during one read = %q, want %q", got, want)
+	}
+	if reads.Load() != 2 {
+		t.Errorf("%d reads of the registry behind, want 2 (one for both first pages, one after the write)", reads.Load())
 	}
 }

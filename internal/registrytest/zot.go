@@ -41,17 +41,31 @@ const NameZot = "zot-double"
 // and the double's copy. What is written to next behind the double's back
 // shows from the next walk on.
 func ZotTags(next http.Handler) http.Handler {
-	return &zotDouble{next: next, gens: map[string]uint64{}, snaps: map[string]*zotSnapshot{}}
+	return &zotDouble{next: next, gens: map[string]uint64{}, snaps: map[string]*zotSnapshot{}, reads: map[string]*zotRead{}}
 }
 
 // zotDouble is ZotTags' state: the tag list of each repository a walk is
-// reading, and a generation per repository that every write to its
-// manifests through the double moves on.
+// reading, the reads of tag lists from next under way, and a generation
+// per repository that every write to its manifests through the double
+// moves on.
 type zotDouble struct {
 	next  http.Handler
 	mu    sync.Mutex
 	gens  map[string]uint64
 	snaps map[string]*zotSnapshot
+	reads map[string]*zotRead
+	// onJoin, if set, is called when a request waits for a read under
+	// way: a test's event.
+	onJoin func()
+}
+
+// zotRead is a read of a repository's tag list from next, started at
+// generation gen; snap is its result (nil if it failed) once done is
+// closed.
+type zotRead struct {
+	gen  uint64
+	done chan struct{}
+	snap *zotSnapshot
 }
 
 // zotSnapshot is a repository's tags, sorted, as next listed them at
@@ -161,11 +175,58 @@ func (z *zotDouble) forget(name string, snap *zotSnapshot) {
 // returns nil.
 func (z *zotDouble) snapshot(w http.ResponseWriter, r *http.Request, name string, fresh bool) *zotSnapshot {
 	z.mu.Lock()
-	gen, snap := z.gens[name], z.snaps[name]
-	z.mu.Unlock()
-	if !fresh && snap != nil && snap.gen == gen {
+	gen, snap, read := z.gens[name], z.snaps[name], z.reads[name]
+	switch {
+	case !fresh && snap != nil && snap.gen == gen:
+		z.mu.Unlock()
 		return snap
+	case read != nil && read.gen == gen:
+		// A read from next that started after the last write through
+		// the double and is not over yet: the store's first pages of
+		// objects and of deletion markers come together, and one read
+		// of 5,000 tags serves both.
+		onJoin := z.onJoin
+		z.mu.Unlock()
+		if onJoin != nil {
+			onJoin()
+		}
+		<-read.done
+		if read.snap != nil {
+			return read.snap
+		}
+		read = nil // it failed: this request's own read answers w
+	default:
+		read = &zotRead{gen: gen, done: make(chan struct{})}
+		z.reads[name] = read
+		z.mu.Unlock()
 	}
+	tags, ok := z.readTags(w, r, name)
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if ok {
+		snap = &zotSnapshot{gen: gen, tags: tags}
+		if z.gens[name] == gen {
+			z.snaps[name] = snap
+		}
+	} else {
+		snap = nil
+		if z.snaps[name] != nil && z.snaps[name].gen == gen {
+			delete(z.snaps, name)
+		}
+	}
+	if read != nil {
+		read.snap = snap
+		if z.reads[name] == read {
+			delete(z.reads, name)
+		}
+		close(read.done)
+	}
+	return snap
+}
+
+// readTags reads every tag of repository name from next, sorted, or
+// answers w and returns false if next does not give them.
+func (z *zotDouble) readTags(w http.ResponseWriter, r *http.Request, name string) ([]string, bool) {
 	// Without n: a registry behind may clamp n (distribution, to 1000)
 	// where zot honours any. Its Links, if it sends some, are followed.
 	var tags []string
@@ -174,19 +235,18 @@ func (z *zotDouble) snapshot(w http.ResponseWriter, r *http.Request, name string
 		rec := subRequest(z.next, r, "GET", target)
 		switch {
 		case rec.Code == http.StatusNotFound && pages == 0:
-			z.forget(name, snap)
 			writeError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry", map[string]string{"name": name})
-			return nil
+			return nil, false
 		case rec.Code != http.StatusOK:
 			copyRecorded(w, rec)
-			return nil
+			return nil, false
 		}
 		var page struct {
 			Tags []string `json:"tags"`
 		}
 		if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
 			http.Error(w, "zot double: the tag list of the registry behind is not JSON: "+err.Error(), http.StatusInternalServerError)
-			return nil
+			return nil, false
 		}
 		tags = append(tags, page.Tags...)
 		if target = nextTarget(rec.Header().Get("Link")); len(page.Tags) == 0 {
@@ -194,13 +254,7 @@ func (z *zotDouble) snapshot(w http.ResponseWriter, r *http.Request, name string
 		}
 	}
 	slices.Sort(tags)
-	snap = &zotSnapshot{gen: gen, tags: slices.Compact(tags)}
-	z.mu.Lock()
-	if z.gens[name] == gen {
-		z.snaps[name] = snap
-	}
-	z.mu.Unlock()
-	return snap
+	return slices.Compact(tags), true
 }
 
 // nextTarget is the path and query of the next page that a tag list's

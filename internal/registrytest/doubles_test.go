@@ -214,6 +214,12 @@ func TestZotTagsWritesBetweenPages(t *testing.T) {
 	}
 	page("?n=2&last=c", "404", "", "")
 	page("?n=2&last=bb", "200", "", `{"name":"test/walk","tags":["d"]}`)
+	for _, tag := range []string{"a", "b", "bb", "d"} {
+		if got := do(t, http.MethodDelete, r.URL+"/v2/test/walk/manifests/"+tag); got != http.StatusAccepted {
+			t.Fatalf("DELETE test/walk:%s = %d, want 202", tag, got)
+		}
+	}
+	page("?n=2", "200", "", `{"name":"test/walk","tags":[]}`)
 }
 
 // TestZotTagsOneReadPerWalk: a walk through a repository's pages reads its

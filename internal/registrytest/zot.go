@@ -229,7 +229,7 @@ func (z *zotDouble) snapshot(w http.ResponseWriter, r *http.Request, name string
 func (z *zotDouble) readTags(w http.ResponseWriter, r *http.Request, name string) ([]string, bool) {
 	// Without n: a registry behind may clamp n (distribution, to 1000)
 	// where zot honours any. Its Links, if it sends some, are followed.
-	var tags []string
+	tags := []string{} // a repository without tags lists [], not null
 	target := "/v2/" + name + "/tags/list"
 	for pages := 0; target != ""; pages++ {
 		rec := subRequest(z.next, r, "GET", target)

@@ -6,9 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -185,5 +188,160 @@ func TestZotTagsClampedBackend(t *testing.T) {
 	}
 	if !slices.Equal(got, tags) {
 		t.Errorf("listed %q, want %q", got, tags)
+	}
+}
+
+// TestZotTagsWritesBetweenPages: a tag put or deleted through the zot
+// double between two pages of a walk shows, or does not, on the next page,
+// as on zot, which reads its index at every page; a deleted last is an
+// empty 404.
+func TestZotTagsWritesBetweenPages(t *testing.T) {
+	r := Zot(t)
+	for _, tag := range []string{"a", "b", "c", "d"} {
+		pushEmpty(t, r, "test/walk:"+tag)
+	}
+	page := func(query, wantStatus, wantLink, wantBody string) {
+		t.Helper()
+		if status, link, body := get(t, r.URL+"/v2/test/walk/tags/list"+query); status != wantStatus || link != wantLink || body != wantBody {
+			t.Errorf("tags/list%s = %s %q %q, want %s %q %q", query, status, link, body, wantStatus, wantLink, wantBody)
+		}
+	}
+	page("?n=2", "200", `</v2/test/walk/tags/list?n=2&last=b>; rel="next"`, `{"name":"test/walk","tags":["a","b"]}`)
+	pushEmpty(t, r, "test/walk:bb")
+	page("?n=2&last=b", "200", `</v2/test/walk/tags/list?n=2&last=c>; rel="next"`, `{"name":"test/walk","tags":["bb","c"]}`)
+	if got := do(t, http.MethodDelete, r.URL+"/v2/test/walk/manifests/c"); got != http.StatusAccepted {
+		t.Fatalf("DELETE test/walk:c = %d, want 202", got)
+	}
+	page("?n=2&last=c", "404", "", "")
+	page("?n=2&last=bb", "200", "", `{"name":"test/walk","tags":["d"]}`)
+	for _, tag := range []string{"a", "b", "bb", "d"} {
+		if got := do(t, http.MethodDelete, r.URL+"/v2/test/walk/manifests/"+tag); got != http.StatusAccepted {
+			t.Fatalf("DELETE test/walk:%s = %d, want 202", tag, got)
+		}
+	}
+	page("?n=2", "200", "", `{"name":"test/walk","tags":[]}`)
+}
+
+// TestZotTagsOneReadPerWalk: a walk through a repository's pages reads its
+// tag list from the registry behind once, at its first page; a write to
+// the repository's manifests through the double makes the next page read
+// it again, a write to another repository does not.
+func TestZotTagsOneReadPerWalk(t *testing.T) {
+	tags := []string{"a", "b", "c", "d", "e", "f", "g"}
+	var reads atomic.Int32
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		reads.Add(1)
+		json.NewEncoder(w).Encode(map[string]any{"name": "r", "tags": tags})
+	})
+	zot := ZotTags(backend)
+	serve := func(method, target string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		zot.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+		return rec
+	}
+	walk := func() []string {
+		var got []string
+		for target := "/v2/r/tags/list?n=2"; target != ""; {
+			rec := serve("GET", target)
+			var page struct {
+				Tags []string `json:"tags"`
+			}
+			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil || len(got) > len(tags) {
+				t.Fatalf("GET %s: %d %s after %q", target, rec.Code, rec.Body, got)
+			}
+			got = append(got, page.Tags...)
+			target, _ = strings.CutPrefix(strings.SplitN(rec.Header().Get("Link"), ">", 2)[0], "<")
+		}
+		return got
+	}
+	for range 2 {
+		reads.Store(0)
+		if got := walk(); !slices.Equal(got, tags) || reads.Load() != 1 {
+			t.Errorf("walk: %q in %d reads of the registry behind, want %q in 1", got, reads.Load(), tags)
+		}
+	}
+	serve("GET", "/v2/r/tags/list?n=2")
+	for _, tc := range []struct {
+		write string
+		reads int32
+	}{{"/v2/other/manifests/x", 0}, {"/v2/r/manifests/x", 1}} {
+		serve("PUT", tc.write)
+		reads.Store(0)
+		if rec := serve("GET", "/v2/r/tags/list?n=2&last=b"); rec.Code != http.StatusOK || reads.Load() != tc.reads {
+			t.Errorf("page after PUT %s: %d, %d reads of the registry behind, want 200 and %d", tc.write, rec.Code, reads.Load(), tc.reads)
+		}
+	}
+}
+
+// TestZotTagsReadsUnderWay: a first page asked while another's read of the
+// tag list from the registry behind is under way waits for that read,
+// unless a manifest of the repository was written through the double
+// since it started: then it reads the list again, and sees the write.
+func TestZotTagsReadsUnderWay(t *testing.T) {
+	var mu sync.Mutex
+	tags := []string{"a", "b"}
+	var reads atomic.Int32
+	blocked, release := make(chan struct{}), make(chan struct{})
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method == http.MethodPut {
+			tags = append(tags, path.Base(r.URL.Path))
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		page := slices.Clone(tags)
+		if reads.Add(1) == 1 {
+			mu.Unlock()
+			close(blocked)
+			<-release
+			mu.Lock()
+		}
+		json.NewEncoder(w).Encode(map[string]any{"name": "r", "tags": page})
+	})
+	zot := ZotTags(backend).(*zotDouble)
+	joined := make(chan struct{}, 1)
+	zot.onJoin = func() { joined <- struct{}{} }
+	serve := func(method, target string) string {
+		rec := httptest.NewRecorder()
+		zot.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+		return rec.Body.String()
+	}
+	bodies := make(chan string, 2)
+	go func() { bodies <- serve("GET", "/v2/r/tags/list?n=10") }()
+	<-blocked
+	go func() { bodies <- serve("GET", "/v2/r/tags/list?n=1") }()
+	select {
+	case <-joined:
+	case body := <-bodies:
+		close(release)
+		t.Fatalf("a first page asked during another's read read the list itself: %s", body)
+	}
+	// A write through the double: the next first page does not wait for
+	// the read under way, which may not hold it.
+	serve("PUT", "/v2/r/manifests/c")
+	after := make(chan string, 1)
+	go func() { after <- serve("GET", "/v2/r/tags/list?n=10") }()
+	select {
+	case <-joined:
+		close(release)
+		t.Fatalf("a first page asked after a write waited for a read that started before it")
+	case got := <-after:
+		if want := `{"name":"r","tags":["a","b","c"]}`; got != want {
+			t.Errorf("first page after a write during a read = %s, want %s", got, want)
+		}
+	}
+	close(release)
+	got := []string{<-bodies, <-bodies}
+	slices.Sort(got)
+	if want := []string{`{"name":"r","tags":["a","b"]}`, `{"name":"r","tags":["a"]}`}; !slices.Equal(got, want) {
+		t.Errorf("first pages during one read = %q, want %q", got, want)
+	}
+	if reads.Load() != 2 {
+		t.Errorf("%d reads of the registry behind, want 2 (one for both first pages, one after the write)", reads.Load())
 	}
 }

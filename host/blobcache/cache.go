@@ -204,12 +204,7 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 			b.size = size
 		}
 		if !counted {
-			if b.asks == 0 {
-				c.spread(b)
-			}
-			b.asks++
-			b.asked += n
-			b.touch(off, n)
+			c.count(b, off, n)
 			counted = true
 		}
 		if w := b.find(off, n); w != nil {
@@ -246,6 +241,56 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 		c.mu.Unlock()
 		return nil, fetch, &Claim{c: c, b: b, r: fetch}, nil
 	}
+}
+
+// Held returns the n bytes at off of the blob digest, of size bytes, when
+// a window holds them, and nil otherwise, without waiting or planning a
+// fetch: a read that the host serves without asking the guest, which
+// still plans every miss (Plan). A hit counts as a read, as in Plan; a
+// window found damaged is dropped, and the miss left to Plan.
+func (c *Cache) Held(digest string, size, off, n uint64) []byte {
+	if off >= size || n == 0 {
+		return nil
+	}
+	n = min(n, size-off)
+	c.mu.Lock()
+	b := c.blobs[digest]
+	if b == nil || b.size != size {
+		c.mu.Unlock()
+		return nil
+	}
+	w := b.find(off, n)
+	if w == nil {
+		c.mu.Unlock()
+		return nil
+	}
+	c.count(b, off, n)
+	c.tick++
+	w.used = c.tick
+	err := w.open(digest, size)
+	c.mu.Unlock()
+	var data []byte
+	if err == nil {
+		data, err = w.read(off, n)
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.drop(b, w)
+		c.mu.Unlock()
+		return nil
+	}
+	return data
+}
+
+// count records a read of the n bytes at off of b: the demand plan
+// weighs. Called with c.mu held.
+func (c *Cache) count(b *blob, off, n uint64) {
+	if b.asks == 0 {
+		c.spread(b)
+	}
+	b.asks++
+	b.asked += n
+	b.touch(off, n)
 }
 
 // plan chooses the window a miss fetches: the whole blob when it is small

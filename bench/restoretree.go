@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,9 @@ type pluginTarget struct {
 	storeTarget
 	proc  *pluginproc.Process
 	proxy *faultproxy.Proxy
+	// peak is the process's peak RSS, read as it is closed (a child's
+	// rusage counts its parent's memory from before the exec).
+	peak int64
 }
 
 func (t *pluginTarget) requests() counts {
@@ -77,6 +81,7 @@ func (t *pluginTarget) requests() counts {
 
 func (t *pluginTarget) close(ctx context.Context) error {
 	err := t.s.Close(ctx)
+	t.peak = procStatus(strconv.Itoa(t.proc.Pid()), "VmHWM")
 	if perr := t.proc.Stop(); err == nil {
 		err = perr
 	}
@@ -105,7 +110,7 @@ func (b *bench) newPluginStore(exe, cache, repo string) (*pluginTarget, error) {
 		proxy.Close()
 		return nil, err
 	}
-	return &pluginTarget{storeTarget{s: s, cnt: &counter{}, repo: repo, windows: windows}, proc, proxy}, nil
+	return &pluginTarget{storeTarget: storeTarget{s: s, cnt: &counter{}, repo: repo, windows: windows}, proc: proc, proxy: proxy}, nil
 }
 
 func (b *bench) restoreTree() error {
@@ -157,7 +162,14 @@ func (b *bench) restoreTree() error {
 	if err != nil {
 		return err
 	}
+	// The plugin's cache directory holds the compiled module, as
+	// Plakar's does after the first command: compiled before the phases.
 	pluginCache := b.path("plugin-cache")
+	if pt, err := b.newPluginStore(exe, pluginCache, "bench/warm"); err != nil {
+		return err
+	} else if err := pt.close(b.ctx); err != nil {
+		return err
+	}
 	b.repos++
 	pluginRepo := fmt.Sprintf("bench/tree-%d", b.repos)
 
@@ -326,7 +338,7 @@ func (b *bench) treeClose(t target) {
 	n := len(b.rep.Tree2)
 	t.close(b.ctx)
 	if pt, ok := t.(*pluginTarget); ok && n > 0 {
-		b.rep.Tree2[n-1].PluginRSS = pt.proc.PeakRSS()
+		b.rep.Tree2[n-1].PluginRSS = pt.peak
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	gstorage "github.com/PlakarKorp/integration-grpc/storage"
@@ -105,15 +104,8 @@ func (p *Process) CloseInput() {
 // Kill kills the process.
 func (p *Process) Kill() error { return p.conn.cmd.Process.Kill() }
 
-// PeakRSS is the process's peak resident memory, once it has exited.
-func (p *Process) PeakRSS() int64 {
-	if st := p.conn.cmd.ProcessState; st != nil {
-		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
-			return ru.Maxrss << 10 // KiB on Linux
-		}
-	}
-	return 0
-}
+// Pid is the process's.
+func (p *Process) Pid() int { return p.conn.cmd.Process.Pid }
 
 // stdioConn is a net.Conn on the plugin's standard output (read) and input
 // (write), as plakar's StdioConn; Close waits for the process.

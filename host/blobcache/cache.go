@@ -208,22 +208,10 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 			counted = true
 		}
 		if w := b.find(off, n); w != nil {
-			c.tick++
-			w.used = c.tick
-			err := w.open(digest, size)
-			c.mu.Unlock()
-			var data []byte
-			if err == nil {
-				data, err = w.read(off, n)
-			}
-			if err == nil {
+			if data, ok := c.readWindow(b, w, off, n); ok {
 				return data, Range{}, nil, nil
 			}
-			// Damaged or gone: forget it and fetch again.
-			c.mu.Lock()
-			c.drop(b, w)
-			c.mu.Unlock()
-			continue
+			continue // fetch again
 		}
 		if b.fetching != nil {
 			wait := b.fetching
@@ -265,11 +253,18 @@ func (c *Cache) Held(digest string, size, off, n uint64) []byte {
 		return nil
 	}
 	c.count(b, off, n)
+	data, _ := c.readWindow(b, w, off, n)
+	return data
+}
+
+// readWindow returns the n bytes at off of blob b from its window w.
+// Called with c.mu held, which it releases. A window damaged or gone is
+// forgotten, and the read is a miss (ok false).
+func (c *Cache) readWindow(b *blob, w *window, off, n uint64) (data []byte, ok bool) {
 	c.tick++
 	w.used = c.tick
-	err := w.open(digest, size)
+	err := w.open(b.digest, b.size)
 	c.mu.Unlock()
-	var data []byte
 	if err == nil {
 		data, err = w.read(off, n)
 	}
@@ -277,9 +272,9 @@ func (c *Cache) Held(digest string, size, off, n uint64) []byte {
 		c.mu.Lock()
 		c.drop(b, w)
 		c.mu.Unlock()
-		return nil
+		return nil, false
 	}
-	return data
+	return data, true
 }
 
 // count records a read of the n bytes at off of b: the demand plan

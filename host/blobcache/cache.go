@@ -95,7 +95,7 @@ type window struct {
 	off, n uint64
 	path   string
 	f      *os.File // open while the window is in the cache (file.go)
-	hdr    []byte   // the header its file must have
+	sums   []byte   // of its blocks, read from its file when opened
 	size   int64    // of the file
 	used   uint64   // LRU clock of the last read
 }

@@ -52,9 +52,12 @@ type config struct {
 	markdown   string
 	only       map[string]bool
 	profile    string
-	keep       bool
-	guest      string
-	restoreDir string
+	// treeProfiles is the directory of a CPU profile per restore-tree
+	// phase.
+	treeProfiles string
+	keep         bool
+	guest        string
+	restoreDir   string
 }
 
 func main() {
@@ -69,6 +72,7 @@ func main() {
 	flag.StringVar(&cfg.markdown, "md", "", "also write the table, as Markdown, to this file")
 	flag.StringVar(&only, "only", "", "run only these workloads (comma-separated: start, putget, range, list, big, kloset, zeros, restore-tree)")
 	flag.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&cfg.treeProfiles, "tree-cpuprofile", "", "write a CPU profile of each restore-tree phase to PHASE-STORE.pprof in this directory")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (registry storage, trees)")
 	flag.StringVar(&cfg.restoreDir, "restore-dir", defaultRestoreDir(), "where Kloset restores go (a tmpfs by default, when there is one: see restoreRoot)")
 	flag.StringVar(&cfg.guest, "guest", "", "a guest module to measure instead of the embedded one (a .wasm file)")

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	fsstore "github.com/PlakarKorp/integrations/fs/storage"
@@ -11,6 +15,7 @@ import (
 	"github.com/PlakarKorp/kloset/objects"
 
 	"github.com/plakar-oci/ocistore/internal/faultproxy"
+	"github.com/plakar-oci/ocistore/internal/pluginproc"
 )
 
 // The restore-tree workload: $(go env GOROOT)/src (at scale < 1, the part
@@ -19,12 +24,15 @@ import (
 // read-ahead cache and a new Kloset cache, as later plakar commands; the
 // same restore and check through 20 ms added to every request
 // (internal/faultproxy); and the same three from Kloset's fs store on
-// local disk (integrations/fs). See docs/benchmarks.md.
+// local disk (integrations/fs); and the same backup, restore and check
+// through the Plakar plugin (package plugin), a process per command that
+// Kloset drives over gRPC as Plakar does. See docs/benchmarks.md.
 
 const (
 	treeOCI     = "oci"
 	treeLatency = "oci+20ms"
 	treeFS      = "fs"
+	treePlugin  = "plugin"
 	addedDelay  = 20 * time.Millisecond
 )
 
@@ -35,6 +43,9 @@ type treeResult struct {
 	Seconds  float64 `json:"seconds"`
 	Requests counts  `json:"requests"`
 	PeakRSS  int64   `json:"peak_rss_bytes"`
+	// PluginRSS is the plugin process's peak, besides the benchmark's
+	// (Kloset's, as Plakar's).
+	PluginRSS int64 `json:"plugin_peak_rss_bytes,omitempty"`
 	// OpenRequests are those of opening the repository (its
 	// configuration and states), before the restore or check.
 	OpenRequests int64 `json:"open_requests,omitempty"`
@@ -48,6 +59,59 @@ type fsTarget struct{ storeTarget }
 
 func (fsTarget) requests() counts           { return counts{Method: map[string]int64{}} }
 func (fsTarget) guestMemory() (uint64, int) { return 0, 0 }
+
+// pluginTarget is the store of a plugin process, as Plakar opens it, in
+// front of the registry through a proxy that counts the plugin's
+// requests.
+type pluginTarget struct {
+	storeTarget
+	proc  *pluginproc.Process
+	proxy *faultproxy.Proxy
+	// peak is the process's peak RSS, read as it is closed (a child's
+	// rusage counts its parent's memory from before the exec).
+	peak int64
+}
+
+func (t *pluginTarget) requests() counts {
+	for _, e := range t.proxy.Requests() {
+		t.cnt.count(e.Method)
+	}
+	return t.cnt.snapshot()
+}
+
+func (t *pluginTarget) close(ctx context.Context) error {
+	err := t.s.Close(ctx)
+	t.peak = procStatus(strconv.Itoa(t.proc.Pid()), "VmHWM")
+	if perr := t.proc.Stop(); err == nil {
+		err = perr
+	}
+	t.proxy.Close()
+	return err
+}
+
+// newPluginStore starts the plugin executable exe and opens repository
+// repo through it, with an empty read-ahead cache of its own; the
+// compiled module is kept in cache, as Plakar's cache directory keeps it.
+func (b *bench) newPluginStore(exe, cache, repo string) (*pluginTarget, error) {
+	proxy, err := faultproxy.New(b.reg.URL)
+	if err != nil {
+		return nil, err
+	}
+	proc, err := pluginproc.Spawn(exe, pluginproc.Env(cache), os.Stderr)
+	if err != nil {
+		proxy.Close()
+		return nil, err
+	}
+	b.stores++
+	windows := b.path(fmt.Sprintf("readahead-%d", b.stores))
+	s, err := proc.Store(b.ctx, map[string]string{"location": "oci://" + proxy.Host + "/" + repo, "readahead_cache_dir": windows})
+	if err != nil {
+		proc.Stop()
+		proxy.Close()
+		return nil, err
+	}
+	return &pluginTarget{storeTarget: storeTarget{s: s, cnt: &counter{}, repo: repo, windows: windows}, proc: proc, proxy: proxy}, nil
+}
 
 func (b *bench) restoreTree() error {
 	root, err := goroot()
@@ -94,7 +158,22 @@ func (b *bench) restoreTree() error {
 		return &fsTarget{storeTarget{s: s, cnt: &counter{}}}, nil
 	}
 
-	var id, fsID objects.MAC
+	exe, err := pluginproc.Build("./plugin", b.path("plugin-bin"))
+	if err != nil {
+		return err
+	}
+	// The plugin's cache directory holds the compiled module, as
+	// Plakar's does after the first command: compiled before the phases.
+	pluginCache := b.path("plugin-cache")
+	if pt, err := b.newPluginStore(exe, pluginCache, "bench/warm"); err != nil {
+		return err
+	} else if err := pt.close(b.ctx); err != nil {
+		return err
+	}
+	b.repos++
+	pluginRepo := fmt.Sprintf("bench/tree-%d", b.repos)
+
+	var id, fsID, pluginID objects.MAC
 	// Backups: the registry's, then the fs store's.
 	st, err := ociStore(b.reg.Host)
 	if err != nil {
@@ -126,8 +205,18 @@ func (b *bench) restoreTree() error {
 	if fsID, err = b.treeBackup(treeFS, ft, fs, key, roots); err != nil {
 		return err
 	}
+	pt, err := b.newPluginStore(exe, pluginCache, pluginRepo)
+	if err != nil {
+		return err
+	}
+	if err := pt.s.Create(b.ctx, wrapped); err != nil {
+		return err
+	}
+	if pluginID, err = b.treeBackup(treePlugin, pt, pt.s, key, roots); err != nil {
+		return err
+	}
 
-	for _, v := range []string{treeOCI, treeLatency, treeFS} {
+	for _, v := range []string{treeOCI, treeLatency, treeFS, treePlugin} {
 		for _, phase := range []string{"restore", "check"} {
 			var t target
 			var s storage.Store
@@ -148,6 +237,12 @@ func (b *bench) restoreTree() error {
 					return err
 				}
 				s, snap = t.(*fsTarget).s, fsID
+			case treePlugin:
+				pt, err := b.newPluginStore(exe, pluginCache, pluginRepo)
+				if err != nil {
+					return err
+				}
+				t, s, snap = pt, pt.s, pluginID
 			}
 			if err := b.treePhase(phase, v, t, s, key, snap, srcBytes); err != nil {
 				return err
@@ -159,7 +254,7 @@ func (b *bench) restoreTree() error {
 
 // treeBackup backs roots up into s, and records the phase.
 func (b *bench) treeBackup(v string, t target, s storage.Store, key []byte, roots []string) (objects.MAC, error) {
-	defer t.close(b.ctx)
+	defer b.treeClose(t)
 	env := newKlosetEnv(b.path("tree-cache-backup-" + v))
 	defer env.close()
 	repo, err := openRepository(env, s, key)
@@ -177,7 +272,7 @@ func (b *bench) treeBackup(v string, t target, s storage.Store, key []byte, root
 
 // treePhase restores or checks snapshot id from s, as a later command.
 func (b *bench) treePhase(phase, v string, t target, s storage.Store, key []byte, id objects.MAC, want int64) error {
-	defer t.close(b.ctx)
+	defer b.treeClose(t)
 	env := newKlosetEnv(b.path(fmt.Sprintf("tree-cache-%s-%s", phase, v)))
 	defer env.close()
 	dest, err := b.restoreRoot("tree-restore-" + v)
@@ -214,18 +309,37 @@ func (b *bench) treePhase(phase, v string, t target, s storage.Store, key []byte
 func (b *bench) treeSlice(phase, v string, t target, f func() error) error {
 	resetPeakRSS()
 	settle()
+	stop, err := b.treeProfile(phase, v)
+	if err != nil {
+		return err
+	}
 	before := t.requests()
 	start := time.Now()
-	if err := f(); err != nil {
+	err = f()
+	stop()
+	if err != nil {
 		return fmt.Errorf("tree %s, %s: %w", phase, v, err)
 	}
 	r := treeResult{Phase: phase, Store: v, Seconds: time.Since(start).Seconds(), Requests: t.requests().since(before), PeakRSS: peakRSS()}
-	if st, ok := t.(*storeTarget); ok {
+	switch st := t.(type) {
+	case *storeTarget:
+		r.Windows = dirSize(st.windows)
+	case *pluginTarget:
 		r.Windows = dirSize(st.windows)
 	}
 	b.rep.Tree2 = append(b.rep.Tree2, r)
 	fmt.Printf("  tree %-8s %-9s %7.2fs %6d requests (%d GET)  rss %s\n", phase, v, r.Seconds, r.Requests.Total, r.Requests.Method["GET"], mib(r.PeakRSS))
 	return nil
+}
+
+// treeClose closes t after its phase, and records the peak RSS of a plugin
+// process, known once it has exited, with the phase.
+func (b *bench) treeClose(t target) {
+	n := len(b.rep.Tree2)
+	t.close(b.ctx)
+	if pt, ok := t.(*pluginTarget); ok && n > 0 {
+		b.rep.Tree2[n-1].PluginRSS = pt.peak
+	}
 }
 
 func dirSize(dir string) int64 {
@@ -242,4 +356,24 @@ func dirSize(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// treeProfile starts the CPU profile of one phase, when asked for
+// (-tree-cpuprofile), and returns what stops it.
+func (b *bench) treeProfile(phase, v string) (stop func(), err error) {
+	if b.cfg.treeProfiles == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(b.cfg.treeProfiles, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(filepath.Join(b.cfg.treeProfiles, phase+"-"+strings.ReplaceAll(v, " ", "")+".pprof"))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-tree-cpuprofile: %w (-cpuprofile profiles the whole run: use one of the two)", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

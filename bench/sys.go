@@ -35,10 +35,11 @@ func resetPeakRSS() bool {
 func settle() { syscall.Sync() }
 
 // peakRSS is VmHWM in bytes, or 0 where /proc is not there.
-func peakRSS() int64 { return procStatus("VmHWM") }
+func peakRSS() int64 { return procStatus("self", "VmHWM") }
 
-func procStatus(key string) int64 {
-	b, err := os.ReadFile("/proc/self/status")
+// procStatus is the value of key in /proc/PID/status, in bytes.
+func procStatus(pid, key string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}

@@ -45,25 +45,30 @@ func (s counts) since(before counts) counts {
 	return d
 }
 
+// count counts one request of method.
+func (c *counter) count(method string) {
+	switch method {
+	case http.MethodGet:
+		c.get.Add(1)
+	case http.MethodHead:
+		c.head.Add(1)
+	case http.MethodPost:
+		c.post.Add(1)
+	case http.MethodPut:
+		c.put.Add(1)
+	case http.MethodPatch:
+		c.patch.Add(1)
+	case http.MethodDelete:
+		c.del.Add(1)
+	default:
+		c.other.Add(1)
+	}
+}
+
 // wrap returns a RoundTripper that counts what it sends to next.
 func (c *counter) wrap(next http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		switch req.Method {
-		case http.MethodGet:
-			c.get.Add(1)
-		case http.MethodHead:
-			c.head.Add(1)
-		case http.MethodPost:
-			c.post.Add(1)
-		case http.MethodPut:
-			c.put.Add(1)
-		case http.MethodPatch:
-			c.patch.Add(1)
-		case http.MethodDelete:
-			c.del.Add(1)
-		default:
-			c.other.Add(1)
-		}
+		c.count(req.Method)
 		return next.RoundTrip(req)
 	})
 }

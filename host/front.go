@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -64,6 +66,14 @@ type front[I backend] struct {
 	// vault's), so this costs nothing; locks are released by a request
 	// of their own and stay concurrent.
 	deleteMu sync.Mutex
+
+	// blobs maps an object read by ranges to its blob, "digest size", as
+	// the guest's plan of the last read named it, so that a read a
+	// window already holds is served here without a guest call
+	// (heldRange). Puts and deletes change the generation: a read that
+	// began before one does not record what it learnt.
+	blobs    *session.LRU
+	blobsGen atomic.Uint64
 }
 
 func newFront[I backend](config map[string]string, o storeOptions, newInst func(context.Context, *front[I]) (I, error)) (*front[I], error) {
@@ -71,7 +81,7 @@ func newFront[I backend](config map[string]string, o storeOptions, newInst func(
 	if err != nil {
 		return nil, err
 	}
-	f := &front[I]{config: c, env: env, opts: o}
+	f := &front[I]{config: c, env: env, opts: o, blobs: session.NewLRU(0)}
 	f.pool = newPool(c.Concurrency, func(ctx context.Context) (I, error) {
 		inst, err := newInst(ctx, f)
 		return inst, storeError(storage.StorageResourceUndefined, err)
@@ -242,6 +252,9 @@ func (f *front[I]) Put(ctx context.Context, res storage.StorageResource, mac obj
 	if kind == abi.KindLock {
 		f.lockRead(mac)
 	}
+	// Before and after: a read in between learns nothing (blobsGen).
+	f.forgetBlob(kind, mac)
+	defer f.forgetBlob(kind, mac)
 	body, err := readAhead(ctx, res, rd, f.opts)
 	if err != nil {
 		return -1, err
@@ -274,18 +287,58 @@ func (f *front[I]) Get(ctx context.Context, res storage.StorageResource, mac obj
 func (f *front[I]) get(ctx context.Context, res storage.StorageResource, kind abi.Kind, mac objects.MAC, rng *storage.Range) (io.ReadCloser, error) {
 	var r *abi.Range
 	if rng != nil {
+		if data := f.heldRange(kind, mac, rng); data != nil {
+			return io.NopCloser(bytes.NewReader(data)), nil
+		}
 		r = &abi.Range{Offset: rng.Offset, Length: rng.Length}
 	}
+	gen := f.blobsGen.Load()
 	var rd io.ReadCloser
 	err := f.do(ctx, res, func(inst I, sess *session.Session) error {
 		st, err := inst.get(ctx, sess, kind, mac, r)
 		if err != nil {
 			return err
 		}
+		if digest, size := sess.Planned(); r != nil && digest != "" && f.blobsGen.Load() == gen {
+			f.blobs.Set(blobKey(kind, mac), digest+" "+strconv.FormatUint(size, 10))
+		}
 		rd, err = sess.Take(st)
 		return err
 	})
 	return rd, err
+}
+
+// heldRange returns the bytes of the range rng of object (kind, mac) when
+// a read-ahead window holds them, and nil otherwise. Kloset reads a
+// packfile by thousands of small ranges, most of them from a window the
+// host already holds: served here, each costs a lookup rather than an
+// instance, a session and a guest call that would only plan it. The
+// guest still decides every request: a miss goes to it, and the blob is
+// the one its last plan for this object named (learnt in get, forgotten
+// when this store puts or deletes the object); the window is served only
+// for that digest, and checked as every window is (blobcache).
+func (f *front[I]) heldRange(kind abi.Kind, mac objects.MAC, rng *storage.Range) []byte {
+	v, ok := f.blobs.Get(blobKey(kind, mac))
+	if !ok {
+		return nil
+	}
+	digest, sizeText, _ := strings.Cut(v, " ")
+	size, err := strconv.ParseUint(sizeText, 10, 64)
+	if err != nil {
+		return nil
+	}
+	return f.env.Held(digest, size, rng.Offset, uint64(rng.Length))
+}
+
+// forgetBlob forgets the blob learnt for object (kind, mac), before a put
+// or a delete changes it.
+func (f *front[I]) forgetBlob(kind abi.Kind, mac objects.MAC) {
+	f.blobsGen.Add(1)
+	f.blobs.Remove(blobKey(kind, mac))
+}
+
+func blobKey(kind abi.Kind, mac objects.MAC) string {
+	return string(rune('0'+kind)) + string(mac[:])
 }
 
 func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac objects.MAC) error {
@@ -299,6 +352,8 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 		f.deleteMu.Lock()
 		defer f.deleteMu.Unlock()
 	}
+	f.forgetBlob(kind, mac)
+	defer f.forgetBlob(kind, mac)
 	err = f.do(ctx, res, func(inst I, sess *session.Session) error {
 		return inst.delete(ctx, sess, kind, mac)
 	})

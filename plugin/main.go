@@ -35,16 +35,17 @@ func main() {
 		fmt.Fprintf(os.Stderr, "Usage: %s\n", os.Args[0])
 		os.Exit(1)
 	}
-	// sdk.EntrypointStorage, but for the deletes in flight: Kloset releases
-	// a lock from a goroutine as a command ends, and Plakar closes the
-	// pipes as it exits, which ends the server. The SDK would then exit at
-	// once, and a lock whose release was under way would stay, locking
-	// the repository for Kloset's ten minutes.
+	// sdk.EntrypointStorage, but for the server's Get (server.go) and
+	// the deletes in flight: Kloset releases a lock from a goroutine as a
+	// command ends, and Plakar closes the pipes as it exits, which ends
+	// the server. The SDK would then exit at once, and a lock whose
+	// release was under way would stay, locking the repository for
+	// Kloset's ten minutes.
 	conn, listener, err := sdk.InitConn()
 	if err == nil {
 		var deletes sync.WaitGroup
 		open := host.PlakarPlugin()
-		err = sdk.RunStorageOn(func(ctx context.Context, proto string, config map[string]string) (storage.Store, error) {
+		err = serve(func(ctx context.Context, proto string, config map[string]string) (storage.Store, error) {
 			st, err := open(ctx, proto, config)
 			if err != nil {
 				return nil, err

@@ -6,11 +6,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,21 +17,20 @@ import (
 	"testing"
 	"time"
 
-	gstorage "github.com/PlakarKorp/integration-grpc/storage"
 	"github.com/PlakarKorp/kloset/connectors/storage"
 	"github.com/PlakarKorp/kloset/objects"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/plakar-oci/ocistore/host"
 	"github.com/plakar-oci/ocistore/host/artifact"
 	"github.com/plakar-oci/ocistore/internal/faultproxy"
+	"github.com/plakar-oci/ocistore/internal/pluginproc"
 	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // The plugin executable, built once for the test binary.
 var (
 	buildDir  string
+	buildExe  string
 	buildOnce sync.Once
 	buildErr  error
 )
@@ -52,113 +49,36 @@ func pluginExecutable(tb testing.TB) string {
 		if buildDir, buildErr = os.MkdirTemp("", "ocistore-plugin-"); buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, "ocistore-storage"), ".")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./plugin: %v\n%s", err, out)
-		}
+		buildExe, buildErr = pluginproc.Build(".", buildDir)
 	})
 	if buildErr != nil {
 		tb.Fatal(buildErr)
 	}
-	return filepath.Join(buildDir, "ocistore-storage")
+	return buildExe
 }
 
 // plugin is one plugin process, connected as plakar connects it
-// (plugins.connectPlugin in plakar): the executable is started with pipes on
-// its standard input and output, which carry gRPC, and the store is
-// integration-grpc's client, the one plakar uses for storage connectors of
-// API v1.
+// (package pluginproc), stopped at the end of the test.
 type plugin struct {
-	conn   *stdioConn
-	client *grpc.ClientConn
+	*pluginproc.Process
 	stderr *syncBuffer
 }
 
 func spawn(tb testing.TB, env []string) *plugin {
 	tb.Helper()
-	cmd := exec.Command(pluginExecutable(tb))
-	cmd.Env = env
 	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	wr, err := cmd.StdinPipe()
+	proc, err := pluginproc.Spawn(pluginExecutable(tb), env, stderr)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rd, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	conn := &stdioConn{stdin: rd.(*os.File), stdout: wr.(*os.File), cmd: cmd, eof: make(chan struct{})}
-	client, err := grpc.NewClient("127.0.0.1:0",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return conn, nil }),
-	)
-	if err != nil {
-		conn.Close()
-		tb.Fatal(err)
-	}
-	p := &plugin{conn: conn, client: client, stderr: stderr}
+	p := &plugin{Process: proc, stderr: stderr}
 	tb.Cleanup(func() {
-		p.stop()
+		p.Stop()
 		if tb.Failed() {
 			tb.Logf("plugin stderr:\n%s", stderr.String())
 		}
 	})
 	return p
-}
-
-// stop closes the connection and waits for the process, which exits
-// when its standard input closes; it returns how it exited.
-func (p *plugin) stop() error {
-	p.client.Close()
-	return p.conn.Close()
-}
-
-// store is plakar's storage.Store for the plugin: Init with config.
-func (p *plugin) store(ctx context.Context, config map[string]string) (storage.Store, error) {
-	return gstorage.NewStorage(ctx, p.client, "oci", config)
-}
-
-// stdioConn is a net.Conn on the plugin's standard output (read) and input
-// (write), as plakar's StdioConn; Close waits for the process.
-type stdioConn struct {
-	stdin, stdout *os.File
-	cmd           *exec.Cmd
-	once          sync.Once
-	err           error
-	// eof is closed when the plugin has closed its standard output: it
-	// ended its server.
-	eof     chan struct{}
-	eofOnce sync.Once
-}
-
-var stdioAddr = &net.UnixAddr{Name: "stdio", Net: "unix"}
-
-func (c *stdioConn) Read(b []byte) (int, error) {
-	n, err := c.stdin.Read(b)
-	if err == io.EOF {
-		c.eofOnce.Do(func() { close(c.eof) })
-	}
-	return n, err
-}
-
-func (c *stdioConn) Write(b []byte) (int, error)        { return c.stdout.Write(b) }
-func (c *stdioConn) LocalAddr() net.Addr                { return stdioAddr }
-func (c *stdioConn) RemoteAddr() net.Addr               { return stdioAddr }
-func (c *stdioConn) SetDeadline(t time.Time) error      { return c.stdin.SetDeadline(t) }
-func (c *stdioConn) SetReadDeadline(t time.Time) error  { return c.stdin.SetReadDeadline(t) }
-func (c *stdioConn) SetWriteDeadline(t time.Time) error { return c.stdout.SetWriteDeadline(t) }
-
-func (c *stdioConn) Close() error {
-	c.once.Do(func() {
-		c.stdin.Close()
-		c.stdout.Close()
-		c.err = c.cmd.Wait()
-	})
-	return c.err
 }
 
 type syncBuffer struct {
@@ -179,15 +99,7 @@ func (b *syncBuffer) String() string {
 }
 
 // pluginEnv is the environment of a plugin process, with its caches in dir.
-func pluginEnv(dir string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, host.EnvCacheDir+"=") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, host.EnvCacheDir+"="+dir)
-}
+var pluginEnv = pluginproc.Env
 
 func randomMAC() objects.MAC {
 	var mac objects.MAC
@@ -202,7 +114,7 @@ func TestStoreOverGRPC(t *testing.T) {
 	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
 	p := spawn(t, pluginEnv(t.TempDir()))
 
-	st, err := p.store(ctx, map[string]string{"location": "oci://" + reg.Host + "/plakar/repo"})
+	st, err := p.Store(ctx, map[string]string{"location": "oci://" + reg.Host + "/plakar/repo"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,14 +200,14 @@ func TestStoreOverGRPC(t *testing.T) {
 	if err := st.Close(ctx); err != nil {
 		t.Error(err)
 	}
-	if err := p.stop(); err != nil {
+	if err := p.Stop(); err != nil {
 		t.Errorf("the plugin did not exit cleanly: %v\n%s", err, p.stderr.String())
 	}
 
 	// A bad configuration is reported by the first call, with the store's
 	// message: Kloset prints an error of Init itself before Plakar does.
 	p = spawn(t, pluginEnv(t.TempDir()))
-	bad, err := p.store(ctx, map[string]string{"location": "s3://bucket"})
+	bad, err := p.Store(ctx, map[string]string{"location": "s3://bucket"})
 	if err != nil {
 		t.Fatalf("Init with an s3 location: %v; want the error from the first call", err)
 	}
@@ -328,7 +240,7 @@ func TestPlakarManners(t *testing.T) {
 	}
 	env = append(env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
 	p := spawn(t, env)
-	st, err := p.store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(reg.URL, "http://") + "/plakar/manners"})
+	st, err := p.Store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(reg.URL, "http://") + "/plakar/manners"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +250,7 @@ func TestPlakarManners(t *testing.T) {
 		}
 	}
 	st.Close(ctx)
-	if err := p.stop(); err != nil {
+	if err := p.Stop(); err != nil {
 		t.Errorf("the plugin did not exit cleanly: %v", err)
 	}
 	if requests.Load() < 3 {
@@ -362,7 +274,7 @@ func TestPlakarManners(t *testing.T) {
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
 	p = spawn(t, env)
-	st, err = p.store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(closed.URL, "http://") + "/plakar/manners"})
+	st, err = p.Store(ctx, map[string]string{"location": "oci://" + strings.TrimPrefix(closed.URL, "http://") + "/plakar/manners"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +282,7 @@ func TestPlakarManners(t *testing.T) {
 		t.Fatalf("list from an unreachable registry: %v", err)
 	}
 	st.Close(ctx)
-	p.stop()
+	p.Stop()
 	if stderr := p.stderr.String(); strings.Contains(stderr, "trying again") {
 		t.Errorf("the plugin logged its retries:\n%s", stderr)
 	}
@@ -393,7 +305,7 @@ func TestPluginKeyOverGRPC(t *testing.T) {
 
 	roundTrip := func(t *testing.T, create bool) {
 		p := spawn(t, pluginEnv(cache))
-		st, err := p.store(ctx, config)
+		st, err := p.Store(ctx, config)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,7 +328,7 @@ func TestPluginKeyOverGRPC(t *testing.T) {
 			t.Errorf("get: %q", got)
 		}
 		st.Close(ctx)
-		if err := p.stop(); err != nil {
+		if err := p.Stop(); err != nil {
 			t.Errorf("exit: %v", err)
 		}
 	}
@@ -433,7 +345,7 @@ func TestPluginKeyOverGRPC(t *testing.T) {
 	// call.
 	p := spawn(t, pluginEnv(t.TempDir()))
 	config["plugin"] = plugins.Host + "/plugins/ocistore:v1"
-	st, err := p.store(ctx, config)
+	st, err := p.Store(ctx, config)
 	if err != nil {
 		t.Fatalf("Init with a tag: %v; want the error from the first call", err)
 	}
@@ -451,10 +363,10 @@ func BenchmarkPluginStart(b *testing.B) {
 	config := map[string]string{"location": "oci://127.0.0.1:1/bench"}
 	start := func(b *testing.B, cache string) {
 		p := spawn(b, pluginEnv(cache))
-		if _, err := p.store(ctx, config); err != nil {
+		if _, err := p.Store(ctx, config); err != nil {
 			b.Fatal(err)
 		}
-		if err := p.stop(); err != nil {
+		if err := p.Stop(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -486,7 +398,7 @@ func TestPluginFinishesDeleteOnShutdown(t *testing.T) {
 			reg := registrytest.Distribution(t, registrytest.Options{Delete: deletes})
 			proxy := faultproxy.Start(t, reg.URL)
 			p := spawn(t, pluginEnv(t.TempDir()))
-			st, err := p.store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/plakar/shutdown"})
+			st, err := p.Store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/plakar/shutdown"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -518,10 +430,9 @@ func TestPluginFinishesDeleteOnShutdown(t *testing.T) {
 			}})
 			go st.Delete(ctx, storage.StorageResourceLock, mac) // Plakar does not wait for it
 			<-arrived
-			p.conn.stdout.Close() // Plakar exits: the plugin's standard input ends
-			<-p.conn.eof
+			p.CloseInput() // Plakar exits: the plugin's standard input ends
 			close(proceed)
-			if err := p.stop(); err != nil {
+			if err := p.Stop(); err != nil {
 				t.Fatalf("the plugin exited with %v", err)
 			}
 			if killed.Load() {
@@ -559,7 +470,7 @@ func TestPluginKilledAtEveryStepOfRelease(t *testing.T) {
 			for k := 0; ; k++ {
 				repo := fmt.Sprintf("plakar/killed-%d", k)
 				p := spawn(t, env)
-				st, err := p.store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/" + repo})
+				st, err := p.Store(ctx, map[string]string{"location": "oci://" + proxy.Host + "/" + repo})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -579,14 +490,14 @@ func TestPluginKilledAtEveryStepOfRelease(t *testing.T) {
 							return false
 						}
 						if !killed.Swap(true) {
-							p.conn.cmd.Process.Kill()
+							p.Kill()
 						}
 						return true
 					},
 					Fault: faultproxy.Fault{Kind: faultproxy.Delay, Delay: time.Hour},
 				})
 				err = st.Delete(ctx, storage.StorageResourceLock, mac)
-				p.stop()
+				p.Stop()
 				proxy.Clear()
 				sent := proxy.Requests()
 				if !killed.Load() && err != nil {

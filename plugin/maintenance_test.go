@@ -28,7 +28,7 @@ func TestMaintenanceOverGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := spawn(t, pluginEnv(t.TempDir()))
-	st, err := p.store(ctx, cfg)
+	st, err := p.Store(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,7 @@ const (
 	spreadBlobs = 3
 	spreadTime  = 5 * time.Second
 	// bulkSpell is how long a blob fetched whole for being wanted makes
-	// the next ones wanted at their second read.
+	// the next ones wanted at their first read.
 	bulkSpell = time.Minute
 	// wholeShare: a blob is fetched whole once the bytes asked of it
 	// reach this share of its size (1/wholeShare).
@@ -95,7 +95,7 @@ type window struct {
 	off, n uint64
 	path   string
 	f      *os.File // open while the window is in the cache (file.go)
-	hdr    []byte   // the header its file must have
+	sums   []byte   // of its blocks, read from its file when opened
 	size   int64    // of the file
 	used   uint64   // LRU clock of the last read
 }
@@ -204,31 +204,14 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 			b.size = size
 		}
 		if !counted {
-			if b.asks == 0 {
-				c.spread(b)
-			}
-			b.asks++
-			b.asked += n
-			b.touch(off, n)
+			c.count(b, off, n)
 			counted = true
 		}
 		if w := b.find(off, n); w != nil {
-			c.tick++
-			w.used = c.tick
-			err := w.open(digest, size)
-			c.mu.Unlock()
-			var data []byte
-			if err == nil {
-				data, err = w.read(off, n)
-			}
-			if err == nil {
+			if data, ok := c.readWindow(b, w, off, n); ok {
 				return data, Range{}, nil, nil
 			}
-			// Damaged or gone: forget it and fetch again.
-			c.mu.Lock()
-			c.drop(b, w)
-			c.mu.Unlock()
-			continue
+			continue // fetch again
 		}
 		if b.fetching != nil {
 			wait := b.fetching
@@ -248,6 +231,63 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 	}
 }
 
+// Held returns the n bytes at off of the blob digest, of size bytes, when
+// a window holds them, and nil otherwise, without waiting or planning a
+// fetch: a read that the host serves without asking the guest, which
+// still plans every miss (Plan). A hit counts as a read, as in Plan; a
+// window found damaged is dropped, and the miss left to Plan.
+func (c *Cache) Held(digest string, size, off, n uint64) []byte {
+	if off >= size || n == 0 {
+		return nil
+	}
+	n = min(n, size-off)
+	c.mu.Lock()
+	b := c.blobs[digest]
+	if b == nil || b.size != size {
+		c.mu.Unlock()
+		return nil
+	}
+	w := b.find(off, n)
+	if w == nil {
+		c.mu.Unlock()
+		return nil
+	}
+	c.count(b, off, n)
+	data, _ := c.readWindow(b, w, off, n)
+	return data
+}
+
+// readWindow returns the n bytes at off of blob b from its window w.
+// Called with c.mu held, which it releases. A window damaged or gone is
+// forgotten, and the read is a miss (ok false).
+func (c *Cache) readWindow(b *blob, w *window, off, n uint64) (data []byte, ok bool) {
+	c.tick++
+	w.used = c.tick
+	err := w.open(b.digest, b.size)
+	c.mu.Unlock()
+	if err == nil {
+		data, err = w.read(off, n)
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.drop(b, w)
+		c.mu.Unlock()
+		return nil, false
+	}
+	return data, true
+}
+
+// count records a read of the n bytes at off of b: the demand plan
+// weighs. Called with c.mu held.
+func (c *Cache) count(b *blob, off, n uint64) {
+	if b.asks == 0 {
+		c.spread(b)
+	}
+	b.asks++
+	b.asked += n
+	b.touch(off, n)
+}
+
 // plan chooses the window a miss fetches: the whole blob when it is small
 // enough and wanted enough, otherwise a window at off that doubles while
 // reads are sequential. A blob is wanted enough when many of its pages
@@ -259,14 +299,15 @@ func (c *Cache) Plan(ctx context.Context, digest string, size, off, n uint64) (h
 //
 // Once a blob was wanted enough, or a few blobs were first read at once
 // (spread), the process is going through a snapshot: for a while
-// (bulkSpell), a blob is wanted enough at its second read, so that
-// packfiles cost a window of the entries they hold and then the whole
-// packfile.
+// (bulkSpell), a blob is wanted enough at its first read, so that a
+// packfile costs one fetch, the whole packfile (a window of the entries
+// it holds first would cost a request more a packfile: 23 blob GETs for
+// 11 blobs in TestReadAheadRequestsFollowPackfiles instead of 16).
 func (c *Cache) plan(b *blob, off, n uint64, waited bool) Range {
 	if b.size <= c.wholeMax {
 		bulk := time.Now().Before(c.bulkUntil)
 		parallel := waited && b.asks >= parallelAsks
-		if parallel || b.touched >= wholePages || b.asked*wholeShare >= b.size || (bulk && b.asks >= 2) {
+		if parallel || b.touched >= wholePages || b.asked*wholeShare >= b.size || bulk {
 			c.bulkUntil = time.Now().Add(bulkSpell)
 			return Range{0, b.size}
 		}

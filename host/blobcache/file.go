@@ -130,8 +130,11 @@ func writeWindow(path string, body io.Reader, digest string, size uint64, r Rang
 }
 
 // open opens the file of window w of the blob, once: the window is kept
-// open while it is in the cache, so that a read costs no open. Called with
-// c.mu held.
+// open while it is in the cache, so that a read costs no open. Its header
+// is checked then, and its sums kept: a read then reads its own bytes
+// only, and a file written over since (in place: windows are replaced by
+// rename, which an open file does not see) fails the sums of what it
+// returns. Called with c.mu held.
 func (w *window) open(digest string, size uint64) error {
 	if w.f != nil {
 		return nil
@@ -144,35 +147,32 @@ func (w *window) open(digest string, size uint64) error {
 	if err != nil {
 		return err
 	}
-	w.f, w.hdr = f, want
+	head := make([]byte, headerLen+int(blocks(w.n))*sha256.Size)
+	if _, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head[:headerLen], want) {
+		f.Close()
+		return errDamaged
+	}
+	w.f, w.sums = f, head[headerLen:]
 	return nil
 }
 
 // read returns the n bytes at off of the blob from window w, opened,
-// after checking the file's header and the sums of the blocks they lie
-// in: each time, as the file may have been written over since.
+// after checking the sums of the blocks they lie in: each time, as the
+// file may have been written over since.
 func (w *window) read(off, n uint64) ([]byte, error) {
-	f := w.f
-	hdr := make([]byte, headerLen)
-	if _, err := f.ReadAt(hdr, 0); err != nil || !bytes.Equal(hdr, w.hdr) {
-		return nil, errDamaged
-	}
 	first := (off - w.off) / blockSize
 	last := (off + n - 1 - w.off) / blockSize
-	sums := make([]byte, (last-first+1)*sha256.Size)
-	if _, err := f.ReadAt(sums, int64(headerLen)+int64(first*sha256.Size)); err != nil {
-		return nil, errDamaged
-	}
 	start := first * blockSize
 	end := min((last+1)*blockSize, w.n)
 	data := make([]byte, end-start)
-	dataStart := int64(headerLen) + int64(blocks(w.n)*sha256.Size)
-	if _, err := f.ReadAt(data, dataStart+int64(start)); err != nil {
+	dataStart := int64(headerLen) + int64(len(w.sums))
+	if _, err := w.f.ReadAt(data, dataStart+int64(start)); err != nil {
 		return nil, errDamaged
 	}
 	for i := range last - first + 1 {
 		blk := data[i*blockSize : min((i+1)*blockSize, uint64(len(data)))]
-		if s := sha256.Sum256(blk); !bytes.Equal(s[:], sums[i*sha256.Size:(i+1)*sha256.Size]) {
+		sum := w.sums[(first+i)*sha256.Size : (first+i+1)*sha256.Size]
+		if s := sha256.Sum256(blk); !bytes.Equal(s[:], sum) {
 			return nil, errDamaged
 		}
 	}

@@ -41,6 +41,10 @@ type Session struct {
 	inline  [4]*stream         // the streams' first backing array, allocated with the session
 	started handles[pending]   // requests started and not yet finished (pending.go)
 	claims  []*blobcache.Claim // windows planned and not yet kept (windows.go)
+	// planned is the digest of the blob of the last read planned, of
+	// plannedSize bytes (Planned).
+	planned     string
+	plannedSize uint64
 }
 
 // AddReader registers a reader of the host's, such as the body Kloset hands

@@ -18,6 +18,9 @@ func (s *Session) Plan(digest string, size, off uint64, length uint32) (abi.Stre
 		return 0, exact
 	}
 	digest = strings.Clone(digest) // lent (abi.Host)
+	s.mu.Lock()
+	s.planned, s.plannedSize = digest, size
+	s.mu.Unlock()
 	// A window this call planned and did not keep (a request that failed
 	// before a retry) would make this read wait for itself.
 	s.releaseClaims(digest)
@@ -36,6 +39,24 @@ func (s *Session) Plan(digest string, size, off uint64, length uint32) (abi.Stre
 	s.claims = append(s.claims, cl)
 	s.mu.Unlock()
 	return 0, abi.Range{Offset: fetch.Off, Length: uint32(fetch.N)}
+}
+
+// Planned is the blob of the last read the guest planned in this session
+// (Plan): its digest and size, "" when none was planned.
+func (s *Session) Planned() (digest string, size uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.planned, s.plannedSize
+}
+
+// Held returns the n bytes at off of the blob digest, of size bytes, when
+// a window of the read-ahead cache holds them, and nil otherwise (see
+// blobcache.Cache.Held).
+func (e *Env) Held(digest string, size, off, n uint64) []byte {
+	if e.windows == nil {
+		return nil
+	}
+	return e.windows.Held(digest, size, off, n)
 }
 
 func (s *Session) heldStream(b []byte) abi.Stream {

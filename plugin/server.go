@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	gstorage "github.com/PlakarKorp/integration-grpc/storage"
+	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/objects"
+	"google.golang.org/grpc"
+)
+
+// server is the gRPC storage service Plakar talks to: go-kloset-sdk's
+// (sdk.RunStorageOn), but for Get. The SDK's Get sends every answer
+// through a buffer of 1 MiB made for it; a restore asks for tens of
+// thousands of ranges of a few hundred bytes each, and that buffer, zeroed
+// and collected each time, took more than half of the plugin's CPU. Here
+// a ranged answer's buffer is the size of the range.
+type server struct {
+	gstorage.UnimplementedStoreServer
+	open  storage.StoreFn
+	store storage.Store
+}
+
+// maxChunk is the largest message Get sends: gRPC refuses messages over
+// 4 MiB, and the SDK sends 1 MiB.
+const maxChunk = 1 << 20
+
+func serve(open storage.StoreFn, listener net.Listener) error {
+	srv := grpc.NewServer()
+	gstorage.RegisterStoreServer(srv, &server{open: open})
+	return srv.Serve(listener)
+}
+
+var errNotInit = errors.New("oci store: called before Init: Plakar initialises a store first")
+
+func (s *server) Init(ctx context.Context, req *gstorage.InitRequest) (*gstorage.InitResponse, error) {
+	st, err := s.open(ctx, req.Proto, req.Config)
+	if err != nil {
+		return nil, err
+	}
+	s.store = st
+	return &gstorage.InitResponse{Origin: st.Origin(), Type: st.Type(), Root: st.Root(), Flags: uint32(st.Flags())}, nil
+}
+
+func (s *server) Create(ctx context.Context, req *gstorage.CreateRequest) (*gstorage.CreateResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	return &gstorage.CreateResponse{}, s.store.Create(ctx, req.Config)
+}
+
+func (s *server) Open(ctx context.Context, _ *gstorage.OpenRequest) (*gstorage.OpenResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	b, err := s.store.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &gstorage.OpenResponse{Config: b}, nil
+}
+
+func (s *server) Ping(ctx context.Context, _ *gstorage.PingRequest) (*gstorage.PingResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	return &gstorage.PingResponse{}, s.store.Ping(ctx)
+}
+
+func (s *server) Mode(ctx context.Context, _ *gstorage.ModeRequest) (*gstorage.ModeResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	mode, err := s.store.Mode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &gstorage.ModeResponse{Mode: int32(mode)}, nil
+}
+
+func (s *server) Size(ctx context.Context, _ *gstorage.SizeRequest) (*gstorage.SizeResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	size, err := s.store.Size(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &gstorage.SizeResponse{Size: size}, nil
+}
+
+func (s *server) List(ctx context.Context, req *gstorage.ListRequest) (*gstorage.ListResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	macs, err := s.store.List(ctx, storage.StorageResource(req.Type))
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(macs))
+	for i := range macs {
+		out[i] = macs[i][:]
+	}
+	return &gstorage.ListResponse{Macs: out}, nil
+}
+
+// macOf is the MAC of a request, which must have a MAC's length.
+func macOf(b []byte) (objects.MAC, error) {
+	var mac objects.MAC
+	if len(b) != len(mac) {
+		return mac, fmt.Errorf("oci store: a MAC of %d bytes, want %d: Plakar and the plugin disagree on the protocol", len(b), len(mac))
+	}
+	return objects.MAC(b), nil
+}
+
+func (s *server) Put(stream grpc.ClientStreamingServer[gstorage.PutRequest, gstorage.PutResponse]) error {
+	if s.store == nil {
+		return errNotInit
+	}
+	req, err := stream.Recv() // the first message names the object
+	if err != nil {
+		return err
+	}
+	mac, err := macOf(req.Mac)
+	if err != nil {
+		return err
+	}
+	size, err := s.store.Put(stream.Context(), storage.StorageResource(req.Type), mac, gstorage.ReceiveChunks(func() ([]byte, error) {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		return req.Chunk, nil
+	}))
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(&gstorage.PutResponse{BytesWritten: size})
+}
+
+func (s *server) Get(req *gstorage.GetRequest, stream grpc.ServerStreamingServer[gstorage.GetResponse]) error {
+	if s.store == nil {
+		return errNotInit
+	}
+	mac, err := macOf(req.Mac)
+	if err != nil {
+		return err
+	}
+	var rng *storage.Range
+	size := maxChunk
+	if r := req.Range; r != nil {
+		rng = &storage.Range{Offset: r.Offset, Length: r.Length}
+		size = min(size, max(int(r.Length), 1))
+	}
+	rd, err := s.store.Get(stream.Context(), storage.StorageResource(req.Type), mac, rng)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	buf := make([]byte, size)
+	for {
+		n, err := io.ReadFull(rd, buf)
+		if n > 0 {
+			if err := stream.Send(&gstorage.GetResponse{Chunk: buf[:n]}); err != nil {
+				return fmt.Errorf("failed to send chunk: %w", err)
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("failed to read: %w", err)
+		}
+	}
+}
+
+func (s *server) Delete(ctx context.Context, req *gstorage.DeleteRequest) (*gstorage.DeleteResponse, error) {
+	if s.store == nil {
+		return nil, errNotInit
+	}
+	mac, err := macOf(req.Mac)
+	if err != nil {
+		return nil, err
+	}
+	return &gstorage.DeleteResponse{}, s.store.Delete(ctx, storage.StorageResource(req.Type), mac)
+}
+
+func (s *server) Close(ctx context.Context, _ *gstorage.CloseRequest) (*gstorage.CloseResponse, error) {
+	if s.store == nil {
+		return &gstorage.CloseResponse{}, nil
+	}
+	return &gstorage.CloseResponse{}, s.store.Close(ctx)
+}

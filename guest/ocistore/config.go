@@ -66,6 +66,10 @@ func (s *Store) Create(config []byte) error {
 			return errorf(codeOf(err), "%v (this create won, yet may not have tagged its configuration: if opening the store fails, this create was interrupted; its configuration is tag %s)", err, mine)
 		}
 		s.useLayout(ourLayout)
+		// A store just created has deleted nothing: its puts need not
+		// read the record of how it deletes to know that no tombstone
+		// lies under them (object.go).
+		s.h.CacheSet(s.deletionModeKey(), string(rune('0'+deleteByTag)))
 		return nil
 	}
 	c.withdraw(mine)

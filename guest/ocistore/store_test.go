@@ -157,6 +157,20 @@ func TestStore(t *testing.T) {
 	x.must("Close", s.Close())
 }
 
+// TestPutAfterCreate: a put in the process that created the store makes
+// no request beyond the upload's, as the store has deleted nothing.
+func TestPutAfterCreate(t *testing.T) {
+	x := newHarness(t)
+	x.must("Create", x.do(func() error { return x.store.Create([]byte(`{}`)) }))
+	x.host.takeRequests()
+	x.must("Put", x.put(abi.KindPackfile, testMAC(1), []byte("packfile")))
+	for _, r := range x.host.takeRequests() {
+		if strings.HasPrefix(r, "HEAD") || strings.HasPrefix(r, "GET") {
+			t.Errorf("a put after create made %s, more than its upload", r)
+		}
+	}
+}
+
 func TestDeleteTombstone(t *testing.T) {
 	x := newHarness(t, refuseDelete)
 	x.must("Create", x.do(func() error { return x.store.Create([]byte("{}")) }))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 
 	gstorage "github.com/PlakarKorp/integration-grpc/storage"
 	"github.com/PlakarKorp/kloset/connectors/storage"
@@ -21,8 +22,10 @@ import (
 // a ranged answer's buffer is the size of the range.
 type server struct {
 	gstorage.UnimplementedStoreServer
-	open  storage.StoreFn
-	store storage.Store
+	open storage.StoreFn
+	// store is what Init opened. Plakar calls Init before anything else,
+	// but gRPC serves each call on a goroutine of its own.
+	store atomic.Pointer[storage.Store]
 }
 
 // maxChunk is the largest message Get sends: gRPC refuses messages over
@@ -42,22 +45,32 @@ func (s *server) Init(ctx context.Context, req *gstorage.InitRequest) (*gstorage
 	if err != nil {
 		return nil, err
 	}
-	s.store = st
+	s.store.Store(&st)
 	return &gstorage.InitResponse{Origin: st.Origin(), Type: st.Type(), Root: st.Root(), Flags: uint32(st.Flags())}, nil
 }
 
-func (s *server) Create(ctx context.Context, req *gstorage.CreateRequest) (*gstorage.CreateResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+// opened is the store Init opened.
+func (s *server) opened() (storage.Store, error) {
+	if st := s.store.Load(); st != nil {
+		return *st, nil
 	}
-	return &gstorage.CreateResponse{}, s.store.Create(ctx, req.Config)
+	return nil, errNotInit
+}
+
+func (s *server) Create(ctx context.Context, req *gstorage.CreateRequest) (*gstorage.CreateResponse, error) {
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
+	}
+	return &gstorage.CreateResponse{}, st.Create(ctx, req.Config)
 }
 
 func (s *server) Open(ctx context.Context, _ *gstorage.OpenRequest) (*gstorage.OpenResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
-	b, err := s.store.Open(ctx)
+	b, err := st.Open(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -65,17 +78,19 @@ func (s *server) Open(ctx context.Context, _ *gstorage.OpenRequest) (*gstorage.O
 }
 
 func (s *server) Ping(ctx context.Context, _ *gstorage.PingRequest) (*gstorage.PingResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
-	return &gstorage.PingResponse{}, s.store.Ping(ctx)
+	return &gstorage.PingResponse{}, st.Ping(ctx)
 }
 
 func (s *server) Mode(ctx context.Context, _ *gstorage.ModeRequest) (*gstorage.ModeResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
-	mode, err := s.store.Mode(ctx)
+	mode, err := st.Mode(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -83,10 +98,11 @@ func (s *server) Mode(ctx context.Context, _ *gstorage.ModeRequest) (*gstorage.M
 }
 
 func (s *server) Size(ctx context.Context, _ *gstorage.SizeRequest) (*gstorage.SizeResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
-	size, err := s.store.Size(ctx)
+	size, err := st.Size(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -94,10 +110,11 @@ func (s *server) Size(ctx context.Context, _ *gstorage.SizeRequest) (*gstorage.S
 }
 
 func (s *server) List(ctx context.Context, req *gstorage.ListRequest) (*gstorage.ListResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
-	macs, err := s.store.List(ctx, storage.StorageResource(req.Type))
+	macs, err := st.List(ctx, storage.StorageResource(req.Type))
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +135,9 @@ func macOf(b []byte) (objects.MAC, error) {
 }
 
 func (s *server) Put(stream grpc.ClientStreamingServer[gstorage.PutRequest, gstorage.PutResponse]) error {
-	if s.store == nil {
-		return errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return err
 	}
 	req, err := stream.Recv() // the first message names the object
 	if err != nil {
@@ -129,7 +147,7 @@ func (s *server) Put(stream grpc.ClientStreamingServer[gstorage.PutRequest, gsto
 	if err != nil {
 		return err
 	}
-	size, err := s.store.Put(stream.Context(), storage.StorageResource(req.Type), mac, gstorage.ReceiveChunks(func() ([]byte, error) {
+	size, err := st.Put(stream.Context(), storage.StorageResource(req.Type), mac, gstorage.ReceiveChunks(func() ([]byte, error) {
 		req, err := stream.Recv()
 		if err != nil {
 			return nil, err
@@ -143,8 +161,9 @@ func (s *server) Put(stream grpc.ClientStreamingServer[gstorage.PutRequest, gsto
 }
 
 func (s *server) Get(req *gstorage.GetRequest, stream grpc.ServerStreamingServer[gstorage.GetResponse]) error {
-	if s.store == nil {
-		return errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return err
 	}
 	mac, err := macOf(req.Mac)
 	if err != nil {
@@ -156,7 +175,7 @@ func (s *server) Get(req *gstorage.GetRequest, stream grpc.ServerStreamingServer
 		rng = &storage.Range{Offset: r.Offset, Length: r.Length}
 		size = min(size, max(int(r.Length), 1))
 	}
-	rd, err := s.store.Get(stream.Context(), storage.StorageResource(req.Type), mac, rng)
+	rd, err := st.Get(stream.Context(), storage.StorageResource(req.Type), mac, rng)
 	if err != nil {
 		return err
 	}
@@ -179,19 +198,21 @@ func (s *server) Get(req *gstorage.GetRequest, stream grpc.ServerStreamingServer
 }
 
 func (s *server) Delete(ctx context.Context, req *gstorage.DeleteRequest) (*gstorage.DeleteResponse, error) {
-	if s.store == nil {
-		return nil, errNotInit
+	st, err := s.opened()
+	if err != nil {
+		return nil, err
 	}
 	mac, err := macOf(req.Mac)
 	if err != nil {
 		return nil, err
 	}
-	return &gstorage.DeleteResponse{}, s.store.Delete(ctx, storage.StorageResource(req.Type), mac)
+	return &gstorage.DeleteResponse{}, st.Delete(ctx, storage.StorageResource(req.Type), mac)
 }
 
 func (s *server) Close(ctx context.Context, _ *gstorage.CloseRequest) (*gstorage.CloseResponse, error) {
-	if s.store == nil {
-		return &gstorage.CloseResponse{}, nil
+	st, err := s.opened()
+	if err != nil {
+		return &gstorage.CloseResponse{}, nil // nothing opened, nothing to close
 	}
-	return &gstorage.CloseResponse{}, s.store.Close(ctx)
+	return &gstorage.CloseResponse{}, st.Close(ctx)
 }

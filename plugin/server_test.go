@@ -48,7 +48,9 @@ func TestGetBufferFitsTheRange(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
-	srv := &server{store: &memStore{data: data}}
+	srv := &server{}
+	var st storage.Store = &memStore{data: data}
+	srv.store.Store(&st)
 	mac := randomMAC()
 	const reads = 200
 	var before, after runtime.MemStats

@@ -250,7 +250,7 @@ func (r *report) tree(phase, store string) *treeResult {
 }
 
 func (r *report) evaluateTree(add func(name string, value float64, want string, pass bool)) {
-	for _, store := range []string{treeOCI, treePlugin} {
+	for _, store := range []string{treeOCI, treeOcibackup, treePlugin} {
 		backup := r.tree("backup", store)
 		for _, phase := range []string{"restore", "check"} {
 			oci, fs := r.tree(phase, store), r.tree(phase, treeFS)

@@ -18,9 +18,10 @@ import (
 	"github.com/plakar-oci/ocistore/internal/pluginproc"
 )
 
-// The restore-tree workload: $(go env GOROOT)/src (at scale < 1, the part
-// of it sourceRoots picks) backed up into the registry by the sandboxed
-// store, then restored and checked, each by a new store with an empty
+// The restore-tree workload: first the tree backed up, restored and
+// checked as ocibackup does it (treevault.go); then $(go env GOROOT)/src
+// (at scale < 1, the part of it sourceRoots picks) backed up into the
+// registry by the sandboxed store, then restored and checked, each by a new store with an empty
 // read-ahead cache and a new Kloset cache, as later plakar commands; the
 // same restore and check through 20 ms added to every request
 // (internal/faultproxy); and the same three from Kloset's fs store on
@@ -156,6 +157,12 @@ func (b *bench) restoreTree() error {
 			return nil, err
 		}
 		return &fsTarget{storeTarget{s: s, cnt: &counter{}}}, nil
+	}
+
+	// First, while the process holds nothing else: its peak RSS is then
+	// ocibackup's own.
+	if err := b.treeVault(roots, srcBytes); err != nil {
+		return err
 	}
 
 	exe, err := pluginproc.Build("./plugin", b.path("plugin-bin"))
@@ -325,6 +332,8 @@ func (b *bench) treeSlice(phase, v string, t target, f func() error) error {
 	case *storeTarget:
 		r.Windows = dirSize(st.windows)
 	case *pluginTarget:
+		r.Windows = dirSize(st.windows)
+	case *ocibackupTarget:
 		r.Windows = dirSize(st.windows)
 	}
 	b.rep.Tree2 = append(b.rep.Tree2, r)

@@ -1,6 +1,7 @@
 package ocistore
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -161,14 +162,39 @@ func (c *call) fetch(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 // the guest asks the registry for it and hands the answer back for the
 // host to keep and slice (see RATIONALE.md, "Read-ahead windows").
 func (c *call) fetchRange(blob descriptor, rng *abi.Range) (abi.Stream, error) {
+	st, err := c.fetchWindow(blob, rng, true)
+	if kf, ok := err.(keepFailed); ok {
+		// The window was not kept: a whole blob whose bytes do not match
+		// its digest (the registry's copy is damaged, or the network
+		// altered it), or a cache that cannot write. The read is still
+		// served, by a request for its range alone: Kloset checks what it
+		// reads against its MAC, and so tells which of its chunks are
+		// damaged, where the window's failure would fail the whole read.
+		c.s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: %s: %v; reading the range alone", c.action(), kf.err))
+		return c.fetchWindow(blob, rng, false)
+	}
+	return st, err
+}
+
+// keepFailed is the host's refusal to keep a fetched window.
+type keepFailed struct{ err error }
+
+func (k keepFailed) Error() string { return k.err.Error() }
+
+// fetchWindow is fetchRange through the host's windows (plan), or of the
+// range alone.
+func (c *call) fetchWindow(blob descriptor, rng *abi.Range, plan bool) (abi.Stream, error) {
 	s := c.s
 	size := uint64(blob.Size)
 	if rng.Offset >= size && size > 0 {
 		return 0, s.rangeError(c.action(), rng.Offset, size)
 	}
-	held, win := s.h.Plan(blob.Digest, size, rng.Offset, rng.Length)
-	if held != 0 {
-		return held, nil
+	win := *rng
+	if plan {
+		var held abi.Stream
+		if held, win = s.h.Plan(blob.Digest, size, rng.Offset, rng.Length); held != 0 {
+			return held, nil
+		}
 	}
 	off := win.Offset
 	last, want := rangeBounds(off, win.Length, size)
@@ -223,6 +249,9 @@ func (c *call) fetchRange(blob descriptor, rng *abi.Range) (abi.Stream, error) {
 	}
 	st, err := s.h.Keep(body, blob.Digest, size, win, rng.Offset, rng.Length)
 	if err != nil {
+		if plan {
+			return 0, keepFailed{err}
+		}
 		return 0, errorf(abi.ErrOther, "%s: %v", c.action(), err)
 	}
 	return st, nil

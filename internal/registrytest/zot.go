@@ -82,10 +82,13 @@ func (z *zotDouble) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		if i := strings.LastIndex(r.URL.Path, "/manifests/"); i > 0 && strings.HasPrefix(r.URL.Path, "/v2/") {
+			// Before: the client may see the answer, and ask for a page,
+			// before this handler returns. After: a snapshot read while
+			// the write ran is not used again either.
+			name := r.URL.Path[len("/v2/"):i]
+			z.wrote(name)
 			z.next.ServeHTTP(w, r)
-			// Once the write is done: a snapshot read before it, or
-			// while it ran, is not used again.
-			z.wrote(r.URL.Path[len("/v2/"):i])
+			z.wrote(name)
 			return
 		}
 	}

@@ -242,11 +242,5 @@ func (c *call) deadTags(tags []string) ([]bool, error) {
 }
 
 func graveyardManifest(blob descriptor) []byte {
-	return (&manifest{
-		SchemaVersion: 2,
-		MediaType:     mediaTypeManifest,
-		ArtifactType:  artifactGraveyard,
-		Config:        emptyDescriptor,
-		Layers:        []descriptor{{MediaType: artifactGraveyard, Digest: blob.Digest, Size: blob.Size}},
-	}).encode()
+	return artifactManifest(artifactGraveyard, blob, nil).encode()
 }

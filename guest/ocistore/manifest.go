@@ -67,27 +67,26 @@ func (m *manifest) encode() []byte {
 	return b
 }
 
-// objectManifest describes object (k, mac) whose bytes are blob.
-func objectManifest(k abi.Kind, mac abi.MAC, blob descriptor) *manifest {
+// artifactManifest is an artifact of type typ whose bytes are blob, its
+// one layer: what objects, the configuration and the graveyard are.
+func artifactManifest(typ string, blob descriptor, annotations map[string]string) *manifest {
 	return &manifest{
 		SchemaVersion: 2,
 		MediaType:     mediaTypeManifest,
-		ArtifactType:  artifactType(k),
+		ArtifactType:  typ,
 		Config:        emptyDescriptor,
-		Layers:        []descriptor{{MediaType: artifactType(k), Digest: blob.Digest, Size: blob.Size}},
-		Annotations:   map[string]string{annotationKind: k.String(), annotationMAC: hex.EncodeToString(mac[:])},
+		Layers:        []descriptor{{MediaType: typ, Digest: blob.Digest, Size: blob.Size}},
+		Annotations:   annotations,
 	}
 }
 
+// objectManifest describes object (k, mac) whose bytes are blob.
+func objectManifest(k abi.Kind, mac abi.MAC, blob descriptor) *manifest {
+	return artifactManifest(artifactType(k), blob, map[string]string{annotationKind: k.String(), annotationMAC: hex.EncodeToString(mac[:])})
+}
+
 func configManifest(blob descriptor) *manifest {
-	return &manifest{
-		SchemaVersion: 2,
-		MediaType:     mediaTypeManifest,
-		ArtifactType:  artifactConfig,
-		Config:        emptyDescriptor,
-		Layers:        []descriptor{{MediaType: artifactConfig, Digest: blob.Digest, Size: blob.Size}},
-		Annotations:   map[string]string{annotationKind: "config"},
-	}
+	return artifactManifest(artifactConfig, blob, map[string]string{annotationKind: "config"})
 }
 
 // tombstone is the one manifest every deleted object's tag points to on

@@ -73,11 +73,15 @@ type pluginTarget struct {
 	peak int64
 }
 
-func (t *pluginTarget) requests() counts {
-	for _, e := range t.proxy.Requests() {
-		t.cnt.count(e.Method)
+func (t *pluginTarget) requests() counts { return proxyCounts(t.proxy, t.cnt) }
+
+// proxyCounts adds the requests proxy forwarded since it was last asked
+// to cnt, and returns cnt's counts.
+func proxyCounts(proxy *faultproxy.Proxy, cnt *counter) counts {
+	for _, e := range proxy.Requests() {
+		cnt.count(e.Method)
 	}
-	return t.cnt.snapshot()
+	return cnt.snapshot()
 }
 
 func (t *pluginTarget) close(ctx context.Context) error {
@@ -328,13 +332,8 @@ func (b *bench) treeSlice(phase, v string, t target, f func() error) error {
 		return fmt.Errorf("tree %s, %s: %w", phase, v, err)
 	}
 	r := treeResult{Phase: phase, Store: v, Seconds: time.Since(start).Seconds(), Requests: t.requests().since(before), PeakRSS: peakRSS()}
-	switch st := t.(type) {
-	case *storeTarget:
-		r.Windows = dirSize(st.windows)
-	case *pluginTarget:
-		r.Windows = dirSize(st.windows)
-	case *ocibackupTarget:
-		r.Windows = dirSize(st.windows)
+	if w, ok := t.(interface{ windowsDir() string }); ok {
+		r.Windows = dirSize(w.windowsDir())
 	}
 	b.rep.Tree2 = append(b.rep.Tree2, r)
 	fmt.Printf("  tree %-8s %-9s %7.2fs %6d requests (%d GET)  rss %s\n", phase, v, r.Seconds, r.Requests.Total, r.Requests.Method["GET"], mib(r.PeakRSS))

@@ -63,6 +63,8 @@ type storeTarget struct {
 	windows string // the read-ahead cache's directory
 }
 
+func (t *storeTarget) windowsDir() string { return t.windows }
+
 // kloset passes readers that are neither io.Seekers nor io.WriterTos (a
 // serializer over an encrypting stream): so does the benchmark.
 type onlyReader struct{ io.Reader }

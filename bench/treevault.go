@@ -24,12 +24,8 @@ type ocibackupTarget struct {
 	windows string
 }
 
-func (t *ocibackupTarget) requests() counts {
-	for _, e := range t.proxy.Requests() {
-		t.cnt.count(e.Method)
-	}
-	return t.cnt.snapshot()
-}
+func (t *ocibackupTarget) requests() counts   { return proxyCounts(t.proxy, t.cnt) }
+func (t *ocibackupTarget) windowsDir() string { return t.windows }
 
 // treeVault backs src up, then restores and checks it, through vault.
 // Vault backs up one directory: at a scale below 1, where the tree is a

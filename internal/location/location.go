@@ -197,19 +197,24 @@ func checkHostname(host string) error {
 
 func isAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
+// isAlnumFold is isAlnum for letters of either case.
+func isAlnumFold(c byte) bool { return isAlnum(c) || c >= 'A' && c <= 'Z' }
+
 // checkRepository validates a repository name (or a part of one) against
 // the OCI distribution spec: components matching
 // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)* joined by "/". The error completes a
 // sentence that starts with the name.
 func checkRepository(name string) error {
-	if lower := strings.ToLower(name); lower != name {
-		// The whole path, corrected, so that it can be pasted back.
-		return fmt.Errorf("must be lowercase: use %q", lower)
-	}
+	// The other rules first, letters of either case: the hint below is a
+	// path to paste back, which must then be valid.
 	for _, comp := range strings.Split(name, "/") {
 		if err := checkComponent(comp); err != nil {
 			return err
 		}
+	}
+	if lower := strings.ToLower(name); lower != name {
+		// The whole path, corrected, so that it can be pasted back.
+		return fmt.Errorf("must be lowercase: use %q", lower)
 	}
 	return nil
 }
@@ -220,20 +225,20 @@ func checkComponent(comp string) error {
 		return fmt.Errorf("has an empty part (two slashes in a row): %s", rule)
 	}
 	for i := 0; i < len(comp); i++ {
-		if c := comp[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
+		if c := comp[i]; !isAlnumFold(c) && c != '.' && c != '_' && c != '-' {
 			return fmt.Errorf("has the character %q, which is not allowed: %s", c, rule)
 		}
 	}
-	if !isAlnum(comp[0]) || !isAlnum(comp[len(comp)-1]) {
+	if !isAlnumFold(comp[0]) || !isAlnumFold(comp[len(comp)-1]) {
 		return fmt.Errorf("has part %q, which must start and end with a letter or digit: %s", comp, rule)
 	}
 	for i := 0; i < len(comp); {
-		if isAlnum(comp[i]) {
+		if isAlnumFold(comp[i]) {
 			i++
 			continue
 		}
 		j := i
-		for j < len(comp) && !isAlnum(comp[j]) {
+		for j < len(comp) && !isAlnumFold(comp[j]) {
 			j++
 		}
 		if sep := comp[i:j]; sep != "." && sep != "_" && sep != "__" && strings.Trim(sep, "-") != "" {

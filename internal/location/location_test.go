@@ -52,6 +52,9 @@ func TestParseErrors(t *testing.T) {
 		{"oci://reg/My_Repo", "", []string{`location "oci://reg/My_Repo": repository "My_Repo" must be lowercase`, `"my_repo"`}},
 		{"oci://reg/team/Backups", "", []string{`repository "team/Backups" must be lowercase: use "team/backups"`}},
 		{"oci://reg/x", "Team", []string{`repository_prefix "Team" must be lowercase`}},
+		// A hint is a path that would be accepted: nothing else is wrong.
+		{"oci://reg/Team//Backups", "", []string{"empty part"}},
+		{"oci://reg/Team/My Backups", "", []string{`' '`, "not allowed"}},
 		{"oci://reg/a..b", "", []string{`repository "a..b"`, `".."`}},
 		{"oci://reg/a___b", "", []string{`"___"`}},
 		{"oci://reg/a._b", "", []string{`"._"`}},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"time"
 
 	gstorage "github.com/PlakarKorp/integration-grpc/storage"
 	"github.com/PlakarKorp/kloset/connectors/storage"
@@ -32,11 +33,37 @@ type server struct {
 // 4 MiB, and the SDK sends 1 MiB.
 const maxChunk = 1 << 20
 
-func serve(open storage.StoreFn, listener net.Listener) error {
-	srv := grpc.NewServer()
+// serve serves the store on listener until Plakar goes away (closes the
+// connection), then waits for the calls it received to end, for at most
+// drainTimeout. Kloset releases a command's lock from a goroutine as the
+// command ends, and Plakar closes the pipes as it exits: a release cut
+// short would leave the repository locked for Kloset's ten minutes. gRPC
+// counts a call from the moment its headers are read, before its handler
+// runs, and GracefulStop waits for all of them: a count taken in the
+// handler would miss a call read just before the connection closed.
+func serve(open storage.StoreFn, listener net.Listener, opts ...grpc.ServerOption) error {
+	srv := grpc.NewServer(opts...)
 	gstorage.RegisterStoreServer(srv, &server{open: open})
-	return srv.Serve(listener)
+	err := srv.Serve(listener)
+	drained := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(drainTimeout):
+	}
+	return err
 }
+
+// deleteTimeout bounds a delete that outlives Plakar's connection, and
+// drainTimeout the wait for the calls under way when it closed: gRPC
+// cancels the others, which then end at once.
+const (
+	deleteTimeout = 10 * time.Second
+	drainTimeout  = deleteTimeout + 5*time.Second
+)
 
 var errNotInit = errors.New("oci store: called before Init: Plakar initialises a store first")
 
@@ -206,6 +233,10 @@ func (s *server) Delete(ctx context.Context, req *gstorage.DeleteRequest) (*gsto
 	if err != nil {
 		return nil, err
 	}
+	// Run to its end even if Plakar goes away meanwhile (serve): gRPC
+	// cancels a call's context when the connection closes.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
+	defer cancel()
 	return &gstorage.DeleteResponse{}, st.Delete(ctx, storage.StorageResource(req.Type), mac)
 }
 

@@ -118,8 +118,13 @@ func ParseConfig(m map[string]string) (*Config, error) {
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return nil, fmt.Errorf("%w: unknown key(s) %s; the oci store knows %s",
-			ErrInvalidConfig, strings.Join(unknown, ", "), strings.Join(configKeys, ", "))
+		hint := ""
+		if slices.Contains(unknown, "insecure") {
+			// Stores of Plakar's upstream oci plugin have it.
+			hint = " (insecure is the key of Plakar's upstream oci plugin: here use_tls=false means plain HTTP, use_tls=true HTTPS)"
+		}
+		return nil, fmt.Errorf("%w: unknown key(s) %s; the oci store knows %s%s",
+			ErrInvalidConfig, strings.Join(unknown, ", "), strings.Join(configKeys, ", "), hint)
 	}
 	if m["location"] == "" {
 		return nil, fmt.Errorf("%w: location is required, as in oci://registry.example.com/team/backups", ErrInvalidConfig)
@@ -200,7 +205,9 @@ func durationKey(m map[string]string, key string, def time.Duration) (time.Durat
 	return d, nil
 }
 
-// parseSize reads "2GiB", "512MiB" or a number of bytes.
+// parseSize reads "2GiB", "64 KiB", "512MiB" or a number of bytes: digits,
+// then a unit after one space at most, as schema.json's pattern says; at
+// most 4 EiB.
 func parseSize(v string) (int64, bool) {
 	units := []struct {
 		suffix string
@@ -209,12 +216,15 @@ func parseSize(v string) (int64, bool) {
 	shift := uint(0)
 	for _, u := range units {
 		if num, ok := strings.CutSuffix(v, u.suffix); ok {
-			v, shift = strings.TrimSpace(num), u.shift
+			v, shift = strings.TrimSuffix(num, " "), u.shift
 			break
 		}
 	}
+	if v == "" || strings.Trim(v, "0123456789") != "" {
+		return 0, false // ParseInt would take a sign
+	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)>>shift {
+	if err != nil || n > (1<<62)>>shift {
 		return 0, false
 	}
 	return n << shift, true

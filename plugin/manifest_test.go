@@ -162,4 +162,143 @@ func TestSchema(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "passwd") || !strings.Contains(err.Error(), "password") {
 		t.Errorf("an unknown key: %v; want an error naming it and the keys the store knows", err)
 	}
+	// A store configuration made for Plakar's upstream oci plugin.
+	_, err = host.ParseConfig(with("insecure", "true"))
+	if err == nil || !strings.Contains(err.Error(), "insecure") || !strings.Contains(err.Error(), "use_tls=false") {
+		t.Errorf("the upstream plugin's insecure key: %v; want an error saying to use use_tls=false", err)
+	}
+}
+
+// TestSchemaValues holds schema.json's patterns to what the store accepts,
+// value by value: a value the schema allows is accepted, one it refuses is
+// refused with an error naming the key. The few limits a pattern does not
+// carry (ranges, lengths) are refused by the store and stated in the
+// key's description. A location's path may be left out only with a
+// repository_prefix: the schema's if/else says so.
+func TestSchemaValues(t *testing.T) {
+	b, err := os.ReadFile("schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type property struct {
+		Pattern     string `json:"pattern"`
+		Description string `json:"description"`
+	}
+	type conditional struct {
+		Required   []string            `json:"required"`
+		Properties map[string]property `json:"properties"`
+	}
+	var s struct {
+		Properties map[string]property `json:"properties"`
+		If         conditional         `json:"if"`
+		Else       conditional         `json:"else"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	pattern := func(p property) *regexp.Regexp {
+		if p.Pattern == "" {
+			return nil
+		}
+		return regexp.MustCompile(p.Pattern)
+	}
+	// allows is the schema's verdict on config.
+	allows := func(config map[string]string) bool {
+		for k, v := range config {
+			if re := pattern(s.Properties[k]); re != nil && !re.MatchString(v) {
+				return false
+			}
+		}
+		cond := len(s.If.Required) > 0
+		for _, k := range s.If.Required {
+			v, ok := config[k]
+			cond = cond && ok && (pattern(s.If.Properties[k]) == nil || pattern(s.If.Properties[k]).MatchString(v))
+		}
+		if !cond {
+			for k, p := range s.Else.Properties {
+				if v, ok := config[k]; ok && !pattern(p).MatchString(v) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+
+	const base = "oci://registry.example.com/schema/test"
+	tests := []struct {
+		key, prefix string
+		accepted    []string
+		refused     []string
+		// described: refused by the store, allowed by the pattern, and
+		// the description says why (value: a phrase of it).
+		described map[string]string
+	}{
+		{key: "location",
+			accepted: []string{base, "oci://reg/a", "oci://reg:5000/a/b", "oci://[::1]:5000/a", "oci://127.0.0.1/a",
+				"oci://reg/a__b/c.d-e---f", "oci://reg//a/", "OCI://reg/a", "oci://Reg.Example.com/a"},
+			refused: []string{"oci://reg", "oci://reg/", "oci://reg/My", "oci://reg/team/Backups", "oci://reg/a..b",
+				"oci://reg/a___b", "oci://reg/a//b", "oci://reg/a b", "oci://reg/-a", "oci://reg/a?x=1", "oci://reg/a#f",
+				"oci://u:p@reg/a", "http://reg/a", "reg/a", "oci:///a", "oci://reg:0/a", "oci://reg:/a", "oci://reg:http/a",
+				"oci://::1/a", "oci://[::1/a", "oci://re_g/a", "oci://-reg/a", "oci://reg./a"},
+			described: map[string]string{
+				"oci://reg:65536/a":                       "65535",
+				"oci://reg/" + strings.Repeat("a", 252):   "255",
+				"oci://" + strings.Repeat("r", 64) + "/a": "63",
+			}},
+		{key: "location", prefix: "team",
+			accepted: []string{"oci://reg", "oci://reg/", "oci://reg/x"},
+			refused:  []string{"oci://reg/X", "oci://reg/a//b"}},
+		{key: "repository_prefix",
+			accepted: []string{"team", "/team/", "a/b-c", ""},
+			refused:  []string{"Team", "a//b", "a b", "-a", "a..b"}},
+		{key: "idle_timeout",
+			accepted:  []string{"30s", "1m", "1m30s", "1.5s", "500ms", "+5s", ".5s", "5.s", "1us", "1µs", "1μs"},
+			refused:   []string{"soon", "5", "-5s", "5 s", "s", "5d", "1h-5m"},
+			described: map[string]string{"0s": "above 0", "25h": "24h"}},
+		{key: "stall_timeout",
+			accepted:  []string{"90s", "2m", "+100s", "100.s", "24h"},
+			refused:   []string{"soon", "-5s", "5 s", "90"},
+			described: map[string]string{"25h": "24h", "10s": "idle_timeout"}},
+		{key: "readahead_cache_size",
+			accepted:  []string{"0", "100", "100B", "64 KiB", "512MiB", "4GiB", "1TiB"},
+			refused:   []string{"4GB", "4gib", "4 ", " 4", "+4GiB", "-1", "-0", "4.5GiB", "4  GiB", "4\tGiB", "GiB", "lots"},
+			described: map[string]string{"99999999999TiB": "4 EiB"}},
+	}
+	for _, tt := range tests {
+		config := func(v string) map[string]string {
+			c := map[string]string{"location": base}
+			if tt.prefix != "" {
+				c["repository_prefix"] = tt.prefix
+			}
+			c[tt.key] = v
+			return c
+		}
+		for _, v := range tt.accepted {
+			if !allows(config(v)) {
+				t.Errorf("%s=%q (prefix %q): the schema refuses it, the store accepts it", tt.key, v, tt.prefix)
+			}
+			if _, err := host.ParseConfig(config(v)); err != nil {
+				t.Errorf("%s=%q (prefix %q): %v", tt.key, v, tt.prefix, err)
+			}
+		}
+		for _, v := range tt.refused {
+			if allows(config(v)) {
+				t.Errorf("%s=%q (prefix %q): the schema allows it, the store refuses it", tt.key, v, tt.prefix)
+			}
+			if _, err := host.ParseConfig(config(v)); err == nil || !strings.Contains(err.Error(), tt.key) && !strings.Contains(err.Error(), "location") {
+				t.Errorf("%s=%q (prefix %q): %v; want it refused, naming the key", tt.key, v, tt.prefix, err)
+			}
+		}
+		for v, phrase := range tt.described {
+			if !allows(config(v)) {
+				t.Errorf("%s=%q: listed as a limit the pattern does not carry, yet it refuses it", tt.key, v)
+			}
+			if _, err := host.ParseConfig(config(v)); err == nil {
+				t.Errorf("%s=%q: accepted", tt.key, v)
+			}
+			if !strings.Contains(s.Properties[tt.key].Description, phrase) {
+				t.Errorf("%s: the description does not say %q, the limit that refuses %q", tt.key, phrase, v)
+			}
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/PlakarKorp/kloset/connectors/storage"
+	"github.com/PlakarKorp/kloset/kcontext"
 	"github.com/PlakarKorp/kloset/objects"
 
 	"github.com/plakar-oci/ocistore/host"
@@ -528,5 +529,59 @@ func TestPluginKilledAtEveryStepOfRelease(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBadLocationSaidOnce opens and creates a store whose location has no
+// repository path the way Plakar does, through Kloset's storage.Open and
+// storage.Create over the plugin executable: the cause reaches Plakar
+// once, in the error it prints, and neither Kloset nor the plugin prints
+// it besides (Kloset prints a constructor's error itself).
+func TestBadLocationSaidOnce(t *testing.T) {
+	const cause = "a repository path is required after the registry"
+	p := spawn(t, pluginEnv(t.TempDir()))
+	// Plakar registers the protocol with its plugin's client
+	// (plugins.RegisterStorage); the test binary has host.New there.
+	if err := storage.Unregister("oci"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		storage.Unregister("oci")
+		storage.Register("oci", 0, host.New)
+	})
+	if err := storage.Register("oci", 0, func(ctx context.Context, _ string, config map[string]string) (storage.Store, error) {
+		return p.Store(ctx, config)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	printed := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		printed <- string(b)
+	}()
+	stderr := os.Stderr
+	os.Stderr = w
+	kctx := kcontext.NewKContext()
+	_, _, openErr := storage.Open(kctx, map[string]string{"location": "oci://127.0.0.1:5000"})
+	_, createErr := storage.Create(kctx, map[string]string{"location": "oci://127.0.0.1:5000/"}, []byte("a configuration"))
+	os.Stderr = stderr
+	w.Close()
+	kloset := <-printed
+
+	for name, err := range map[string]error{"open": openErr, "create": createErr} {
+		if err == nil || strings.Count(err.Error(), cause) != 1 {
+			t.Errorf("%s: %v; want the cause once", name, err)
+		}
+	}
+	if strings.Contains(kloset, cause) {
+		t.Errorf("Kloset printed the cause before returning it to Plakar:\n%s", kloset)
+	}
+	if strings.Contains(p.stderr.String(), cause) {
+		t.Errorf("the plugin printed the cause besides returning it:\n%s", p.stderr.String())
 	}
 }

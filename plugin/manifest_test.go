@@ -66,32 +66,50 @@ func TestManifest(t *testing.T) {
 	}
 }
 
+// schemaProperty is what the tests read of a key in schema.json.
+type schemaProperty struct {
+	Type        string          `json:"type"`
+	Description string          `json:"description"`
+	Default     json.RawMessage `json:"default"`
+	Minimum     *int            `json:"minimum"`
+	Maximum     *int            `json:"maximum"`
+	Pattern     string          `json:"pattern"`
+}
+
+// schemaConditional is an if or an else of schema.json.
+type schemaConditional struct {
+	Required   []string                  `json:"required"`
+	Properties map[string]schemaProperty `json:"properties"`
+}
+
+type schema struct {
+	Required             []string                  `json:"required"`
+	AdditionalProperties bool                      `json:"additionalProperties"`
+	Properties           map[string]schemaProperty `json:"properties"`
+	If                   schemaConditional         `json:"if"`
+	Else                 schemaConditional         `json:"else"`
+}
+
+func readSchema(t *testing.T) schema {
+	t.Helper()
+	b, err := os.ReadFile("schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s schema
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // TestSchema checks schema.json against the store's own validation,
 // which is what Plakar users meet (Plakar v1.1.4 does not validate against
 // the schema): the same keys, each with a type and a description; each
 // default the one the store applies; and a bad value of each type refused
 // with an error that names the key and what the schema allows.
 func TestSchema(t *testing.T) {
-	b, err := os.ReadFile("schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	type property struct {
-		Type        string          `json:"type"`
-		Description string          `json:"description"`
-		Default     json.RawMessage `json:"default"`
-		Minimum     *int            `json:"minimum"`
-		Maximum     *int            `json:"maximum"`
-		Pattern     string          `json:"pattern"`
-	}
-	var s struct {
-		Required             []string            `json:"required"`
-		AdditionalProperties bool                `json:"additionalProperties"`
-		Properties           map[string]property `json:"properties"`
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
+	s := readSchema(t)
 	if !slices.Equal(s.Required, []string{"location"}) || s.AdditionalProperties {
 		t.Errorf("required %q, additionalProperties %v", s.Required, s.AdditionalProperties)
 	}
@@ -176,27 +194,8 @@ func TestSchema(t *testing.T) {
 // key's description. A location's path may be left out only with a
 // repository_prefix: the schema's if/else says so.
 func TestSchemaValues(t *testing.T) {
-	b, err := os.ReadFile("schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	type property struct {
-		Pattern     string `json:"pattern"`
-		Description string `json:"description"`
-	}
-	type conditional struct {
-		Required   []string            `json:"required"`
-		Properties map[string]property `json:"properties"`
-	}
-	var s struct {
-		Properties map[string]property `json:"properties"`
-		If         conditional         `json:"if"`
-		Else       conditional         `json:"else"`
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
-	pattern := func(p property) *regexp.Regexp {
+	s := readSchema(t)
+	pattern := func(p schemaProperty) *regexp.Regexp {
 		if p.Pattern == "" {
 			return nil
 		}

@@ -27,6 +27,8 @@ type server struct {
 	// store is what Init opened. Plakar calls Init before anything else,
 	// but gRPC serves each call on a goroutine of its own.
 	store atomic.Pointer[storage.Store]
+	// deletes are the deletes in flight, which Close waits for.
+	deletes *inFlight
 }
 
 // maxChunk is the largest message Get sends: gRPC refuses messages over
@@ -42,8 +44,9 @@ const maxChunk = 1 << 20
 // runs, and GracefulStop waits for all of them: a count taken in the
 // handler would miss a call read just before the connection closed.
 func serve(open storage.StoreFn, listener net.Listener, opts ...grpc.ServerOption) error {
-	srv := grpc.NewServer(opts...)
-	gstorage.RegisterStoreServer(srv, &server{open: open})
+	deletes := newInFlight()
+	srv := grpc.NewServer(append(deletes.options(), opts...)...)
+	gstorage.RegisterStoreServer(srv, &server{open: open, deletes: deletes})
 	err := srv.Serve(listener)
 	drained := make(chan struct{})
 	go func() {
@@ -240,7 +243,30 @@ func (s *server) Delete(ctx context.Context, req *gstorage.DeleteRequest) (*gsto
 	return &gstorage.DeleteResponse{}, st.Delete(ctx, storage.StorageResource(req.Type), mac)
 }
 
+// closeWaits, when set, is called as Close starts waiting for deletes.
+var closeWaits func()
+
 func (s *server) Close(ctx context.Context, _ *gstorage.CloseRequest) (*gstorage.CloseResponse, error) {
+	// Plakar closes the store as it exits, and Kloset releases the
+	// command's lock from a goroutine as the command ends: a release sent
+	// before Close ends before Close does, so that Plakar exits after it.
+	// A plugin left running after Plakar may well be killed with it (a
+	// service manager stops the whole unit).
+	if s.deletes != nil {
+		ended := s.deletes.ended()
+		select {
+		case <-ended:
+		default:
+			if closeWaits != nil {
+				closeWaits()
+			}
+			select {
+			case <-ended:
+			case <-ctx.Done():
+			case <-time.After(deleteTimeout):
+			}
+		}
+	}
 	st, err := s.opened()
 	if err != nil {
 		return &gstorage.CloseResponse{}, nil // nothing opened, nothing to close

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -122,11 +121,13 @@ func (l *oneConnListener) Close() error {
 func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 // deleteStore records its deletes: whether serve had returned when one
-// ran, and whether its context was cancelled.
+// ran, and whether its context was cancelled; and whether the store was
+// closed while a delete had not ended.
 type deleteStore struct {
 	storage.Store
 	returned                 *atomic.Bool
 	deleted, late, cancelled atomic.Bool
+	closedBeforeDelete       atomic.Bool
 }
 
 func (d *deleteStore) Delete(ctx context.Context, _ storage.StorageResource, _ objects.MAC) error {
@@ -136,10 +137,78 @@ func (d *deleteStore) Delete(ctx context.Context, _ storage.StorageResource, _ o
 	return nil
 }
 
+func (d *deleteStore) Close(context.Context) error {
+	d.closedBeforeDelete.Store(!d.deleted.Load())
+	return nil
+}
+
 func (d *deleteStore) Origin() string        { return "test" }
 func (d *deleteStore) Type() string          { return "oci" }
 func (d *deleteStore) Root() string          { return "" }
 func (d *deleteStore) Flags() location.Flags { return 0 }
+
+// pipeServer is serve over a pipe, as the plugin serves Plakar, with a
+// client as Plakar's: done has serve's error once it returned (and
+// returned is then set).
+type pipeServer struct {
+	client    gstorage.StoreClient
+	plakarEnd net.Conn
+	lis       *oneConnListener
+	returned  atomic.Bool
+	done      chan error
+}
+
+// servePipe serves st with opts over a pipe, and initialises it.
+func servePipe(t *testing.T, st *deleteStore, opts ...func(*pipeServer) grpc.ServerOption) *pipeServer {
+	t.Helper()
+	plakarEnd, pluginEnd := net.Pipe()
+	p := &pipeServer{
+		plakarEnd: plakarEnd,
+		lis:       &oneConnListener{conn: &oneConn{Conn: pluginEnd, closed: make(chan struct{})}, served: make(chan struct{})},
+		done:      make(chan error, 1),
+	}
+	st.returned = &p.returned
+	var grpcOpts []grpc.ServerOption
+	for _, o := range opts {
+		grpcOpts = append(grpcOpts, o(p))
+	}
+	go func() {
+		err := serve(func(context.Context, string, map[string]string) (storage.Store, error) { return st, nil }, p.lis, grpcOpts...)
+		p.returned.Store(true)
+		p.done <- err
+	}()
+	cc, err := grpc.NewClient("127.0.0.1:0",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return plakarEnd, nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		plakarEnd.Close()
+	})
+	p.client = gstorage.NewStoreClient(cc)
+	if _, err := p.client.Init(context.Background(), &gstorage.InitRequest{Proto: "oci", Config: map[string]string{}}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// holdDelete is a server option that runs hold before each delete's
+// handler.
+func holdDelete(hold func()) grpc.ServerOption {
+	return grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if info.FullMethod == gstorage.Store_Delete_FullMethodName {
+			hold()
+		}
+		return handler(ctx, req)
+	})
+}
+
+func (p *pipeServer) deleteLock() {
+	mac := randomMAC()
+	p.client.Delete(context.Background(), &gstorage.DeleteRequest{Type: gstorage.StorageResource(storage.StorageResourceLock), Mac: mac[:]})
+}
 
 // TestServeFinishesCallsReadBeforeClose: a delete whose request the
 // server read just before Plakar closed the connection, and whose handler
@@ -148,51 +217,64 @@ func (d *deleteStore) Flags() location.Flags { return 0 }
 // The handler is held until Serve has returned, the moment a count taken
 // in the handler would have read zero.
 func TestServeFinishesCallsReadBeforeClose(t *testing.T) {
-	ctx := context.Background()
-	plakarEnd, pluginEnd := net.Pipe()
-	lis := &oneConnListener{conn: &oneConn{Conn: pluginEnd, closed: make(chan struct{})}, served: make(chan struct{})}
-	var returned atomic.Bool
-	st := &deleteStore{returned: &returned}
+	st := &deleteStore{}
 	dispatched := make(chan struct{})
-	hold := grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if strings.HasSuffix(info.FullMethod, "/Delete") {
+	p := servePipe(t, st, func(p *pipeServer) grpc.ServerOption {
+		return holdDelete(func() {
 			close(dispatched)
-			<-lis.served
+			<-p.lis.served
 			for range 1000 {
 				runtime.Gosched() // let serve return first, if it would
 			}
-		}
-		return handler(ctx, req)
+		})
 	})
-	done := make(chan error, 1)
-	go func() {
-		err := serve(func(context.Context, string, map[string]string) (storage.Store, error) { return st, nil }, lis, hold)
-		returned.Store(true)
-		done <- err
-	}()
-
-	cc, err := grpc.NewClient("127.0.0.1:0",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return plakarEnd, nil }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := gstorage.NewStoreClient(cc)
-	if _, err := client.Init(ctx, &gstorage.InitRequest{Proto: "oci", Config: map[string]string{}}); err != nil {
-		t.Fatal(err)
-	}
-	mac := randomMAC()
-	go client.Delete(ctx, &gstorage.DeleteRequest{Type: gstorage.StorageResource(storage.StorageResourceLock), Mac: mac[:]})
+	go p.deleteLock()
 	<-dispatched
-	plakarEnd.Close() // Plakar exits
-	if err := <-done; err != nil && !errors.Is(err, io.EOF) {
+	p.plakarEnd.Close() // Plakar exits
+	if err := <-p.done; err != nil && !errors.Is(err, io.EOF) {
 		t.Fatalf("serve: %v", err)
 	}
-	cc.Close()
 	switch {
 	case !st.deleted.Load() || st.late.Load():
 		t.Fatal("serve returned before the delete it had read ran: the process would exit with the lock still there")
 	case st.cancelled.Load():
 		t.Fatal("the delete ran with its call's context cancelled: its requests would fail")
+	}
+}
+
+// TestCloseWaitsForDeletes: Plakar's Close, sent as it exits while a
+// delete sent before it is under way (Kloset releasing the command's
+// lock from a goroutine), answers only once the delete ended, so that
+// Plakar exits after the release, not during it. The delete's handler is
+// held until Close waits: counted from its headers on, the delete is in
+// flight even before its handler runs.
+func TestCloseWaitsForDeletes(t *testing.T) {
+	st := &deleteStore{}
+	dispatched, waiting := make(chan struct{}), make(chan struct{})
+	closeWaits = func() { close(waiting) }
+	t.Cleanup(func() { closeWaits = nil })
+	p := servePipe(t, st, func(*pipeServer) grpc.ServerOption {
+		return holdDelete(func() {
+			close(dispatched)
+			<-waiting
+		})
+	})
+	go p.deleteLock()
+	<-dispatched
+	closed := make(chan error, 1)
+	go func() {
+		_, err := p.client.Close(context.Background(), &gstorage.CloseRequest{})
+		closed <- err
+	}()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close answered (%v) while a delete sent before it was under way: Plakar would exit during the release", err)
+	case <-waiting:
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if !st.deleted.Load() || st.closedBeforeDelete.Load() {
+		t.Fatal("the store was closed before the delete sent before Close ran")
 	}
 }

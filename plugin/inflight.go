@@ -6,7 +6,6 @@ import (
 
 	gstorage "github.com/PlakarKorp/integration-grpc/storage"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
 )
 
@@ -15,8 +14,9 @@ import (
 // deletes sent before it are done. A delete counts from the moment the
 // server reads its headers (the tap, which runs in the order the calls
 // arrive, before any handler: a count taken in the handler could miss a
-// delete sent just before Close) until gRPC reports its end (stats.End,
-// reported for every call it dispatched, whether or not its handler ran).
+// delete sent just before Close) until its stream's context ends, which
+// gRPC ends once the call has answered, or was given up, whether or not
+// its handler ran.
 type inFlight struct {
 	mu   sync.Mutex
 	n    int
@@ -53,34 +53,13 @@ func (f *inFlight) done() {
 	}
 }
 
-// counted marks the context of a delete that add counted.
-type counted struct{}
-
-// options are the server options that count the deletes.
-func (f *inFlight) options() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
-			if info.FullMethodName != gstorage.Store_Delete_FullMethodName {
-				return ctx, nil
-			}
+// option is the server option that counts the deletes.
+func (f *inFlight) option() grpc.ServerOption {
+	return grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if info.FullMethodName == gstorage.Store_Delete_FullMethodName {
 			f.add()
-			return context.WithValue(ctx, counted{}, new(sync.Once)), nil
-		}),
-		grpc.StatsHandler(f),
-	}
-}
-
-func (f *inFlight) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (f *inFlight) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (f *inFlight) HandleConn(context.Context, stats.ConnStats) {}
-
-func (f *inFlight) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	if _, end := s.(*stats.End); !end {
-		return
-	}
-	if once, ok := ctx.Value(counted{}).(*sync.Once); ok {
-		once.Do(f.done)
-	}
+			context.AfterFunc(ctx, f.done)
+		}
+		return ctx, nil
+	})
 }

@@ -45,7 +45,7 @@ const maxChunk = 1 << 20
 // handler would miss a call read just before the connection closed.
 func serve(open storage.StoreFn, listener net.Listener, opts ...grpc.ServerOption) error {
 	deletes := newInFlight()
-	srv := grpc.NewServer(append(deletes.options(), opts...)...)
+	srv := grpc.NewServer(append([]grpc.ServerOption{deletes.option()}, opts...)...)
 	gstorage.RegisterStoreServer(srv, &server{open: open, deletes: deletes})
 	err := srv.Serve(listener)
 	drained := make(chan struct{})

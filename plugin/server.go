@@ -243,7 +243,8 @@ func (s *server) Delete(ctx context.Context, req *gstorage.DeleteRequest) (*gsto
 	return &gstorage.DeleteResponse{}, st.Delete(ctx, storage.StorageResource(req.Type), mac)
 }
 
-// closeWaits, when set, is called as Close starts waiting for deletes.
+// closeWaits, set by a test, is called as Close starts waiting for
+// deletes.
 var closeWaits func()
 
 func (s *server) Close(ctx context.Context, _ *gstorage.CloseRequest) (*gstorage.CloseResponse, error) {

@@ -86,8 +86,8 @@ func sameTrees(t *testing.T, what string, want, got map[string]string) {
 
 // TestRestoreThroughSymlinks: restore -force into a target that holds
 // symlinks, to files and to directories, absolute and relative, at every
-// depth, all leading out of the target, where the snapshot has files and
-// directories. Nothing outside the target changes; the symlinks are
+// depth (1 to 4), all leading out of the target, some to names that do not
+// exist yet, where the snapshot has files and directories. Nothing outside the target changes; the symlinks are
 // replaced by what the snapshot holds.
 func TestRestoreThroughSymlinks(t *testing.T) {
 	v := newTestVault(t)
@@ -99,6 +99,11 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 		"d3/sub/deep":   "deep\n",
 		"a/b/c/x.txt":   "x\n",
 		"a/b/y/z/w.txt": "w\n",
+		"f/g/h.txt":     "h\n",
+		"f/g/i/j.txt":   "j\n",
+		"f/g/i/k.txt":   "k\n",
+		"n/o/p/q/r":     "r\n",
+		"n/o/p/s.txt":   "s\n",
 	})
 	r, err := v.Backup(src, nil)
 	if err != nil {
@@ -125,6 +130,14 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 		"d3/sub":      rel("d3/sub"),                 // relative, depth 2
 		"a/b/c":       outside,                       // depth 3
 		"a/b/y/z":     filepath.Join(outside, "sub"), // depth 4
+		// Files at depths 3 and 4, to a file, to a directory, and to
+		// names that do not exist yet (a create through them would make
+		// them outside).
+		"f/g/h.txt":   filepath.Join(outside, "victim.txt"),
+		"f/g/i/j.txt": filepath.Join(rel("f/g/i/j.txt"), "sub"),
+		"f/g/i/k.txt": filepath.Join(outside, "created.txt"),
+		"n/o/p/q":     filepath.Join(outside, "made"), // a directory that does not exist
+		"n/o/p/s.txt": filepath.Join(rel("n/o/p/s.txt"), "sub", "created.txt"),
 	}
 	for name, to := range links {
 		p := filepath.Join(target, name)
@@ -140,7 +153,7 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if rr.NumErrors != 0 || rr.Files != 6 {
+	if rr.NumErrors != 0 || rr.Files != 11 {
 		t.Errorf("restore: %+v", rr)
 	}
 	sameTrees(t, "outside the target", before, treeOf(t, outside))

@@ -147,13 +147,37 @@ func (r *createRace) check(t *testing.T, pass, other []byte) *testVault {
 // snapshot and all. On a registry that refuses DELETE too (the loser
 // tombstones its candidate).
 func TestCreateRaceLate(t *testing.T) {
-	for _, deletes := range []bool{false, true} {
-		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+	holds := []struct {
+		name string
+		at   faultproxy.Matcher
+	}{
+		// At its first write, the upload of the empty blob: after it
+		// found no store there, and a repository holding nothing else.
+		{"first write", faultproxy.UploadStart},
+		// At its look for anything else in the repository (one page of
+		// tags, without last): after it found no configuration there.
+		{"tags looked for", func(req *http.Request) bool {
+			return req.Method == "GET" && strings.HasSuffix(req.URL.Path, "/tags/list") &&
+				!strings.Contains(req.URL.RawQuery, "last=")
+		}},
+	}
+	for _, hold := range holds {
+		for _, deletes := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/delete=%v", hold.name, deletes), func(t *testing.T) {
+				raceLate(t, deletes, hold.at)
+			})
+		}
+	}
+}
+
+// raceLate holds the create behind latency at the request at matches,
+// while the direct one creates the store and backs up.
+func raceLate(t *testing.T, deletes bool, at faultproxy.Matcher) {
+	{
+		{
 			r := newCreateRace(t, deletes)
 			src := reliabilitySource(t, 17, 5)
-			// The late create is held at its first write, the upload of
-			// the empty blob: after it found no store there.
-			g := newGate(r.proxy, faultproxy.UploadStart)
+			g := newGate(r.proxy, at)
 			var id [32]byte
 			err := r.run(t, g, func() {
 				if _, err := vault.Create(context.Background(), r.cfgA, r.passA, nil); err != nil {
@@ -177,7 +201,7 @@ func TestCreateRaceLate(t *testing.T) {
 				t.Fatalf("snapshots: %x, want [%x]", ids, id)
 			}
 			v.restoreSame(t, id, src)
-		})
+		}
 	}
 }
 

@@ -293,16 +293,19 @@ type authTransport struct {
 }
 
 func newAuthTransport(next http.RoundTripper, base *url.URL, repo string, static *credentials, logger *slog.Logger) *authTransport {
+	scrub := &scrubber{public: base.Host + "/" + repo + " " + protocolWords}
 	t := &authTransport{
-		next:   next,
-		base:   base,
-		repo:   repo,
-		log:    logger.With("plugin", "oci"),
+		next: next,
+		base: base,
+		repo: repo,
+		// Its lines may quote what a registry said (the token service a
+		// challenge names): scrubbed as the answers are.
+		log:    slog.New(&scrubHandler{next: logger.Handler(), s: scrub}).With("plugin", "oci"),
 		static: static,
 		now:    time.Now,
 		wanted: actionPull | actionPush,
 		warned: map[string]time.Time{},
-		scrub:  &scrubber{public: base.Host + "/" + repo + " " + protocolWords},
+		scrub:  scrub,
 	}
 	t.scrub.addCredentials(static)
 	if static == nil {

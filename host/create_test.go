@@ -92,6 +92,32 @@ func (r *createRace) run(t *testing.T, g *gate, during func()) error {
 // are not withdrawn (deleted, or tagged to the tombstone).
 func (r *createRace) liveCandidates(t *testing.T) []string {
 	t.Helper()
+	var live []string
+	for _, tag := range r.candidates(t) {
+		m := r.manifest(t, tag)
+		if !strings.Contains(m, "vnd.plakar.tombstone") {
+			live = append(live, tag)
+		}
+	}
+	return live
+}
+
+// noLoserLeft checks that the registry holds only the winner's candidate:
+// none at all of the loser's where the registry deletes, a tombstone at
+// most where it refuses.
+func (r *createRace) noLoserLeft(t *testing.T, deletes bool) {
+	t.Helper()
+	if live := r.liveCandidates(t); len(live) != 1 {
+		t.Errorf("live candidate configurations: %q, want only the winner's", live)
+	}
+	if all := r.candidates(t); deletes && len(all) != 1 {
+		t.Errorf("candidate tags on a registry that deletes: %q, want only the winner's", all)
+	}
+}
+
+// candidates are the tags of candidate configurations in the registry.
+func (r *createRace) candidates(t *testing.T) []string {
+	t.Helper()
 	resp, err := http.Get(r.reg.URL + "/v2/race/store/tags/list")
 	if err != nil {
 		t.Fatal(err)
@@ -101,17 +127,13 @@ func (r *createRace) liveCandidates(t *testing.T) []string {
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
 		t.Fatal(err)
 	}
-	var live []string
+	var tags []string
 	for _, tag := range list.Tags {
-		if !strings.HasPrefix(tag, "config-candidate-") {
-			continue
-		}
-		m := r.manifest(t, tag)
-		if !strings.Contains(m, "vnd.plakar.tombstone") {
-			live = append(live, tag)
+		if strings.HasPrefix(tag, "config-candidate-") {
+			tags = append(tags, tag)
 		}
 	}
-	return live
+	return tags
 }
 
 func (r *createRace) manifest(t *testing.T, tag string) string {
@@ -147,13 +169,37 @@ func (r *createRace) check(t *testing.T, pass, other []byte) *testVault {
 // snapshot and all. On a registry that refuses DELETE too (the loser
 // tombstones its candidate).
 func TestCreateRaceLate(t *testing.T) {
-	for _, deletes := range []bool{false, true} {
-		t.Run(fmt.Sprintf("delete=%v", deletes), func(t *testing.T) {
+	holds := []struct {
+		name string
+		at   faultproxy.Matcher
+	}{
+		// At its first write, the upload of the empty blob: after it
+		// found no store there, and a repository holding nothing else.
+		{"first write", faultproxy.UploadStart},
+		// At its look for anything else in the repository (one page of
+		// tags, without last): after it found no configuration there.
+		{"tags looked for", func(req *http.Request) bool {
+			return req.Method == "GET" && strings.HasSuffix(req.URL.Path, "/tags/list") &&
+				!strings.Contains(req.URL.RawQuery, "last=")
+		}},
+	}
+	for _, hold := range holds {
+		for _, deletes := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/delete=%v", hold.name, deletes), func(t *testing.T) {
+				raceLate(t, deletes, hold.at)
+			})
+		}
+	}
+}
+
+// raceLate holds the create behind latency at the request at matches,
+// while the direct one creates the store and backs up.
+func raceLate(t *testing.T, deletes bool, at faultproxy.Matcher) {
+	{
+		{
 			r := newCreateRace(t, deletes)
 			src := reliabilitySource(t, 17, 5)
-			// The late create is held at its first write, the upload of
-			// the empty blob: after it found no store there.
-			g := newGate(r.proxy, faultproxy.UploadStart)
+			g := newGate(r.proxy, at)
 			var id [32]byte
 			err := r.run(t, g, func() {
 				if _, err := vault.Create(context.Background(), r.cfgA, r.passA, nil); err != nil {
@@ -169,15 +215,13 @@ func TestCreateRaceLate(t *testing.T) {
 				t.Fatalf("the late create: %v; want %q, the store was created meanwhile", err, vault.ErrStoreExists)
 			}
 			t.Logf("the late create fails as it must: %v", err)
-			if live := r.liveCandidates(t); len(live) != 1 {
-				t.Errorf("live candidate configurations: %q, want only the winner's", live)
-			}
+			r.noLoserLeft(t, deletes)
 			v := r.check(t, r.passA, r.passB)
 			if ids := v.snapshotIDs(t); len(ids) != 1 || ids[0] != id {
 				t.Fatalf("snapshots: %x, want [%x]", ids, id)
 			}
 			v.restoreSame(t, id, src)
-		})
+		}
 	}
 }
 
@@ -203,9 +247,7 @@ func TestCreateRaceBothWrote(t *testing.T) {
 			if errB != nil {
 				t.Fatalf("the held create, the only candidate left: %v", errB)
 			}
-			if live := r.liveCandidates(t); len(live) != 1 {
-				t.Errorf("live candidate configurations: %q, want only the winner's", live)
-			}
+			r.noLoserLeft(t, deletes)
 			r.check(t, r.passB, r.passA)
 		})
 	}

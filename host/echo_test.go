@@ -26,7 +26,8 @@ import (
 // TestAuthEcho puts a registry double in front of a real registry that
 // echoes the Authorization header it gets, decoded and URL-encoded, in
 // the body and a header of a 500 answer to every tag list, for each
-// source of credentials the host reads. Neither the store's errors, nor
+// source of credentials the host reads, or in the token service its
+// challenge names. Neither the store's errors, nor
 // its logs, nor what its transport hands over (headers, bodies that are
 // not payload) may hold a credential in any form; payload that holds the
 // same bytes comes back byte for byte.
@@ -54,6 +55,14 @@ func TestAuthEcho(t *testing.T) {
 				return
 			}
 			fmt.Fprintf(w, `{"token":%q,"expires_in":300}`, issuedToken)
+			return
+		}
+		if mode.Load() == "realm" && auth == basic && strings.HasSuffix(r.URL.Path, "/tags/list") {
+			// The echo in the challenge: a token service named after
+			// what the registry was sent.
+			decoded, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(auth, "Basic "))
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="you sent %s %s"`, decoded, auth))
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 			return
 		}
 		want, challenge := basic, `Basic realm="echo"`
@@ -104,6 +113,7 @@ func TestAuthEcho(t *testing.T) {
 		{name: "configuration token", mode: "token", config: map[string]string{"token": staticToken}},
 		{name: "environment token", mode: "token", env: map[string]string{host.EnvToken: staticToken}},
 		{name: "issued token", mode: "bearer", config: map[string]string{"username": user, "password": password}},
+		{name: "challenge", mode: "realm", config: map[string]string{"username": user, "password": password}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := noAmbientCredentials(t)
@@ -132,14 +142,20 @@ func TestAuthEcho(t *testing.T) {
 			}
 
 			_, err := s.List(context.Background(), storage.StorageResourcePackfile)
-			if err == nil || !strings.Contains(err.Error(), "you sent") {
+			if echoed := "you sent"; c.mode == "realm" {
+				// The guest is told the credentials were refused; the
+				// token service's name is in the log.
+				if err == nil || !strings.Contains(logs.String(), echoed) {
+					t.Fatalf("list against a registry whose challenge names a token service it made up: %v; want an error and the name in the log\n%s", err, logs.String())
+				}
+			} else if err == nil || !strings.Contains(err.Error(), echoed) {
 				t.Fatalf("list against a registry that answers 500: %v; want its echo, scrubbed\n%s", err, seen.String())
 			}
 			noSecret(t, "the error", err.Error(), secrets...)
 			noSecret(t, "the logs", logs.String(), secrets...)
 			noSecret(t, "the plugin's logs", authPluginLog.String(), secrets...)
 			noSecret(t, "what the transport handed over", seen.String(), secrets...)
-			if !regexp.MustCompile(`X-Echo: (Basic|Bearer) \[redacted\]`).MatchString(seen.String()) {
+			if c.mode != "realm" && !regexp.MustCompile(`X-Echo: (Basic|Bearer) \[redacted\]`).MatchString(seen.String()) {
 				t.Errorf("the echoing header did not come through scrubbed:\n%s", seen.String())
 			}
 		})

@@ -53,10 +53,11 @@ type front[I backend] struct {
 	// asks for every file it opens, and the answer does not change.
 	modeSeen atomic.Uint32
 
-	// locksRead are the bytes of the locks the last List of locks read,
-	// each kept for the one Get that Kloset makes of it next (readLocks).
+	// locksRead are the bytes of the locks the Lists of locks read, each
+	// kept for the Get that Kloset makes of it after each List that named
+	// it (readLocks).
 	locksMu   sync.Mutex
-	locksRead map[objects.MAC][]byte
+	locksRead map[objects.MAC]*listedLock
 
 	// deleteMu runs the deletes of objects other than locks one at a
 	// time: on a registry that refuses DELETE each rewrites the store's
@@ -216,7 +217,6 @@ func (f *front[I]) readLocks(ctx context.Context, macs []objects.MAC) ([]objects
 		}()
 	}
 	wg.Wait()
-	read := make(map[objects.MAC][]byte, len(macs))
 	alive := macs[:0]
 	for i, mac := range macs {
 		switch {
@@ -226,22 +226,59 @@ func (f *front[I]) readLocks(ctx context.Context, macs []objects.MAC) ([]objects
 			return nil, errs[i]
 		}
 		alive = append(alive, mac)
-		read[mac] = bodies[i]
 	}
+	// Added to what earlier lists read, not in their place: two commands
+	// of one process may list the locks at once, and a list that finds a
+	// lock gone must not take it from one that named it and has yet to
+	// read it.
 	f.locksMu.Lock()
-	f.locksRead = read
-	f.locksMu.Unlock()
+	defer f.locksMu.Unlock()
+	if f.locksRead == nil {
+		f.locksRead = make(map[objects.MAC]*listedLock)
+	}
+	for i, mac := range macs {
+		if errs[i] != nil {
+			continue
+		}
+		l := f.locksRead[mac]
+		if l == nil {
+			l = &listedLock{}
+			f.locksRead[mac] = l
+		}
+		l.data = bodies[i]
+		l.gets++
+	}
 	return alive, nil
 }
 
-// lockRead takes the bytes of lock mac as the last list read them, if it
-// read them and nothing since put or deleted that lock here.
+// listedLock is a lock as lists read it, and how many Gets of it are to
+// come: one for each list that named it.
+type listedLock struct {
+	data []byte
+	gets int
+}
+
+// lockRead takes the bytes of lock mac as a list read them, if one read
+// them and nothing since put or deleted that lock here.
 func (f *front[I]) lockRead(mac objects.MAC) ([]byte, bool) {
 	f.locksMu.Lock()
 	defer f.locksMu.Unlock()
-	b, ok := f.locksRead[mac]
+	l, ok := f.locksRead[mac]
+	if !ok {
+		return nil, false
+	}
+	if l.gets--; l.gets == 0 {
+		delete(f.locksRead, mac)
+	}
+	return l.data, true
+}
+
+// forgetLock drops what lists read of lock mac: this process writes or
+// deletes it.
+func (f *front[I]) forgetLock(mac objects.MAC) {
+	f.locksMu.Lock()
+	defer f.locksMu.Unlock()
 	delete(f.locksRead, mac)
-	return b, ok
 }
 
 func (f *front[I]) Put(ctx context.Context, res storage.StorageResource, mac objects.MAC, rd io.Reader) (int64, error) {
@@ -250,7 +287,7 @@ func (f *front[I]) Put(ctx context.Context, res storage.StorageResource, mac obj
 		return -1, err
 	}
 	if kind == abi.KindLock {
-		f.lockRead(mac)
+		f.forgetLock(mac)
 	}
 	// Before and after: a read in between learns nothing (blobsGen).
 	f.forgetBlob(kind, mac)
@@ -347,7 +384,7 @@ func (f *front[I]) Delete(ctx context.Context, res storage.StorageResource, mac 
 		return err
 	}
 	if kind == abi.KindLock {
-		f.lockRead(mac)
+		f.forgetLock(mac)
 	} else {
 		f.deleteMu.Lock()
 		defer f.deleteMu.Unlock()

@@ -293,3 +293,42 @@ func TestReliabilityPeerLockReleasedBetweenListAndGet(t *testing.T) {
 		})
 	}
 }
+
+// TestLockListedTwiceReleasedBetween: two lists of the locks in one
+// process (two commands through one store) see a peer's lock, then the
+// peer releases it, then a third list runs: every Get that follows a list
+// that named the lock returns it as it was listed, however the lists and
+// the Gets interleave. Each list is followed by its own Get, as Kloset
+// reads every lock it listed.
+func TestLockListedTwiceReleasedBetween(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: true})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/release/listed-twice"}
+	s, peer := newStoreWith(t, cfg), newStoreWith(t, cfg)
+	mac, data := randomMAC(), []byte("a peer's lock")
+	put(t, peer, lock, mac, data)
+	for i := range 2 {
+		if got := list(t, s, lock); !slices.Contains(got, mac) {
+			t.Fatalf("list %d: %x, want the peer's lock", i, got)
+		}
+	}
+	if err := peer.Delete(context.Background(), lock, mac); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(t, s, lock); slices.Contains(got, mac) {
+		t.Fatalf("a list after the peer released its lock: %x", got)
+	}
+	for i := range 2 {
+		rd, err := s.Get(context.Background(), lock, mac, nil)
+		if err != nil {
+			t.Fatalf("get %d of a lock two lists named, released since: %v", i, err)
+		}
+		b, err := io.ReadAll(rd)
+		rd.Close()
+		if err != nil || !bytes.Equal(b, data) {
+			t.Fatalf("get %d: %q, %v; want the lock as listed", i, b, err)
+		}
+	}
+	if _, err := s.Get(context.Background(), lock, mac, nil); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a third get, which no list named: %v; want %v", err, fs.ErrNotExist)
+	}
+}

@@ -2,9 +2,12 @@ package host
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -254,3 +257,55 @@ func (b *scrubReader) flush(end bool) {
 }
 
 func (b *scrubReader) Close() error { return b.rc.Close() }
+
+// scrubHandler scrubs log lines: their message and attributes, which may
+// quote what a registry said.
+type scrubHandler struct {
+	next slog.Handler
+	s    *scrubber
+}
+
+func (h *scrubHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.next.Enabled(ctx, l)
+}
+
+func (h *scrubHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, h.s.String(r.Message), r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(h.attr(a))
+		return true
+	})
+	return h.next.Handle(ctx, out)
+}
+
+func (h *scrubHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	scrubbed := make([]slog.Attr, len(attrs))
+	for i, a := range attrs {
+		scrubbed[i] = h.attr(a)
+	}
+	return &scrubHandler{next: h.next.WithAttrs(scrubbed), s: h.s}
+}
+
+func (h *scrubHandler) WithGroup(name string) slog.Handler {
+	return &scrubHandler{next: h.next.WithGroup(name), s: h.s}
+}
+
+// attr scrubs the text of a: strings, errors and whatever else prints as
+// text; numbers, times and durations hold no secret.
+func (h *scrubHandler) attr(a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindString:
+		return slog.String(a.Key, h.s.String(v.String()))
+	case slog.KindAny:
+		return slog.String(a.Key, h.s.String(fmt.Sprint(v.Any())))
+	case slog.KindGroup:
+		group := v.Group()
+		scrubbed := make([]any, len(group))
+		for i, g := range group {
+			scrubbed[i] = h.attr(g)
+		}
+		return slog.Group(a.Key, scrubbed...)
+	}
+	return slog.Attr{Key: a.Key, Value: v}
+}

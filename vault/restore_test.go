@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"testing"
 
 	"github.com/plakar-oci/ocistore/internal/registrytest"
@@ -86,8 +87,8 @@ func sameTrees(t *testing.T, what string, want, got map[string]string) {
 
 // TestRestoreThroughSymlinks: restore -force into a target that holds
 // symlinks, to files and to directories, absolute and relative, at every
-// depth, all leading out of the target, where the snapshot has files and
-// directories. Nothing outside the target changes; the symlinks are
+// depth (1 to 4), all leading out of the target, some to names that do not
+// exist yet, where the snapshot has files and directories. Nothing outside the target changes; the symlinks are
 // replaced by what the snapshot holds.
 func TestRestoreThroughSymlinks(t *testing.T) {
 	v := newTestVault(t)
@@ -99,6 +100,11 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 		"d3/sub/deep":   "deep\n",
 		"a/b/c/x.txt":   "x\n",
 		"a/b/y/z/w.txt": "w\n",
+		"f/g/h.txt":     "h\n",
+		"f/g/i/j.txt":   "j\n",
+		"f/g/i/k.txt":   "k\n",
+		"n/o/p/q/r":     "r\n",
+		"n/o/p/s.txt":   "s\n",
 	})
 	r, err := v.Backup(src, nil)
 	if err != nil {
@@ -125,6 +131,14 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 		"d3/sub":      rel("d3/sub"),                 // relative, depth 2
 		"a/b/c":       outside,                       // depth 3
 		"a/b/y/z":     filepath.Join(outside, "sub"), // depth 4
+		// Files at depths 3 and 4, to a file, to a directory, and to
+		// names that do not exist yet (a create through them would make
+		// them outside).
+		"f/g/h.txt":   filepath.Join(outside, "victim.txt"),
+		"f/g/i/j.txt": filepath.Join(rel("f/g/i/j.txt"), "sub"),
+		"f/g/i/k.txt": filepath.Join(outside, "created.txt"),
+		"n/o/p/q":     filepath.Join(outside, "made"), // a directory that does not exist
+		"n/o/p/s.txt": filepath.Join(rel("n/o/p/s.txt"), "sub", "created.txt"),
 	}
 	for name, to := range links {
 		p := filepath.Join(target, name)
@@ -140,7 +154,7 @@ func TestRestoreThroughSymlinks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if rr.NumErrors != 0 || rr.Files != 6 {
+	if rr.NumErrors != 0 || rr.Files != 11 {
 		t.Errorf("restore: %+v", rr)
 	}
 	sameTrees(t, "outside the target", before, treeOf(t, outside))
@@ -266,5 +280,20 @@ func TestUserPath(t *testing.T) {
 	}
 	if got := vault.UserPath("/", "/etc/x"); got != "/etc/x" {
 		t.Errorf("UserPath of a backup of /: %q", got)
+	}
+}
+
+// TestOpenHeapGoal: once a store is opened, the heap's next goal is not
+// set by the key derivation's memory (Argon2id, 256 MiB), which is garbage
+// by then: a command's own garbage would fill that much before the next
+// collection, and a restore of zeros peaked at 630 MB of RSS that way.
+func TestOpenHeapGoal(t *testing.T) {
+	newTestVault(t)
+	sample := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+	metrics.Read(sample)
+	goal := sample[0].Value.Uint64()
+	t.Logf("heap goal after open: %d MiB", goal>>20)
+	if goal > 192<<20 {
+		t.Errorf("the heap's goal after opening a store is %d MiB: the key derivation's memory was not collected", goal>>20)
 	}
 }

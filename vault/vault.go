@@ -179,7 +179,7 @@ func Create(ctx context.Context, storeConfig map[string]string, passphrase []byt
 	if opts.Plaintext {
 		config.Encryption = nil
 	} else {
-		key, err := encryption.DeriveKey(config.Encryption.KDFParams, passphrase)
+		key, err := deriveKey(config.Encryption.KDFParams, passphrase)
 		if err != nil {
 			return nil, err
 		}
@@ -213,6 +213,18 @@ func Create(ctx context.Context, storeConfig map[string]string, passphrase []byt
 		return nil, fmt.Errorf("creating a store at %s: %w", loc, cause(kctx, err))
 	}
 	return config, nil
+}
+
+// deriveKey derives the key of a passphrase, and then collects the memory
+// the derivation took: Argon2id's 256 MiB are garbage once it returns, yet
+// they set the heap's next goal at twice that, which the command's own
+// garbage then fills before the next collection. A restore or cat of a
+// file that compresses well peaked at 630 MB of RSS that way, against
+// 350 MB for the derivation alone.
+func deriveKey(params encryption.KDFParams, passphrase []byte) ([]byte, error) {
+	key, err := encryption.DeriveKey(params, passphrase)
+	runtime.GC()
+	return key, err
 }
 
 // storeExists is ErrStoreExists in the store's own words.
@@ -331,7 +343,7 @@ func Open(ctx context.Context, storeConfig map[string]string, passphrase []byte,
 		if len(passphrase) == 0 {
 			return fail(fmt.Errorf("%w (%s)", ErrNeedPassphrase, loc))
 		}
-		key, err = encryption.DeriveKey(config.Encryption.KDFParams, passphrase)
+		key, err = deriveKey(config.Encryption.KDFParams, passphrase)
 		if err != nil {
 			return fail(fmt.Errorf("deriving the key of %s: %w", loc, err))
 		}

@@ -74,10 +74,16 @@ func (s *Store) Create(config []byte) error {
 	}
 	c.withdraw(mine)
 	if _, exists, err := c.manifestDigest(configTag); err == nil && exists {
-		return errorf(abi.ErrAlreadyExists, "a store was created at %s meanwhile, by another create: nothing of this one was kept; open that store, or create yours at another path", s.loc)
+		return s.createdMeanwhile()
 	}
 	return errorf(abi.ErrOther, "another create of a store at %s is running or was interrupted (its configuration is tag %s): nothing of this one was kept; try again once it has finished, or, if none is running, delete that tag or pick another path",
 		s.loc, other)
+}
+
+// createdMeanwhile is the failure of a create that found no store, and
+// then another create's configuration.
+func (s *Store) createdMeanwhile() error {
+	return errorf(abi.ErrAlreadyExists, "a store was created at %s meanwhile, by another create: nothing of this one was kept; open that store, or create yours at another path", s.loc)
 }
 
 // otherCandidate returns the tag of a live candidate configuration that is
@@ -154,6 +160,9 @@ func (c *call) checkUnused() error {
 	var foreign []string
 	for _, tag := range page.Tags {
 		switch {
+		case tag == configTag:
+			// Create found none just before: another create won since.
+			return s.createdMeanwhile()
 		case tag == upstreamLayout.configTag:
 			return errorf(abi.ErrAlreadyExists, "a store made by Plakar's upstream oci plugin is already at %s (tag %s): use it as it is, no create is needed", s.loc, tag)
 		case !strings.HasPrefix(tag, candidatePrefix):

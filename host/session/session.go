@@ -155,7 +155,7 @@ func (s *Session) readInto(st *stream, p []byte) (int, error) {
 			return 0, err
 		}
 		if st.capped && int64(min(st.n, math.MaxInt64)) > s.env.maxDoc {
-			return 0, fmt.Errorf("the response from %s is larger than %d bytes, the limit for registry documents (manifests, tag lists): the registry answered with something that is not a document; if its documents really are that large, raise the limit", where(st.from), s.env.maxDoc)
+			return 0, fmt.Errorf("the response from %s is larger than %d bytes, the limit for registry documents (manifests, tag lists): the registry answered with something that is not one of the store's documents, which stay far below it: check that the location names the registry itself, not a proxy or a web server in front of it", where(st.from), s.env.maxDoc)
 		}
 		if n > 0 {
 			return n, nil

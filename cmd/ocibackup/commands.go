@@ -144,7 +144,7 @@ func storeFailed(err error, what, retry string) error {
 	if !errors.As(err, &se) || errors.Is(err, vault.ErrCommitted) {
 		return err
 	}
-	msg := fmt.Sprintf("%s; %s", strings.TrimSuffix(se.Message, "; try again"), what)
+	msg := fmt.Sprintf("%s; %s", strings.Replace(se.Message, "; try again", "", 1), what)
 	if errors.Is(se, host.ErrTransient) {
 		msg += ": " + retry + " once the registry answers"
 	}

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,5 +33,41 @@ func TestRegistrySaysWhy(t *testing.T) {
 	t.Logf("%s", r)
 	if r.code != 1 || !strings.Contains(r.stderr, "not a directory") {
 		t.Errorf("the error does not say why the registry failed; %s", r)
+	}
+}
+
+// TestRedirectUnresolvable: a registry that sends its blob downloads to a
+// host this machine cannot resolve: the error starts with that host, and
+// says the registry redirected there, not that the registry did not
+// answer or that the store's location is wrong.
+func TestRedirectUnresolvable(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{})
+	e := storeEnv(t, reg, "redirect/store")
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src, 11, 1, 1<<20)
+	e.ok("create")
+	e.ok("backup", src)
+
+	front, closeFront, err := registrytest.StartFront(reg.URL, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+				http.Redirect(w, r, "https://blobs.example.invalid"+r.URL.Path+"?sig=secret", http.StatusTemporaryRedirect)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeFront)
+	r := e.fails(1, []string{"registry " + front + " redirected GET", "reachable from this machine"},
+		"-at", "oci://"+front+"/redirect/store", "restore", "latest", filepath.Join(t.TempDir(), "r"))
+	if !strings.Contains(r.stderr, "ocibackup: cannot resolve blobs.example.invalid") {
+		t.Errorf("the error does not start with the redirect's host; %s", r)
+	}
+	if strings.Contains(r.stderr, "no answer") || strings.Contains(r.stderr, "location") || strings.Contains(r.stderr, "secret") {
+		t.Errorf("the error blames the registry's silence or the location, or shows the query; %s", r)
 	}
 }

@@ -152,16 +152,15 @@ func plainToHTTPS(body []byte) bool {
 }
 
 // networkError is a round trip that got no answer. The host's message
-// already says why and what to do (DNS, TLS, refused connection,
-// allow-list, a failing upload source), so it is kept whole.
-func networkError(loc location.Location, action string, err error) *abi.Error {
+// already says why, which host (the registry, or one it redirected to)
+// and what to do (DNS, TLS, refused connection, broken connection,
+// allow-list, a failing upload source): it is kept whole and comes first,
+// the action after it, so that a user reads the cause first.
+func networkError(action string, err error) *abi.Error {
 	if strings.Contains(err.Error(), abi.RefusedMarker) {
 		return &abi.Error{Code: abi.ErrPermissionDenied, Message: fmt.Sprintf("%s: %v", action, err)}
 	}
-	return &abi.Error{
-		Code:    abi.ErrTransient,
-		Message: fmt.Sprintf("%s: no answer from registry %s: %v", action, loc.Registry, err),
-	}
+	return &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf("%v (%s)", err, action)}
 }
 
 // codeOf returns the contract's code of err, or ErrOther.

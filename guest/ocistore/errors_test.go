@@ -70,9 +70,8 @@ func TestHTTPError(t *testing.T) {
 }
 
 func TestNetworkError(t *testing.T) {
-	loc := location.Location{Registry: "reg:5000", Repository: "r"}
-	e := networkError(loc, "get x", errors.New("cannot reach registry reg:5000: connection refused"))
-	if e.Code != abi.ErrTransient || e.Status != 0 || !strings.Contains(e.Message, "connection refused") {
-		t.Errorf("networkError = %+v", e)
+	e := networkError("get x", errors.New("cannot reach registry reg:5000: connection refused"))
+	if e.Code != abi.ErrTransient || e.Status != 0 || e.Message != "cannot reach registry reg:5000: connection refused (get x)" {
+		t.Errorf("networkError = %+v, want the host's cause first, then the action", e)
 	}
 }

@@ -1,6 +1,8 @@
 package main_test
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -70,4 +72,45 @@ func TestRedirectUnresolvable(t *testing.T) {
 	if strings.Contains(r.stderr, "no answer") || strings.Contains(r.stderr, "location") || strings.Contains(r.stderr, "secret") {
 		t.Errorf("the error blames the registry's silence or the location, or shows the query; %s", r)
 	}
+}
+
+// TestRegistryFullMidUpload: a registry whose disk fills during an upload
+// answers 500 with why and hangs up while the body is still coming, as
+// distribution does: the error shows why, not that the connection broke.
+func TestRegistryFullMidUpload(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.Distribution(t, registrytest.Options{})
+	e := storeEnv(t, reg, "full/store")
+	e.ok("create")
+	const why = "write /var/lib/registry/docker/registry/v2/repositories/full/store/_uploads/x/data: no space left on device"
+	front, closeFront, err := registrytest.StartFront(reg.URL, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Bodies of more than a few MiB: packfiles, whose upload the
+			// answer cuts short.
+			if (r.Method != http.MethodPatch && r.Method != http.MethodPut) || (r.ContentLength >= 0 && r.ContentLength < 4<<20) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			// A part of the body, then the answer, and the connection
+			// closed on the rest, unread: the client's next write meets
+			// a reset.
+			io.CopyN(io.Discard, r.Body, 1<<20)
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			body := fmt.Sprintf(`{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":%q}]}`, why)
+			fmt.Fprintf(buf, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+			buf.Flush()
+			conn.Close()
+		})
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeFront)
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src, 12, 2, 8<<20)
+	e.fails(1, []string{"500 UNKNOWN", "no space left on device", "nothing was committed"}, "-at", "oci://"+front+"/full/store", "backup", src)
 }

@@ -145,7 +145,10 @@ func storeFailed(err error, what, retry string) error {
 		return err
 	}
 	msg := fmt.Sprintf("%s; %s", strings.Replace(se.Message, "; try again", "", 1), what)
-	if errors.Is(se, host.ErrTransient) {
+	// A registry that did not answer: again once it does. One that
+	// answered said what to do (try again later, or once its disk is
+	// fixed), and the store's message says it.
+	if errors.Is(se, host.ErrTransient) && se.Status == 0 {
 		msg += ": " + retry + " once the registry answers"
 	}
 	return displayedError{err: err, msg: msg}

@@ -65,6 +65,16 @@ func hasCode(errs []registryError, codes ...string) bool {
 	return false
 }
 
+// hasDetail tells whether a registry said more than its error's message.
+func hasDetail(errs []registryError) bool {
+	for _, e := range errs {
+		if e.detail() != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // statusText replaces net/http's, which wasip1 builds cannot import.
 var statusText = map[int]string{
 	400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -134,6 +144,11 @@ func httpError(loc location.Location, action string, status int, body []byte) *a
 	case status == 400 && plainToHTTPS(body):
 		return e(abi.ErrInvalidConfig, "registry %s speaks HTTPS, and was reached with plain HTTP (the default for a loopback registry): set use_tls=true, and ca_file=<PEM file of its CA> if a private CA signs its certificate",
 			loc.Registry)
+	case status >= 500 && hasDetail(errs):
+		// The registry says why (a full disk): not a passing overload.
+		err := e(abi.ErrTransient, "registry %s failed (%s): try again once that is fixed", loc.Registry, answer)
+		err.Status = uint16(status)
+		return err
 	case status == 408 || status == 429 || status >= 500 || hasCode(errs, "TOOMANYREQUESTS"):
 		err := e(abi.ErrTransient, "registry %s is unavailable or overloaded (%s): try again later", loc.Registry, answer)
 		err.Status = uint16(status)

@@ -41,7 +41,7 @@ func TestHTTPError(t *testing.T) {
 		// A registry whose disk is full says so in the detail, behind a
 		// generic message (distribution's UNKNOWN).
 		{500, `{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":"write /var/lib/registry/x: no space left on device"}]}`, abi.ErrTransient,
-			[]string{"500 UNKNOWN: unknown error (write /var/lib/registry/x: no space left on device)"}},
+			[]string{"registry 127.0.0.1:5000 failed (500 UNKNOWN: unknown error (write /var/lib/registry/x: no space left on device)): try again once that is fixed"}},
 		{400, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{"reason":"bad layer"}}]}`, abi.ErrOther,
 			[]string{`400 MANIFEST_INVALID: manifest invalid ({"reason":"bad layer"})`}},
 		{500, `{"errors":[{"code":"UNKNOWN","message":"boom","detail":"boom"}]}`, abi.ErrTransient, []string{"(500 UNKNOWN: boom): try again later"}},

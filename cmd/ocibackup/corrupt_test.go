@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // TestCorruptedChunk: a packfile whose bytes changed on the registry's
@@ -16,11 +14,7 @@ import (
 // read whole) is reported as corrupted by check, not as missing.
 func TestCorruptedChunk(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := storeEnv(t, reg, "corrupt/store")
-	src := filepath.Join(t.TempDir(), "src")
-	writeRandomFiles(t, src, 9, 1, 2<<20)
-	e.ok("create")
+	reg, e, src := createdStore(t, "corrupt/store", 9, 1, 2<<20)
 	id := snapshotID(t, e.ok("backup", src))
 
 	// The largest blob is the packfile: flip a byte in every 64 KiB of it.

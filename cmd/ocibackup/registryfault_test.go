@@ -19,11 +19,7 @@ import (
 // does, root or not.
 func TestRegistrySaysWhy(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := storeEnv(t, reg, "why/store")
-	src := filepath.Join(t.TempDir(), "src")
-	writeRandomFiles(t, src, 10, 1, 1<<20)
-	e.ok("create")
+	reg, e, src := createdStore(t, "why/store", 10, 1, 1<<20)
 	blobs := filepath.Join(reg.Dir, "docker", "registry", "v2", "blobs")
 	if err := os.RemoveAll(blobs); err != nil {
 		t.Fatal(err)
@@ -44,11 +40,7 @@ func TestRegistrySaysWhy(t *testing.T) {
 // answer or that the store's location is wrong.
 func TestRedirectUnresolvable(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := storeEnv(t, reg, "redirect/store")
-	src := filepath.Join(t.TempDir(), "src")
-	writeRandomFiles(t, src, 11, 1, 1<<20)
-	e.ok("create")
+	reg, e, src := createdStore(t, "redirect/store", 11, 1, 1<<20)
 	e.ok("backup", src)
 
 	front, closeFront, err := registrytest.StartFront(reg.URL, func(next http.Handler) http.Handler {
@@ -79,9 +71,7 @@ func TestRedirectUnresolvable(t *testing.T) {
 // distribution does: the error shows why, not that the connection broke.
 func TestRegistryFullMidUpload(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := storeEnv(t, reg, "full/store")
-	e.ok("create")
+	reg, e, src := createdStore(t, "full/store", 12, 2, 8<<20)
 	const why = "write /var/lib/registry/docker/registry/v2/repositories/full/store/_uploads/x/data: no space left on device"
 	front, closeFront, err := registrytest.StartFront(reg.URL, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -110,8 +100,6 @@ func TestRegistryFullMidUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(closeFront)
-	src := filepath.Join(t.TempDir(), "src")
-	writeRandomFiles(t, src, 12, 2, 8<<20)
 	r := e.fails(1, []string{"failed (500 UNKNOWN: unknown error (" + why + ")): try again once that is fixed", "nothing was committed"},
 		"-at", "oci://"+front+"/full/store", "backup", src)
 	if strings.Contains(r.stderr, "overloaded") || strings.Contains(r.stderr, "once the registry answers") {

@@ -35,7 +35,7 @@ func newClient(c *Config, logger *slog.Logger) (*http.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
-	transport.DialContext = guard.DialContext
+	transport.DialContext = session.AnswerFirst(guard.DialContext)
 	transport.Proxy = guard.Proxy(transport.Proxy)
 	// The watchdog bounds waits on the registry, headers included.
 	transport.ResponseHeaderTimeout = 0

@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -96,14 +97,28 @@ func (v *Vault) diagnoseMissingChunks(o *op) {
 			o.replaceError(subject, subject+": could not be read during the check, and reads now: check again")
 		case errors.Is(err, repository.ErrBlobNotFound), errors.Is(err, repository.ErrPackfileNotFound), errors.Is(err, fs.ErrNotExist):
 			// Missing indeed.
-		case host.IsCorrupted(err):
-			o.replaceError(subject, fmt.Sprintf("%s: corrupted: the registry's bytes of its packfile do not match their digest (%v)", subject, cause(v.kctx, err)))
+		case corruption(err) != "":
+			o.replaceError(subject, fmt.Sprintf("%s: corrupted: %s (%v)", subject, corruption(err), cause(v.kctx, err)))
 		case errors.As(err, &se):
 			o.replaceError(subject, fmt.Sprintf("%s: could not be read from the store: %v", subject, cause(v.kctx, err)))
-		default:
-			o.replaceError(subject, fmt.Sprintf("%s: corrupted: the store returned its packfile's bytes, but they do not decode (%v)", subject, err))
 		}
 	}
+}
+
+// corruption says how a chunk that could not be read is damaged, or ""
+// if err is not damage (the store's own errors, a missing blob, a
+// cancellation): its packfile's bytes do not match their digest, or they
+// came back and do not decrypt or decompress.
+func corruption(err error) string {
+	var se *host.Error
+	switch {
+	case host.IsCorrupted(err):
+		return "the registry's bytes of its packfile do not match their digest"
+	case errors.As(err, &se), errors.Is(err, repository.ErrBlobNotFound), errors.Is(err, repository.ErrPackfileNotFound),
+		errors.Is(err, fs.ErrNotExist), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return ""
+	}
+	return "the store returned its packfile's bytes, but they do not decode"
 }
 
 // ErrListingDisagrees: the store lists no snapshot, yet lists the objects

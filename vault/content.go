@@ -72,6 +72,9 @@ func (r *contentReader) fill() error {
 	held, stopped := 0, false
 	for data, err := range r.repo.GetObjectContent(r.obj, r.next, r.ask) {
 		if err != nil {
+			if c := corruption(err); c != "" {
+				return fmt.Errorf("chunk %d of %x is corrupted: %s (%w)", r.next, r.obj.ContentMAC[:4], c, err)
+			}
 			return err
 		}
 		if want := r.obj.Chunks[r.next].Length; uint32(len(data)) != want {
@@ -129,4 +132,19 @@ func (r *contentReader) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// damageReader says "corrupted" of a chunk that Kloset's own reader of a
+// file could not decode, as contentReader and the check do; the other
+// errors are the store's or the cancellation's, and say so themselves.
+type damageReader struct{ io.ReadCloser }
+
+func (d damageReader) Read(p []byte) (int, error) {
+	n, err := d.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		if c := corruption(err); c != "" {
+			err = fmt.Errorf("corrupted: %s (%w)", c, err)
+		}
+	}
+	return n, err
 }

@@ -283,7 +283,10 @@ func (x *rootExporter) writeFile(rec *connectors.Record, rel string) (err error)
 			x.root.Remove(tmp)
 		}
 	}()
-	rd := rec.Reader
+	var rd io.ReadCloser
+	if rec.Reader != nil {
+		rd = damageReader{rec.Reader}
+	}
 	if x.open != nil && rec.FileInfo.Size() > contentBudget {
 		if rd, err = x.open(rec); err != nil {
 			return err

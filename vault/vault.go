@@ -329,7 +329,11 @@ func Open(ctx context.Context, storeConfig map[string]string, passphrase []byte,
 		if errors.Is(err, fs.ErrNotExist) {
 			return fail(fmt.Errorf("%w: %s: create it first", ErrNoStore, loc))
 		}
-		return fail(fmt.Errorf("opening the store at %s: %w", loc, cause(v.kctx, err)))
+		err = cause(v.kctx, err)
+		if strings.Contains(err.Error(), loc) {
+			return fail(err) // the store's message says what it opened
+		}
+		return fail(fmt.Errorf("opening the store at %s: %w", loc, err))
 	}
 	config, err := storage.NewConfigurationFromWrappedBytes(wrapped)
 	if err != nil {

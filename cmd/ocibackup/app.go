@@ -198,6 +198,10 @@ func (a *app) usage(w io.Writer) {
 func (a *app) main(args []string) error {
 	fs := a.flagSet("ocibackup")
 	rest, err := parseFlags(fs, args, true)
+	if errors.Is(err, errHelp) {
+		a.usage(a.stdout)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -213,7 +217,7 @@ func (a *app) main(args []string) error {
 			if c == nil {
 				return usagef("unknown command %q", args[0])
 			}
-			fmt.Fprintf(a.stdout, "Usage: ocibackup [global options] %s %s\n\n%s.\n%s\n", c.name, c.args, strings.ToUpper(c.summary[:1])+c.summary[1:], c.help)
+			a.commandHelp(c)
 			return nil
 		}
 		a.usage(a.stdout)
@@ -224,7 +228,21 @@ func (a *app) main(args []string) error {
 		return usagef("unknown command %q", name)
 	}
 	a.command = c.name
-	return c.run(a, args)
+	if err := c.run(a, args); errors.Is(err, errHelp) {
+		a.commandHelp(c)
+		return nil
+	} else {
+		return err
+	}
+}
+
+// errHelp is -h, -help or --help among a command's options: its help is
+// shown instead of running it.
+var errHelp = errors.New("help requested")
+
+// commandHelp shows c's synopsis and options on stdout.
+func (a *app) commandHelp(c *command) {
+	fmt.Fprintf(a.stdout, "Usage: ocibackup [global options] %s %s\n\n%s.\n%s\n", c.name, c.args, strings.ToUpper(c.summary[:1])+c.summary[1:], c.help)
 }
 
 // flagSet makes a command's flag set, with the global options.
@@ -253,7 +271,7 @@ func parseFlags(fs *flag.FlagSet, args []string, stopAtFirst bool) ([]string, er
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, usagef("%s: -h: run 'ocibackup help %s'", fs.Name(), fs.Name())
+				return nil, errHelp
 			}
 			if fs.Name() == "ocibackup" {
 				// main prefixes every message with the program's name.

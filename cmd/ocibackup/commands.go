@@ -115,11 +115,15 @@ func cmdBackup(a *app, args []string) error {
 		return a.displayError(storeFailed(err, "the backup stopped and nothing was committed", "run it again"))
 	}
 	a.printErrors("could not back up", r.Errors, r.NumErrors)
-	// What is stored is the new data and the snapshot's index, which a
-	// small backup is mostly made of: said when it is most of it.
-	what := "new data after deduplication and compression, and the snapshot's index"
+	// Kloset pads every packfile with random bytes, twice up to the
+	// chunks' minimum size, so that its size says nothing of its content;
+	// a small backup writes a packfile for each kind of index data, and is
+	// mostly that padding: said when it is most of what was stored.
+	pad := int64(v.Configuration().Chunking.MinSize)
+	what := "the new data after deduplication and compression, the snapshot's index and each packfile's random padding"
 	if r.BytesStored > 2*r.BytesRead+1<<20 {
-		what = "mostly the snapshot's index, a few MiB for any backup, then the new data after deduplication and compression"
+		what = fmt.Sprintf("mostly random padding: Kloset adds %s to each packfile on average, up to %s, so that its size says nothing of its content; the rest is the snapshot's index and the new data",
+			ibytes(pad), ibytes(2*pad))
 	}
 	a.sayf("snapshot %s of %s: %s files, %s; read %s, stored %s in %d packfile(s) and %d state(s) (%s) in %s",
 		r.ShortID(), r.Root, humanize.Comma(int64(r.Files)), ibytes(int64(r.Size)),
@@ -140,8 +144,11 @@ func storeFailed(err error, what, retry string) error {
 	if !errors.As(err, &se) || errors.Is(err, vault.ErrCommitted) {
 		return err
 	}
-	msg := fmt.Sprintf("%s; %s", strings.TrimSuffix(se.Message, "; try again"), what)
-	if errors.Is(se, host.ErrTransient) {
+	msg := fmt.Sprintf("%s; %s", strings.Replace(se.Message, "; try again", "", 1), what)
+	// A registry that did not answer: again once it does. One that
+	// answered said what to do (try again later, or once its disk is
+	// fixed), and the store's message says it.
+	if errors.Is(se, host.ErrTransient) && se.Status == 0 {
 		msg += ": " + retry + " once the registry answers"
 	}
 	return displayedError{err: err, msg: msg}

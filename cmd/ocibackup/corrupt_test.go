@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/plakar-oci/ocistore/internal/registrytest"
 )
 
 // TestCorruptedChunk: a packfile whose bytes changed on the registry's
@@ -16,11 +14,7 @@ import (
 // read whole) is reported as corrupted by check, not as missing.
 func TestCorruptedChunk(t *testing.T) {
 	t.Parallel()
-	reg := registrytest.Distribution(t, registrytest.Options{})
-	e := storeEnv(t, reg, "corrupt/store")
-	src := filepath.Join(t.TempDir(), "src")
-	writeRandomFiles(t, src, 9, 1, 2<<20)
-	e.ok("create")
+	reg, e, src := createdStore(t, "corrupt/store", 9, 1, 2<<20)
 	id := snapshotID(t, e.ok("backup", src))
 
 	// The largest blob is the packfile: flip a byte in every 64 KiB of it.
@@ -57,5 +51,31 @@ func TestCorruptedChunk(t *testing.T) {
 	}
 	if strings.Contains(r.stderr, "missing") {
 		t.Errorf("a corrupted chunk is reported missing: %s", r)
+	}
+
+	// restore (Kloset's reader of a small file) and cat (vault's reader)
+	// say so too, not what the decryption said alone.
+	dest := filepath.Join(t.TempDir(), "r")
+	r = e.run("restore", id, dest)
+	if r.code != 3 || !strings.Contains(r.stderr, ": corrupted: the store returned its packfile's bytes, but they do not decode") {
+		t.Errorf("restore does not say a file's chunk is corrupted; %s", r)
+	}
+	names, err := os.ReadDir(src)
+	if err != nil || len(names) == 0 {
+		t.Fatalf("%s: %v", src, err)
+	}
+	failed := 0
+	for _, n := range names {
+		r := e.run("cat", id+":"+n.Name())
+		if r.code == 0 {
+			continue
+		}
+		failed++
+		if !strings.Contains(r.stderr, "is corrupted: the store returned its packfile's bytes, but they do not decode") {
+			t.Errorf("cat does not say a chunk is corrupted; %s", r)
+		}
+	}
+	if failed == 0 {
+		t.Errorf("cat read every file of a corrupted packfile")
 	}
 }

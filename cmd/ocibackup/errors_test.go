@@ -64,6 +64,30 @@ func TestLocationErrors(t *testing.T) {
 	}
 }
 
+// TestHelpFlag: -h, -help and --help, before the command or among its
+// options, show the usage or the command's synopsis on stdout and exit 0,
+// as 'ocibackup help [COMMAND]' does.
+func TestHelpFlag(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-h"}, "Usage: ocibackup [global options] COMMAND"},
+		{[]string{"--help"}, "Usage: ocibackup [global options] COMMAND"},
+		{[]string{"-at", "oci://127.0.0.1:1/x", "-help", "ls"}, "Usage: ocibackup [global options] COMMAND"},
+		{[]string{"backup", "-h"}, "Usage: ocibackup [global options] backup "},
+		{[]string{"restore", "latest", "--help"}, "Usage: ocibackup [global options] restore "},
+		{[]string{"store", "add", "-h"}, "Usage: ocibackup [global options] store "},
+	} {
+		r := e.run(tc.args...)
+		if r.code != 0 || !strings.Contains(r.stdout, tc.want) || r.stderr != "" {
+			t.Errorf("%q: want exit 0, %q on stdout and nothing on stderr; %s", tc.args, tc.want, r)
+		}
+	}
+}
+
 // TestRestoreTarget: a restore target that exists and is not empty is
 // refused before the store is opened.
 func TestRestoreTarget(t *testing.T) {

@@ -259,6 +259,19 @@ func writeTree(t *testing.T, seed uint64, randomBytes int) string {
 	return root
 }
 
+// createdStore is a store created at path on a new distribution registry
+// (the tests' passphrase), and a directory of n files of size random
+// bytes to back up.
+func createdStore(t *testing.T, path string, seed uint64, n, size int) (*registrytest.Registry, *env, string) {
+	t.Helper()
+	reg := registrytest.Distribution(t, registrytest.Options{})
+	e := storeEnv(t, reg, path)
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFiles(t, src, seed, n, size)
+	e.ok("create")
+	return reg, e, src
+}
+
 // writeRandomFiles writes n files of size random bytes each under dir.
 func writeRandomFiles(t *testing.T, dir string, seed uint64, n, size int) {
 	t.Helper()

@@ -65,6 +65,16 @@ func hasCode(errs []registryError, codes ...string) bool {
 	return false
 }
 
+// hasDetail tells whether a registry said more than its error's message.
+func hasDetail(errs []registryError) bool {
+	for _, e := range errs {
+		if e.detail() != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // statusText replaces net/http's, which wasip1 builds cannot import.
 var statusText = map[int]string{
 	400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -134,6 +144,11 @@ func httpError(loc location.Location, action string, status int, body []byte) *a
 	case status == 400 && plainToHTTPS(body):
 		return e(abi.ErrInvalidConfig, "registry %s speaks HTTPS, and was reached with plain HTTP (the default for a loopback registry): set use_tls=true, and ca_file=<PEM file of its CA> if a private CA signs its certificate",
 			loc.Registry)
+	case status >= 500 && hasDetail(errs):
+		// The registry says why (a full disk): not a passing overload.
+		err := e(abi.ErrTransient, "registry %s failed (%s): try again once that is fixed", loc.Registry, answer)
+		err.Status = uint16(status)
+		return err
 	case status == 408 || status == 429 || status >= 500 || hasCode(errs, "TOOMANYREQUESTS"):
 		err := e(abi.ErrTransient, "registry %s is unavailable or overloaded (%s): try again later", loc.Registry, answer)
 		err.Status = uint16(status)
@@ -152,16 +167,15 @@ func plainToHTTPS(body []byte) bool {
 }
 
 // networkError is a round trip that got no answer. The host's message
-// already says why and what to do (DNS, TLS, refused connection,
-// allow-list, a failing upload source), so it is kept whole.
-func networkError(loc location.Location, action string, err error) *abi.Error {
+// already says why, which host (the registry, or one it redirected to)
+// and what to do (DNS, TLS, refused connection, broken connection,
+// allow-list, a failing upload source): it is kept whole and comes first,
+// the action after it, so that a user reads the cause first.
+func networkError(action string, err error) *abi.Error {
 	if strings.Contains(err.Error(), abi.RefusedMarker) {
 		return &abi.Error{Code: abi.ErrPermissionDenied, Message: fmt.Sprintf("%s: %v", action, err)}
 	}
-	return &abi.Error{
-		Code:    abi.ErrTransient,
-		Message: fmt.Sprintf("%s: no answer from registry %s: %v", action, loc.Registry, err),
-	}
+	return &abi.Error{Code: abi.ErrTransient, Message: fmt.Sprintf("%v (%s)", err, action)}
 }
 
 // codeOf returns the contract's code of err, or ErrOther.

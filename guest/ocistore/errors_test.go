@@ -41,7 +41,7 @@ func TestHTTPError(t *testing.T) {
 		// A registry whose disk is full says so in the detail, behind a
 		// generic message (distribution's UNKNOWN).
 		{500, `{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":"write /var/lib/registry/x: no space left on device"}]}`, abi.ErrTransient,
-			[]string{"500 UNKNOWN: unknown error (write /var/lib/registry/x: no space left on device)"}},
+			[]string{"registry 127.0.0.1:5000 failed (500 UNKNOWN: unknown error (write /var/lib/registry/x: no space left on device)): try again once that is fixed"}},
 		{400, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{"reason":"bad layer"}}]}`, abi.ErrOther,
 			[]string{`400 MANIFEST_INVALID: manifest invalid ({"reason":"bad layer"})`}},
 		{500, `{"errors":[{"code":"UNKNOWN","message":"boom","detail":"boom"}]}`, abi.ErrTransient, []string{"(500 UNKNOWN: boom): try again later"}},
@@ -70,9 +70,8 @@ func TestHTTPError(t *testing.T) {
 }
 
 func TestNetworkError(t *testing.T) {
-	loc := location.Location{Registry: "reg:5000", Repository: "r"}
-	e := networkError(loc, "get x", errors.New("cannot reach registry reg:5000: connection refused"))
-	if e.Code != abi.ErrTransient || e.Status != 0 || !strings.Contains(e.Message, "connection refused") {
-		t.Errorf("networkError = %+v", e)
+	e := networkError("get x", errors.New("cannot reach registry reg:5000: connection refused"))
+	if e.Code != abi.ErrTransient || e.Status != 0 || e.Message != "cannot reach registry reg:5000: connection refused (get x)" {
+		t.Errorf("networkError = %+v, want the host's cause first, then the action", e)
 	}
 }

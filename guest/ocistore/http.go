@@ -25,7 +25,7 @@ const maxManifest = 4 << 20
 func (c *call) send(req *abi.Request) (*abi.Response, error) {
 	resp, err := c.s.h.RoundTrip(req)
 	if err != nil {
-		return nil, networkError(c.s.loc, c.action(), err)
+		return nil, networkError(c.action(), err)
 	}
 	return resp, nil
 }
@@ -45,7 +45,7 @@ func (c *call) start(req *abi.Request) abi.Pending { return c.s.h.Start(req) }
 func (c *call) finish(req *abi.Request, started abi.Pending) (*abi.Response, error) {
 	resp, err := c.s.h.Finish(started)
 	if err != nil {
-		return nil, networkError(c.s.loc, c.action(), err)
+		return nil, networkError(c.action(), err)
 	}
 	return resp, nil
 }

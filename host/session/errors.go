@@ -61,7 +61,7 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 	if sameHost(hop, &s.env.base) {
 		name = "registry " + name
 	} else {
-		checkName = fmt.Sprintf("registry %s redirected %s %s there: the host it sends downloads to must be reachable from this machine (see the registry's storage settings)", hostKey(&s.env.base), req.Method, where(req.URL))
+		checkName = fmt.Sprintf("registry %s redirected %s %s there: the host it sends downloads to must be reachable from this machine, which the registry's storage settings decide", hostKey(&s.env.base), req.Method, where(req.URL))
 		checkRunning = checkName
 	}
 
@@ -93,5 +93,5 @@ func (s *Session) explain(req *http.Request, err error, body *requestBody) error
 	case ue != nil && ue.Timeout():
 		return &hostError{fmt.Sprintf("%s did not answer %s %s in time (%v): check the network and that the registry is up", name, req.Method, where(req.URL), inner), err}
 	}
-	return &hostError{fmt.Sprintf("%s %s failed: %v: the connection to %s broke; try again", req.Method, where(req.URL), inner, name), err}
+	return &hostError{fmt.Sprintf("the connection to %s broke during %s %s: %v; try again", name, req.Method, where(req.URL), inner), err}
 }

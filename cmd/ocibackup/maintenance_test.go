@@ -42,8 +42,10 @@ func removeFirstOfTwo(t *testing.T, e *env, at, dataDir string) (id2, src2 strin
 
 // TestMaintenanceLocal: on oci://local, maintenance removes what only a
 // removed snapshot used, the registry collects its garbage, and the data
-// directory gives back (at least 80% of) what that snapshot alone took;
-// the other snapshot checks and restores byte for byte. The same when
+// directory gives back at least half of what that snapshot alone took (a
+// rough measure: Kloset pads every packfile with up to a MiB of random
+// bytes, so two stores of one tree differ by that much a packfile; a
+// registry that kept the bytes would give back none); the other snapshot checks and restores byte for byte. The same when
 // 'ocibackup registry' serves the local registry.
 func TestMaintenanceLocal(t *testing.T) {
 	t.Parallel()
@@ -84,7 +86,7 @@ func testMaintenanceLocal(t *testing.T, e *env, served bool) {
 	alone.ok("-at", at, "create", "-no-encryption")
 	alone.ok("-at", at, "backup", src2)
 	firstOnly := two - filesSize(t, filepath.Join(alone.home, ".local", "share", "ocibackup", "registry", "docker"))
-	if freed := two - after; float64(freed) < 0.8*float64(firstOnly) {
+	if freed := two - after; float64(freed) < 0.5*float64(firstOnly) {
 		t.Fatalf("the data directory went down by %d bytes (from %d to %d); the first snapshot alone takes %d", freed, two, after, firstOnly)
 	}
 	t.Logf("the data directory went down by %d bytes; the first snapshot alone takes %d (first backup: %d)", two-after, firstOnly, one-empty)

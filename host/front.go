@@ -217,7 +217,8 @@ func (f *front[I]) readLocks(ctx context.Context, macs []objects.MAC) ([]objects
 		}()
 	}
 	wg.Wait()
-	alive := macs[:0]
+	// A new slice: macs, indexed as errs and bodies, is read again below.
+	alive := make([]objects.MAC, 0, len(macs))
 	for i, mac := range macs {
 		switch {
 		case errors.Is(errs[i], fs.ErrNotExist):

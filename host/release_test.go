@@ -332,3 +332,33 @@ func TestLockListedTwiceReleasedBetween(t *testing.T) {
 		t.Fatalf("a third get, which no list named: %v; want %v", err, fs.ErrNotExist)
 	}
 }
+
+// TestLockListSkipsReleasedKeepsOthers: a list that finds a lock released
+// (on a registry that refuses DELETE its tag stays, on the tombstone)
+// leaves it out, and the Gets of the other locks return each its own
+// bytes. The released lock sorts first, so that every lock after it
+// shifts in the list.
+func TestLockListSkipsReleasedKeepsOthers(t *testing.T) {
+	reg := registrytest.Distribution(t, registrytest.Options{Delete: false})
+	cfg := map[string]string{"location": "oci://" + reg.Host + "/release/list-skips"}
+	s, peer := newStoreWith(t, cfg), newStoreWith(t, cfg)
+	macs := make([]objects.MAC, 5)
+	for i := range macs {
+		macs[i] = randomMAC()
+	}
+	slices.SortFunc(macs, func(a, b objects.MAC) int { return bytes.Compare(a[:], b[:]) })
+	for i, mac := range macs {
+		put(t, peer, lock, mac, []byte(fmt.Sprintf("lock %d", i)))
+	}
+	if err := peer.Delete(context.Background(), lock, macs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(t, s, lock); !sameMACs(got, macs[1:]...) {
+		t.Fatalf("listed %x, want the four locks not released", got)
+	}
+	for i, mac := range macs[1:] {
+		if got, want := get(t, s, lock, mac, nil), fmt.Sprintf("lock %d", i+1); string(got) != want {
+			t.Errorf("lock %d reads %q, want %q", i+1, got, want)
+		}
+	}
+}

@@ -200,12 +200,13 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // bury deletes by tombstone, on registries that cannot delete: the
 // object's tag moves to the tombstone, so that Get finds a tombstone.
 //
-// A lock needs nothing more: the host reads every lock List finds, as
-// Kloset does right after, and leaves out those that read as missing, so
-// the one request that moves the tag releases the lock, whatever happens
-// next, and a lock taken again under the same MAC reads as live. Locks
-// are released by every command: the graveyard would be rewritten by
-// each.
+// A lock is released by the one request that moves its tag, whatever
+// happens next: the host reads every lock List returns, as Kloset does
+// right after, and leaves out those that read as missing. Then, so that
+// lists need not read it (every command leaves a released lock behind),
+// the list of released locks names it (releaseLock), which does not
+// fail the release. Locks are released by every command: the graveyard,
+// which deletes wait for one another to rewrite, is not theirs.
 //
 // Other objects are deleted by maintenance only, and their List is not
 // checked by reading every tag: the graveyard names them (entomb). It
@@ -232,7 +233,13 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 			return errorf(abi.ErrNotFound, "%s: no such object (deleted already)", c.action())
 		}
 	}
-	return c.putManifest(tag, tombstone)
+	if err := c.putManifest(tag, tombstone); err != nil {
+		return err
+	}
+	if k == abi.KindLock {
+		c.releaseLock(mac)
+	}
+	return nil
 }
 
 // manifestDigest returns the digest of the manifest ref names, and whether

@@ -58,7 +58,23 @@ func (c *call) graveyardGet() *abi.Request {
 // there is no graveyard. Its manifest's GET is started already if
 // started is not 0.
 func (c *call) readGraveyard(started abi.Pending) ([]grave, error) {
-	d, err := c.getStartedDoc("manifest "+graveyardTag, c.graveyardGet(), started, docTuning{limit: maxManifest, want: headerDigest})
+	data, err := c.readNameList(graveyardTag, artifactGraveyard, "list of deleted objects", c.graveyardGet(), started)
+	if err != nil || data == nil {
+		return nil, err
+	}
+	graves, err := parseGraveyard(data)
+	if err != nil {
+		return nil, errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is damaged: %v", c.action(), graveyardTag, err)
+	}
+	return graves, nil
+}
+
+// readNameList returns the one layer of the manifest tag names, a list
+// (what) of at most maxManifest bytes whose artifactType is artifact; nil
+// if there is no such tag. req is the manifest's GET, started already if
+// started is not 0.
+func (c *call) readNameList(tag, artifact, what string, req *abi.Request, started abi.Pending) ([]byte, error) {
+	d, err := c.getStartedDoc("manifest "+tag, req, started, docTuning{limit: maxManifest, want: headerDigest})
 	if err != nil {
 		return nil, err
 	}
@@ -69,33 +85,32 @@ func (c *call) readGraveyard(started abi.Pending) ([]grave, error) {
 	default:
 		return nil, d.err
 	}
-	layer, ok, err := parseManifest(d.data, artifactGraveyard)
+	layer, ok, err := parseManifest(d.data, artifact)
 	if err == nil && !ok {
-		err = errorf(abi.ErrOther, "its artifactType is not %s", artifactGraveyard)
+		err = errorf(abi.ErrOther, "its artifactType is not %s", artifact)
 	}
-	if err == nil && layer.Size > maxGraveyard {
-		err = errorf(abi.ErrOther, "its list is %d bytes, more than %d", layer.Size, maxGraveyard)
+	if err == nil && layer.Size > maxManifest {
+		err = errorf(abi.ErrOther, "its list is %d bytes, more than %d", layer.Size, maxManifest)
 	}
 	if err != nil {
-		return nil, errorf(abi.ErrOther, "%s: tag %s is not the store's list of deleted objects (%v): remove whatever else writes to repository %s",
-			c.action(), graveyardTag, err, c.s.loc.Repository)
+		return nil, errorf(abi.ErrOther, "%s: tag %s is not the store's %s (%v): remove whatever else writes to repository %s",
+			c.action(), tag, what, err, c.s.loc.Repository)
 	}
-	d, err = c.getDoc("list of deleted objects", c.s.blobURL(layer.Digest), nil, maxGraveyard, layer.Digest)
+	d, err = c.getDoc(what, c.s.blobURL(layer.Digest), nil, maxManifest, layer.Digest)
 	if err != nil {
 		return nil, err
 	}
 	if d.status == 404 {
-		return nil, errorf(abi.ErrNotFound, "%s: the blob %s of the list of deleted objects is missing (was it garbage-collected?): tag %s must be pushed again, or the deleted objects are listed",
-			c.action(), layer.Digest, graveyardTag)
+		return nil, errorf(abi.ErrNotFound, "%s: the blob %s of the %s is missing (was it garbage-collected?): tag %s must be pushed again, or the objects it names are listed",
+			c.action(), layer.Digest, what, tag)
 	}
 	if d.status != 200 {
 		return nil, d.err
 	}
-	graves, err := parseGraveyard(d.data)
-	if err != nil {
-		return nil, errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is damaged: %v", c.action(), graveyardTag, err)
+	if d.data == nil {
+		return []byte{}, nil // an empty list, not none
 	}
-	return graves, nil
+	return d.data, nil
 }
 
 // parseGraveyard decodes the graveyard's list, sorting it if it is not.
@@ -211,11 +226,17 @@ func (c *call) entomb(k abi.Kind, mac abi.MAC, tombstoned bool) error {
 		return errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is full at %d bytes: registry %s refuses DELETE, and the space of what was deleted must be reclaimed first (README, \"Deleting\"), which empties it",
 			c.action(), graveyardTag, maxGraveyard, c.s.loc.Registry)
 	}
+	return c.pushNameList(graveyardTag, artifactGraveyard, data)
+}
+
+// pushNameList pushes data as the one layer of the manifest tag names,
+// whose artifactType is artifact (readNameList).
+func (c *call) pushNameList(tag, artifact string, data []byte) error {
 	blob, err := c.uploadBytes(data)
 	if err != nil {
 		return err
 	}
-	return c.putManifest(graveyardTag, graveyardManifest(blob))
+	return c.putManifest(tag, artifactManifest(artifact, blob, nil).encode())
 }
 
 // deadTags reads tags, markerReads at a time, and tells which are

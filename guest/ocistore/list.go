@@ -34,17 +34,18 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// are few, or none where the registry deletes: the first page after
 	// their prefix is then the objects' own tags, and a short one saves
 	// reading a thousand of them. The registry makes it while it makes
-	// the objects' pages. Locks have none (bury): the host reads every
-	// lock listed, and leaves out those released.
+	// the objects' pages. Locks have their own list of the dead, the list
+	// of released locks, and markers of those put again (releaseLock).
 	markerFirst := min(c.s.pageSize, probePage)
-	var markerFrom string
-	var markerPage, graveyardPage abi.Pending
-	if k != abi.KindLock {
-		markerFrom = c.listFrom(markerPrefix + prefix)
-		markerPage = c.start(c.tagPage(markerFirst, markerFrom))
-		// Read whatever the deletion mode: a process that learned it long
-		// ago may not know that the registry has stopped deleting since,
-		// or that another process met a registry that never did.
+	markerFrom := c.listFrom(markerPrefix + prefix)
+	markerPage := c.start(c.tagPage(markerFirst, markerFrom))
+	// Read whatever the deletion mode: a process that learned it long ago
+	// may not know that the registry has stopped deleting since, or that
+	// another process met a registry that never did.
+	var graveyardPage abi.Pending
+	if k == abi.KindLock {
+		graveyardPage = c.start(c.releasedLocksGet())
+	} else {
 		graveyardPage = c.start(c.graveyardGet())
 	}
 	// Kloset lists the locks before it releases one: the record of how the
@@ -58,22 +59,25 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	if err != nil {
 		return nil, err
 	}
-	var markers []abi.MAC
+	if c.listFrom(markerPrefix+prefix) != markerFrom {
+		// The objects' list just learned that last must name a tag: the
+		// page started is a 404, which the call's end cancels.
+		markerPage = 0
+	}
+	markers, err := c.listTags(markerPrefix+prefix, markerFirst, markerPage)
+	if err != nil {
+		return nil, err
+	}
 	var graves []grave
-	if k != abi.KindLock {
-		if c.listFrom(markerPrefix+prefix) != markerFrom {
-			// The objects' list just learned that last must name a tag:
-			// the page started is a 404, which the call's end cancels.
-			markerPage = 0
-		}
-		if markers, err = c.listTags(markerPrefix+prefix, markerFirst, markerPage); err != nil {
-			return nil, err
-		}
-		all, err := c.readGraveyard(graveyardPage)
-		if err != nil {
-			return nil, err
-		}
+	if k == abi.KindLock {
+		graves, err = c.readReleasedLocks(graveyardPage)
+	} else {
+		var all []grave
+		all, err = c.readGraveyard(graveyardPage)
 		graves = gravesOf(all, k)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if modeHead != 0 {
 		// A failure here is the release's to report, if it meets it.
@@ -85,7 +89,9 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// the tag of an object with a marker: Put marks an object it puts
 	// again over a tombstone, and versions before the graveyard marked
 	// every object they deleted. The object is alive if its tag is not a
-	// tombstone.
+	// tombstone. A lock's tag is not read here: the host reads every lock
+	// listed.
+	readTags := k != abi.KindLock
 	var dead []bool // by index in macs
 	var check []int // the same, of the objects whose tags are read
 	var tags []string
@@ -94,7 +100,9 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 		switch _, marked := slices.BinarySearchFunc(markers, g.mac, compareMAC); {
 		case !found:
 		case g.pending || marked:
-			check, tags = append(check, i), append(tags, c.s.objectTag(k, g.mac))
+			if readTags {
+				check, tags = append(check, i), append(tags, c.s.objectTag(k, g.mac))
+			}
 		default:
 			if dead == nil {
 				dead = make([]bool, len(macs))
@@ -105,7 +113,7 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	for _, mac := range markers {
 		i, found := slices.BinarySearchFunc(macs, mac, compareMAC)
 		_, named := slices.BinarySearchFunc(graves, grave{k: k, mac: mac}, compareGrave)
-		if found && !named {
+		if found && !named && readTags {
 			check, tags = append(check, i), append(tags, c.s.objectTag(k, mac))
 		}
 	}

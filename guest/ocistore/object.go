@@ -21,32 +21,31 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	c := s.newCall("put ", tag, " to ")
 	// Where deleted objects are tombstones named in the graveyard, which
 	// List believes without reading their tags, an object put again over
-	// a tombstone gets a marker first, which has List read its tag. (Locks
-	// are read whenever they are listed.) The tag is read while the bytes
-	// go up. The mode is the host cache's, which List fills (Kloset lists
-	// the locks before it puts anything) and every put keeps fresh; a put
+	// a tombstone gets a marker first, which has List read its tag. The
+	// tag is read while the bytes go up. A lock is checked after its tag
+	// is written instead (releasedLockPut): its release may be under way.
+	// The mode is the host cache's, which List fills (Kloset lists the
+	// locks before it puts anything) and every put keeps fresh; a put
 	// that finds none reads the store's record alongside the upload.
 	var mark *abi.Request
 	var marking, modeHead abi.Pending
-	if k != abi.KindLock {
-		switch mode, known := c.cachedDeletionMode(); {
-		case !known:
-			modeHead = c.start(c.deletionModeHead())
-		case mode == deleteByTombstone:
-			mark = c.manifestHead(tag)
-			marking = c.start(mark)
-		}
+	mode, known := c.cachedDeletionMode()
+	switch {
+	case !known:
+		modeHead = c.start(c.deletionModeHead())
+	case mode == deleteByTombstone && k != abi.KindLock:
+		mark = c.manifestHead(tag)
+		marking = c.start(mark)
 	}
 	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
 	}
 	if modeHead != 0 {
-		mode, err := c.readDeletionMode(modeHead)
-		if err != nil {
+		if mode, err = c.readDeletionMode(modeHead); err != nil {
 			return 0, err
 		}
-		if mode == deleteByTombstone {
+		if mode == deleteByTombstone && k != abi.KindLock {
 			mark = c.manifestHead(tag)
 		}
 	}
@@ -64,6 +63,11 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	raw := s.mem.Bytes(func(b []byte) []byte { return s.lay.appendManifest(b, k, mac, blob) })
 	if err := c.putManifest(tag, raw); err != nil {
 		return 0, err
+	}
+	if k == abi.KindLock && mode == deleteByTombstone {
+		if err := c.releasedLockPut(mac); err != nil {
+			return 0, err
+		}
 	}
 	if cacheable(k) {
 		s.h.CacheSet(key, s.cacheValue(blob))

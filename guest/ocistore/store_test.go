@@ -213,14 +213,20 @@ func TestDeleteTombstone(t *testing.T) {
 		t.Errorf("List after second delete = %x", got)
 	}
 
-	// A lock is released by the one request that moves its tag: no marker
-	// (the host reads the locks it lists, and leaves out released ones).
+	// A lock is released by the one request that moves its tag, its
+	// release's first write; the list of released locks then names it,
+	// and no marker is written for a lock nobody put again.
 	lk := testMAC(4)
 	x.must("Put lock", x.put(abi.KindLock, lk, []byte("lock")))
 	x.host.takeRequests()
 	x.must("Delete lock", x.del(abi.KindLock, lk))
-	if reqs := x.host.takeRequests(); countRequests(reqs, "PUT") != 1 || countRequests(reqs, "DELETE") != 0 {
-		t.Errorf("releasing a lock: %q, want a HEAD and one PUT", reqs)
+	reqs := x.host.takeRequests()
+	if len(reqs) < 2 || !strings.HasPrefix(reqs[1], "PUT /v2/team/backups/manifests/lock-") || countRequests(reqs, "DELETE") != 0 ||
+		countRequests(reqs, "PUT /v2/team/backups/manifests/released-locks") != 1 || countRequests(reqs, "PUT /v2/team/backups/manifests/deleted-") != 0 {
+		t.Errorf("releasing a lock: %q, want a HEAD, the tombstone's PUT, then the list of released locks written and no marker", reqs)
+	}
+	if got := x.list(abi.KindLock); len(got) != 0 {
+		t.Errorf("List of locks after the release = %x, want none", got)
 	}
 	_, err = x.get(abi.KindLock, lk, nil)
 	wantCode(t, "Get released lock", err, abi.ErrNotFound)

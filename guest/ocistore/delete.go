@@ -39,17 +39,11 @@ func (s *Store) Delete(k abi.Kind, mac abi.MAC) error {
 			s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: registry %s refused this way of deleting; trying the next one", s.loc.Registry))
 			continue
 		}
-		recorded := true
 		if mode != known && err == nil {
 			// Learned after the object was released, so that the first
 			// delete of a store is not one request longer. (A missing
 			// object may have ended the delete before this way was tried.)
-			recorded = c.recordDeletionMode(mode)
-		}
-		if err == nil && k == abi.KindLock && mode == deleteByTombstone && recorded {
-			// After the record: a put of this lock checks the list of
-			// released locks only where the store is known to need it.
-			c.releaseLock(mac)
+			c.recordDeletionMode(mode)
 		}
 		return err
 	}
@@ -116,20 +110,16 @@ func (c *call) readDeletionMode(started abi.Pending) (int32, error) {
 func (c *call) deletionModeHead() *abi.Request { return c.manifestHead(deletionModeTag) }
 
 // recordDeletionMode remembers mode in the host's cache and in the
-// repository, and tells whether the repository has it. A failure to
-// record costs the next process one refused request, and a released lock
-// not named in the list of released locks (releaseLock): it is logged,
-// never returned.
-func (c *call) recordDeletionMode(mode int32) bool {
+// repository. A failure to record costs the next process one refused
+// request, nothing more: it is logged, never returned.
+func (c *call) recordDeletionMode(mode int32) {
 	c.s.h.CacheSet(c.s.deletionModeKey(), string(rune('0'+mode)))
 	if mode == deleteByTag {
-		return true // the default: nothing to record
+		return // the default: nothing to record
 	}
 	if err := c.putManifest(deletionModeTag, deletionModeManifests[mode]); err != nil {
 		c.s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: recording how registry %s deletes: %v", c.s.loc.Registry, err))
-		return false
 	}
-	return true
 }
 
 // deleteRef DELETEs the manifest ref names and returns the status of the
@@ -214,8 +204,8 @@ func (c *call) deleteDigest(tag string) (done bool, err error) {
 // happens next: the host reads every lock List returns, as Kloset does
 // right after, and leaves out those that read as missing. Then, so that
 // lists need not read it (every command leaves a released lock behind),
-// Delete has the list of released locks name it (releaseLock), which
-// does not fail the release. Locks are released by every command: the graveyard,
+// the list of released locks names it (releaseLock), which does not
+// fail the release. Locks are released by every command: the graveyard,
 // which deletes wait for one another to rewrite, is not theirs.
 //
 // Other objects are deleted by maintenance only, and their List is not
@@ -243,7 +233,13 @@ func (c *call) bury(k abi.Kind, mac abi.MAC) error {
 			return errorf(abi.ErrNotFound, "%s: no such object (deleted already)", c.action())
 		}
 	}
-	return c.putManifest(tag, tombstone)
+	if err := c.putManifest(tag, tombstone); err != nil {
+		return err
+	}
+	if k == abi.KindLock {
+		c.releaseLock(mac)
+	}
+	return nil
 }
 
 // manifestDigest returns the digest of the manifest ref names, and whether

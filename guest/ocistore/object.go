@@ -21,31 +21,33 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	c := s.newCall("put ", tag, " to ")
 	// Where deleted objects are tombstones named in the graveyard, which
 	// List believes without reading their tags, an object put again over
-	// a tombstone gets a marker first, which has List read its tag. The
-	// tag is read while the bytes go up. A lock is checked after its tag
-	// is written instead (releasedLockPut): its release may be under way.
-	// The mode is the host cache's, which List fills (Kloset lists the
-	// locks before it puts anything) and every put keeps fresh; a put
-	// that finds none reads the store's record alongside the upload.
+	// a tombstone gets a marker first, which has List read its tag. (A
+	// lock is checked after its tag is written instead: releasedLockPut.)
+	// The tag is read while the bytes go up. The mode is the host cache's,
+	// which List fills (Kloset lists the locks before it puts anything)
+	// and every put keeps fresh; a put that finds none reads the store's
+	// record alongside the upload.
 	var mark *abi.Request
 	var marking, modeHead abi.Pending
-	mode, known := c.cachedDeletionMode()
-	switch {
-	case !known:
-		modeHead = c.start(c.deletionModeHead())
-	case mode == deleteByTombstone && k != abi.KindLock:
-		mark = c.manifestHead(tag)
-		marking = c.start(mark)
+	if k != abi.KindLock {
+		switch mode, known := c.cachedDeletionMode(); {
+		case !known:
+			modeHead = c.start(c.deletionModeHead())
+		case mode == deleteByTombstone:
+			mark = c.manifestHead(tag)
+			marking = c.start(mark)
+		}
 	}
 	blob, err := c.uploadStream(body)
 	if err != nil {
 		return 0, err
 	}
 	if modeHead != 0 {
-		if mode, err = c.readDeletionMode(modeHead); err != nil {
+		mode, err := c.readDeletionMode(modeHead)
+		if err != nil {
 			return 0, err
 		}
-		if mode == deleteByTombstone && k != abi.KindLock {
+		if mode == deleteByTombstone {
 			mark = c.manifestHead(tag)
 		}
 	}
@@ -64,7 +66,7 @@ func (s *Store) Put(k abi.Kind, mac abi.MAC, body abi.Stream) (uint64, error) {
 	if err := c.putManifest(tag, raw); err != nil {
 		return 0, err
 	}
-	if k == abi.KindLock && mode == deleteByTombstone {
+	if k == abi.KindLock {
 		if err := c.releasedLockPut(mac); err != nil {
 			return 0, err
 		}

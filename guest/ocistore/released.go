@@ -128,11 +128,13 @@ func (c *call) nameReleasedLock(mac abi.MAC) error {
 	return c.pushNameList(releasedLocksTag, artifactReleasedLocks, data)
 }
 
-// releasedLockPut checks, after lock mac was put on a store whose
-// registry refuses DELETE, whether the list of released locks names it
-// (it was kicked, released, and its owner puts it again), and marks it
-// then, so that List does not leave it out. A lock others may not see is
-// not taken: any failure is the put's.
+// releasedLockPut checks, after lock mac was put, whether the list of
+// released locks names it (it was kicked, released, and its owner puts
+// it again), and marks it then, so that List does not leave it out. It
+// reads the list whatever the deletion mode: the one a process learned
+// may predate the store's first release by tombstone, and where the
+// registry deletes, the list is a 404. A lock others may not see is not
+// taken: any failure is the put's.
 func (c *call) releasedLockPut(mac abi.MAC) error {
 	graves, err := c.readReleasedLocks(0)
 	if err != nil {

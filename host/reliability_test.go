@@ -1408,7 +1408,8 @@ type quirksManifest struct {
 // untagged artifact cleanup) lose nothing: after puts, deletes (by tag, or
 // by tombstone), locks put again under the same MAC, every manifest in
 // distribution's storage that no tag names is an old version of an
-// object (or of the graveyard), never a live one; then the registry's own garbage collector
+// object (or of the graveyard, or of the list of released locks), never a
+// live one; then the registry's own garbage collector
 // runs with --delete-untagged and every live object still reads back.
 func TestRegistryQuirksUntaggedManifests(t *testing.T) {
 	for _, del := range []bool{true, false} {
@@ -1476,8 +1477,8 @@ func TestRegistryQuirksUntaggedManifests(t *testing.T) {
 				if err := json.Unmarshal(distributionBlob(t, reg.Dir, d), &m); err != nil {
 					t.Fatalf("untagged manifest %s: %v", d, err)
 				}
-				if m.ArtifactType == "application/vnd.plakar.graveyard.v1" {
-					continue // an older list of the deleted objects: the tag names the current one
+				if m.ArtifactType == "application/vnd.plakar.graveyard.v1" || m.ArtifactType == "application/vnd.plakar.released-locks.v1" {
+					continue // an older list of the deleted objects or released locks: the tag names the current one
 				}
 				res, ok := kinds[m.Annotations["org.plakar.kind"]]
 				var mac objects.MAC

@@ -128,7 +128,7 @@ func (a *app) sayRegistryDeletion(r *vault.MaintenanceResult) {
 	}
 	freed := ibytes(r.PackfileBytes + r.LockBytes)
 	tombstones := fmt.Sprintf("each was replaced by a tombstone: its tag, KIND-MAC, points to a small tombstone manifest, and the tag graveyard lists it. "+
-		"Their %s stay in the registry until its operator enables deletion, deletes the graveyard and the tombstone (with every tag on it) and runs its garbage collection (README, \"Deleting\")", freed)
+		"Their %s stay in the registry until its operator enables deletion, deletes the graveyard, the list of released locks (tag released-locks) and the tombstone (with every tag on it) and runs its garbage collection (README, \"Deleting\")", freed)
 	switch r.Deletion {
 	case vault.DeletedByRegistry:
 		a.sayf("registry: it deleted the %d objects removed; its own garbage collection frees their blobs (%s) when it runs", n, freed)

@@ -58,9 +58,11 @@
 //     tag is moved to a tombstone manifest (artifactType
 //     application/vnd.plakar.tombstone.v1, empty config and one empty
 //     layer, no annotations, so every tombstone is the same manifest).
-//     Get treats a tombstone as a missing object. A lock needs nothing
-//     more: the host reads the locks List returns and leaves out those
-//     that read as missing, so the one PUT releases it. Other objects
+//     Get treats a tombstone as a missing object. That one PUT releases
+//     a lock: the host reads the locks List returns and leaves out those
+//     that read as missing. The release then names the lock in the tag
+//     released-locks (released.go), which List drops without reading,
+//     unless a marker deleted-lock-<hex> says it was put again. Other objects
 //     are first named in the graveyard, the tag graveyard, whose
 //     manifest (artifactType application/vnd.plakar.graveyard.v1) has
 //     one layer listing the deleted objects (graveyard.go): List drops
@@ -77,10 +79,13 @@
 // when the host's cache knows the object's blob, two otherwise (a put
 // where the store deletes by tombstone adds a HEAD of its tag alongside
 // the upload, and one that does not know how the store deletes, a HEAD
-// of the record of it). List is one request per page of tags, twice (objects and
-// deletion markers; once for locks, which have none), plus the
-// graveyard's manifest and list, plus one HEAD per pending name or marker
-// whose object tag is still listed (four at a time). A delete by
+// of the record of it; a lock's put reads the list of released locks
+// after its tag). List is one request per page of tags, twice (objects and
+// deletion markers), plus the graveyard's manifest and list (for locks,
+// the list of released locks'), plus, but for locks, one HEAD per
+// pending name or marker whose object tag is still listed (four at a
+// time). A release by tombstone adds, after its PUT, the list of
+// released locks read and pushed and a HEAD of the lock's tag. A delete by
 // tombstone of an object other than a lock reads and pushes the
 // graveyard (five requests and a HEAD per pending name) before its PUT. Size lists every kind
 // and reads every object's manifest it has not cached: it is slow on big

@@ -49,32 +49,27 @@ func compareGrave(a, b grave) int {
 	return compareMAC(a.mac, b.mac)
 }
 
-// graveyardGet is the request for the graveyard's manifest.
-func (c *call) graveyardGet() *abi.Request {
-	return c.request("GET", c.s.manifestURL(graveyardTag), acceptManifest)
+// nameList is a list of objects kept in one tag, whose manifest (of
+// artifactType artifact) has one layer, the list: the graveyard, or the
+// list of released locks (released.go).
+type nameList struct {
+	tag, artifact string
+	what          string // what the list is, for errors
+	parse         func([]byte) ([]grave, error)
 }
 
-// readGraveyard returns the objects the graveyard names, sorted, none if
-// there is no graveyard. Its manifest's GET is started already if
-// started is not 0.
-func (c *call) readGraveyard(started abi.Pending) ([]grave, error) {
-	data, err := c.readNameList(graveyardTag, artifactGraveyard, "list of deleted objects", c.graveyardGet(), started)
-	if err != nil || data == nil {
-		return nil, err
-	}
-	graves, err := parseGraveyard(data)
-	if err != nil {
-		return nil, errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is damaged: %v", c.action(), graveyardTag, err)
-	}
-	return graves, nil
+var graveyardList = nameList{graveyardTag, artifactGraveyard, "list of deleted objects", parseGraveyard}
+
+// nameListGet is the request for the manifest of list l.
+func (c *call) nameListGet(l *nameList) *abi.Request {
+	return c.request("GET", c.s.manifestURL(l.tag), acceptManifest)
 }
 
-// readNameList returns the one layer of the manifest tag names, a list
-// (what) of at most maxManifest bytes whose artifactType is artifact; nil
-// if there is no such tag. req is the manifest's GET, started already if
-// started is not 0.
-func (c *call) readNameList(tag, artifact, what string, req *abi.Request, started abi.Pending) ([]byte, error) {
-	d, err := c.getStartedDoc("manifest "+tag, req, started, docTuning{limit: maxManifest, want: headerDigest})
+// readNames returns the objects list l names, sorted, none if there is
+// no such tag. Its manifest's GET is started already if started is not
+// 0.
+func (c *call) readNames(l *nameList, started abi.Pending) ([]grave, error) {
+	d, err := c.getStartedDoc("manifest "+l.tag, c.nameListGet(l), started, docTuning{limit: maxManifest, want: headerDigest})
 	if err != nil {
 		return nil, err
 	}
@@ -85,32 +80,33 @@ func (c *call) readNameList(tag, artifact, what string, req *abi.Request, starte
 	default:
 		return nil, d.err
 	}
-	layer, ok, err := parseManifest(d.data, artifact)
+	layer, ok, err := parseManifest(d.data, l.artifact)
 	if err == nil && !ok {
-		err = errorf(abi.ErrOther, "its artifactType is not %s", artifact)
+		err = errorf(abi.ErrOther, "its artifactType is not %s", l.artifact)
 	}
 	if err == nil && layer.Size > maxManifest {
 		err = errorf(abi.ErrOther, "its list is %d bytes, more than %d", layer.Size, maxManifest)
 	}
 	if err != nil {
 		return nil, errorf(abi.ErrOther, "%s: tag %s is not the store's %s (%v): remove whatever else writes to repository %s",
-			c.action(), tag, what, err, c.s.loc.Repository)
+			c.action(), l.tag, l.what, err, c.s.loc.Repository)
 	}
-	d, err = c.getDoc(what, c.s.blobURL(layer.Digest), nil, maxManifest, layer.Digest)
+	d, err = c.getDoc(l.what, c.s.blobURL(layer.Digest), nil, maxManifest, layer.Digest)
 	if err != nil {
 		return nil, err
 	}
 	if d.status == 404 {
 		return nil, errorf(abi.ErrNotFound, "%s: the blob %s of the %s is missing (was it garbage-collected?): tag %s must be pushed again, or the objects it names are listed",
-			c.action(), layer.Digest, what, tag)
+			c.action(), layer.Digest, l.what, l.tag)
 	}
 	if d.status != 200 {
 		return nil, d.err
 	}
-	if d.data == nil {
-		return []byte{}, nil // an empty list, not none
+	graves, err := l.parse(d.data)
+	if err != nil {
+		return nil, errorf(abi.ErrOther, "%s: the %s (tag %s) is damaged: %v", c.action(), l.what, l.tag, err)
 	}
-	return d.data, nil
+	return graves, nil
 }
 
 // parseGraveyard decodes the graveyard's list, sorting it if it is not.
@@ -189,7 +185,7 @@ func gravesOf(graves []grave, k abi.Kind) []grave {
 // delete of it (maintenance deletes what it lists and no state uses)
 // names it again.
 func (c *call) entomb(k abi.Kind, mac abi.MAC, tombstoned bool) error {
-	graves, err := c.readGraveyard(0)
+	graves, err := c.readNames(&graveyardList, 0)
 	if err != nil {
 		return err
 	}
@@ -226,17 +222,16 @@ func (c *call) entomb(k abi.Kind, mac abi.MAC, tombstoned bool) error {
 		return errorf(abi.ErrOther, "%s: the list of deleted objects (tag %s) is full at %d bytes: registry %s refuses DELETE, and the space of what was deleted must be reclaimed first (README, \"Deleting\"), which empties it",
 			c.action(), graveyardTag, maxGraveyard, c.s.loc.Registry)
 	}
-	return c.pushNameList(graveyardTag, artifactGraveyard, data)
+	return c.pushNames(&graveyardList, data)
 }
 
-// pushNameList pushes data as the one layer of the manifest tag names,
-// whose artifactType is artifact (readNameList).
-func (c *call) pushNameList(tag, artifact string, data []byte) error {
+// pushNames pushes data, encoded, as list l.
+func (c *call) pushNames(l *nameList, data []byte) error {
 	blob, err := c.uploadBytes(data)
 	if err != nil {
 		return err
 	}
-	return c.putManifest(tag, artifactManifest(artifact, blob, nil).encode())
+	return c.putManifest(l.tag, artifactManifest(l.artifact, blob, nil).encode())
 }
 
 // deadTags reads tags, markerReads at a time, and tells which are

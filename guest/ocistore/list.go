@@ -42,12 +42,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	// Read whatever the deletion mode: a process that learned it long ago
 	// may not know that the registry has stopped deleting since, or that
 	// another process met a registry that never did.
-	var graveyardPage abi.Pending
+	names := &graveyardList
 	if k == abi.KindLock {
-		graveyardPage = c.start(c.releasedLocksGet())
-	} else {
-		graveyardPage = c.start(c.graveyardGet())
+		names = &releasedLocksList
 	}
+	graveyardPage := c.start(c.nameListGet(names))
 	// Kloset lists the locks before it releases one: the record of how the
 	// registry deletes is read then, alongside, so that the release is one
 	// request from the start (Delete).
@@ -68,17 +67,11 @@ func (c *call) list(k abi.Kind) ([]abi.MAC, error) {
 	if err != nil {
 		return nil, err
 	}
-	var graves []grave
-	if k == abi.KindLock {
-		graves, err = c.readReleasedLocks(graveyardPage)
-	} else {
-		var all []grave
-		all, err = c.readGraveyard(graveyardPage)
-		graves = gravesOf(all, k)
-	}
+	all, err := c.readNames(names, graveyardPage)
 	if err != nil {
 		return nil, err
 	}
+	graves := gravesOf(all, k)
 	if modeHead != 0 {
 		// A failure here is the release's to report, if it meets it.
 		c.readDeletionMode(modeHead)

@@ -32,27 +32,11 @@ const artifactReleasedLocks = "application/vnd.plakar.released-locks.v1"
 // of locks, as they all would be without it.
 const maxReleased = maxManifest
 
-func (c *call) releasedLocksGet() *abi.Request {
-	return c.request("GET", c.s.manifestURL(releasedLocksTag), acceptManifest)
-}
+var releasedLocksList = nameList{releasedLocksTag, artifactReleasedLocks, "list of released locks", parseReleasedLocks}
 
-// readReleasedLocks returns the locks the list names, sorted, as graves
-// (none pending: a lock's tag is a tombstone before it is named), none if
-// there is no list. Its manifest's GET is started already if started is
-// not 0.
-func (c *call) readReleasedLocks(started abi.Pending) ([]grave, error) {
-	data, err := c.readNameList(releasedLocksTag, artifactReleasedLocks, "list of released locks", c.releasedLocksGet(), started)
-	if err != nil || data == nil {
-		return nil, err
-	}
-	graves, err := parseReleasedLocks(data)
-	if err != nil {
-		return nil, errorf(abi.ErrOther, "%s: the list of released locks (tag %s) is damaged: %v", c.action(), releasedLocksTag, err)
-	}
-	return graves, nil
-}
-
-// parseReleasedLocks decodes the list, sorting it if it is not.
+// parseReleasedLocks decodes the list, sorting it if it is not. Its names
+// are graves, none pending: a lock's tag is a tombstone before it is
+// named.
 func parseReleasedLocks(data []byte) ([]grave, error) {
 	var graves []grave
 	sorted := true
@@ -110,7 +94,7 @@ func (c *call) releaseLock(mac abi.MAC) {
 // are never removed, so a list pushed late hides no lock that a marker
 // does not show.
 func (c *call) nameReleasedLock(mac abi.MAC) error {
-	graves, err := c.readReleasedLocks(0)
+	graves, err := c.readNames(&releasedLocksList, 0)
 	if err != nil {
 		return err
 	}
@@ -125,7 +109,7 @@ func (c *call) nameReleasedLock(mac abi.MAC) error {
 		c.s.h.Log(abi.LevelDebug, fmt.Sprintf("oci: %s: the list of released locks (tag %s) is full at %d bytes: lists of locks read this one", c.action(), releasedLocksTag, maxReleased))
 		return nil
 	}
-	return c.pushNameList(releasedLocksTag, artifactReleasedLocks, data)
+	return c.pushNames(&releasedLocksList, data)
 }
 
 // releasedLockPut checks, after lock mac was put, whether the list of
@@ -136,7 +120,7 @@ func (c *call) nameReleasedLock(mac abi.MAC) error {
 // registry deletes, the list is a 404. A lock others may not see is not
 // taken: any failure is the put's.
 func (c *call) releasedLockPut(mac abi.MAC) error {
-	graves, err := c.readReleasedLocks(0)
+	graves, err := c.readNames(&releasedLocksList, 0)
 	if err != nil {
 		return err
 	}

@@ -90,9 +90,9 @@ func (c *call) releaseLock(mac abi.MAC) {
 // nameReleasedLock adds mac to the list of released locks. Registries
 // have no compare-and-swap: two releases at once may each push the list
 // they read plus their own lock, and the one pushed first is lost. A
-// lost name costs lists a read of that lock, as without the list; names
-// are never removed, so a list pushed late hides no lock that a marker
-// does not show.
+// lost name costs lists a read of that lock, as without the list. Names
+// are never removed: a list pushed late holds fewer, never one that no
+// release wrote.
 func (c *call) nameReleasedLock(mac abi.MAC) error {
 	graves, err := c.readNames(&releasedLocksList, 0)
 	if err != nil {

@@ -22,8 +22,8 @@ import (
 // read the answer (or the reset, when there is none).
 
 // headersBound is what a request's line and headers take at most: a
-// write that fails before that much was sent since the last answer is a
-// stale keep-alive connection, whose error the transport must see to
+// write that fails before that much of its request was sent is a stale
+// keep-alive connection, whose error the transport must see to
 // make the request again on a new one.
 const headersBound = 64 << 10
 
@@ -42,7 +42,7 @@ func AnswerFirst(dial func(ctx context.Context, network, addr string) (net.Conn,
 type answerFirstConn struct {
 	net.Conn
 	mu       sync.Mutex
-	sent     int64 // written since the last read that returned data
+	sent     int64 // written for the request under way (newRequest)
 	writeErr error // the write that failed and was swallowed, and every later one
 }
 
@@ -64,14 +64,15 @@ func (c *answerFirstConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *answerFirstConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.mu.Lock()
-		c.sent = 0
-		c.mu.Unlock()
-	}
-	return n, err
+// newRequest starts the count of a request's bytes: the transport got
+// the connection for it (connTrace), and writes it next. Counted from the
+// last answer read instead, a registry that answers while the body is
+// still going up (the full disk) would have the writes after its answer
+// read as a new request's headers, and their reset returned.
+func (c *answerFirstConn) newRequest() {
+	c.mu.Lock()
+	c.sent = 0
+	c.mu.Unlock()
 }
 
 // cutShort is the write error a connection swallowed, if any.
@@ -90,10 +91,22 @@ type connTrace struct {
 
 func (t *connTrace) context(ctx context.Context) context.Context {
 	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		if c := answerFirstOf(i.Conn); c != nil {
+			c.newRequest()
+		}
 		t.mu.Lock()
 		t.conn = i.Conn
 		t.mu.Unlock()
 	}})
+}
+
+// answerFirstOf is the answerFirstConn under conn, if there is one.
+func answerFirstOf(conn net.Conn) *answerFirstConn {
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	c, _ := conn.(*answerFirstConn)
+	return c
 }
 
 // check returns the error of a body cut short on the connection resp
@@ -102,13 +115,9 @@ func (t *connTrace) context(ctx context.Context) context.Context {
 // closed then.
 func (t *connTrace) check(resp *http.Response) error {
 	t.mu.Lock()
-	conn := t.conn
+	c := answerFirstOf(t.conn)
 	t.mu.Unlock()
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn = tc.NetConn()
-	}
-	c, ok := conn.(*answerFirstConn)
-	if !ok {
+	if c == nil {
 		return nil
 	}
 	err := c.cutShort()

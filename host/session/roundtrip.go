@@ -102,16 +102,15 @@ func (s *Session) do(ctx context.Context, ar *abi.Request) (*http.Response, erro
 		return nil, fmt.Errorf("request %s %s has body kind %d, which the contract does not define: the guest and host disagree on the ABI", ar.Method, where(u), ar.BodyKind)
 	}
 
-	var trace *connTrace
-	if req.Body != nil {
-		trace = &connTrace{}
-		req = req.WithContext(trace.context(req.Context()))
-	}
+	// Every request: the connection counts each request's bytes from the
+	// moment it is got for it (AnswerFirst).
+	trace := &connTrace{}
+	req = req.WithContext(trace.context(req.Context()))
 	resp, err := s.env.client.Do(req)
 	if body != nil {
 		body.finish()
 	}
-	if trace != nil && err == nil {
+	if req.Body != nil && err == nil {
 		if cut := trace.check(resp); cut != nil {
 			resp, err = nil, &url.Error{Op: req.Method, URL: req.URL.String(), Err: cut}
 		}

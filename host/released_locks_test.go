@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -199,16 +198,8 @@ func TestReleasedLocksListFull(t *testing.T) {
 		mac := randomMAC()
 		full = append(hex.AppendEncode(full, mac[:]), '\n')
 	}
+	registrytest.PushArtifact(t, reg.URL, repo, "released-locks", "application/vnd.plakar.released-locks.v1", full)
 	u := &upstreamRepo{t: t, base: reg.URL + "/v2/" + repo}
-	digest := u.pushBlob(full)
-	const typ = "application/vnd.plakar.released-locks.v1"
-	manifest := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":%q,`+
-		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"data":"e30="},`+
-		`"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`, typ, typ, digest, len(full))
-	u.pushBlob([]byte("{}"))
-	if resp, body := u.do("PUT", u.base+"/manifests/released-locks", []byte(manifest), "Content-Type", "application/vnd.oci.image.manifest.v1+json"); resp.StatusCode != 201 {
-		t.Fatalf("pushing a full list of released locks: %s %s", resp.Status, body)
-	}
 	listDigest := func() string {
 		resp, _ := u.do("HEAD", u.base+"/manifests/released-locks", nil, "Accept", "application/vnd.oci.image.manifest.v1+json")
 		return resp.Header.Get("Docker-Content-Digest")

@@ -3,14 +3,12 @@ package host_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -79,24 +77,8 @@ func (u *upstreamRepo) do(method, target string, body []byte, header ...string) 
 // digest) and returns its digest.
 func (u *upstreamRepo) pushBlob(b []byte) string {
 	u.t.Helper()
-	sum := sha256.Sum256(b)
-	digest := "sha256:" + hex.EncodeToString(sum[:])
-	resp, _ := u.do("POST", u.base+"/blobs/uploads/", nil)
-	if resp.StatusCode != 202 {
-		u.t.Fatalf("starting an upload: %s", resp.Status)
-	}
-	loc, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil {
-		u.t.Fatal(err)
-	}
-	loc = resp.Request.URL.ResolveReference(loc)
-	q := loc.Query()
-	q.Set("digest", digest)
-	loc.RawQuery = q.Encode()
-	if resp, _ := u.do("PUT", loc.String(), b, "Content-Type", "application/octet-stream"); resp.StatusCode != 201 {
-		u.t.Fatalf("committing an upload: %s", resp.Status)
-	}
-	return digest
+	registryURL, repo, _ := strings.Cut(u.base, "/v2/")
+	return registrytest.PushBlob(u.t, registryURL, repo, b)
 }
 
 // put stores b under tag, as the upstream plugin's putByTag does.

@@ -159,35 +159,6 @@ func TestMaintenanceDeletionReported(t *testing.T) {
 	}
 }
 
-// pushEmptyGraveyard makes the graveyard of repo list nothing, as a lost
-// update that named none of the objects deleted so far would.
-func pushEmptyGraveyard(t *testing.T, host, repo string) {
-	t.Helper()
-	base := "http://" + host + "/v2/" + repo
-	const emptySHA = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-	req, err := http.NewRequest("POST", base+"/blobs/uploads/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, err := resp.Location()
-	if err != nil {
-		t.Fatalf("starting an upload: %s %v", resp.Status, err)
-	}
-	q := loc.Query()
-	q.Set("digest", emptySHA)
-	loc.RawQuery = q.Encode()
-	httpDo(t, "PUT", loc.String(), nil, "application/octet-stream")
-	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.plakar.graveyard.v1",` +
-		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},` +
-		`"layers":[{"mediaType":"application/vnd.plakar.graveyard.v1","digest":"` + emptySHA + `","size":0}]}`
-	httpDo(t, "PUT", base+"/manifests/graveyard", []byte(manifest), "application/vnd.oci.image.manifest.v1+json")
-}
-
 // TestMaintenanceOrphanGraveyardHeals: the packfiles of a backup that
 // never committed (no state knows of them) are deleted as orphans on a
 // registry that refuses DELETE; a graveyard update lost lists them again,
@@ -213,7 +184,9 @@ func TestMaintenanceOrphanGraveyardHeals(t *testing.T) {
 	if len(r.Orphans) == 0 {
 		t.Fatal("no orphan deleted")
 	}
-	pushEmptyGraveyard(t, reg.Host, repo)
+	// The graveyard lists nothing, as a lost update that named none of
+	// the objects deleted so far would.
+	registrytest.PushArtifact(t, reg.URL, repo, "graveyard", "application/vnd.plakar.graveyard.v1", nil)
 	listed, err := m.Store().List(ctx, storage.StorageResourcePackfile)
 	if err != nil {
 		t.Fatal(err)
